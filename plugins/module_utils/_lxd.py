@@ -1,0 +1,341 @@
+# -*- coding: utf-8 -*-
+# Copyright: homelab.onebox contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one place that talks to LXD.
+
+Built on pylxd's client, using its raw API node (``client.api``) rather than its model objects:
+the models re-read the instance on every attribute sync and exec through websockets, which was
+measured at ~100 ms a call and lost output under load. Here every call is one REST round trip,
+every wait has a timeout, and every LXD/pylxd/requests failure becomes an LxdError.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from collections import namedtuple
+from urllib.parse import quote
+
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
+
+try:
+    import pylxd
+    import pylxd.exceptions
+    import requests.exceptions
+except ImportError:  # pragma: no cover - reported by OneboxModule.lxd
+    PYLXD_IMPORT_ERROR = traceback.format_exc()
+else:
+    PYLXD_IMPORT_ERROR = None
+
+# Debian's package, the snap, Incus: the first that exists wins (after $LXD_DIR).
+SOCKET_PATHS = (
+    "/var/lib/lxd/unix.socket",
+    "/var/snap/lxd/common/lxd/unix.socket",
+    "/var/lib/incus/unix.socket",
+)
+
+ExecResult = namedtuple("ExecResult", "rc stdout stderr")
+
+
+class LxdError(OneboxError):
+    """Anything that went wrong talking to LXD, with LXD's own words in the message."""
+
+
+class LxdNotFound(LxdError):
+    pass
+
+
+def find_socket(environ=None, exists=os.path.exists):
+    """The LXD socket to use when the user named none, or None when there is none."""
+    environ = os.environ if environ is None else environ
+    candidates = []
+    if environ.get("LXD_DIR"):
+        candidates.append(os.path.join(environ["LXD_DIR"], "unix.socket"))
+    candidates.extend(SOCKET_PATHS)
+    for path in candidates:
+        if exists(path):
+            return path
+    return None
+
+
+def endpoint_from_url(url, environ=None, exists=os.path.exists):
+    """Map the user's ``lxd_url`` to what pylxd.Client takes: a socket path or an https URL."""
+    if not url:
+        path = find_socket(environ, exists)
+        if path is None:
+            raise LxdError(
+                "no LXD socket found (looked at $LXD_DIR/unix.socket and %s); is LXD installed and "
+                "running? Set lxd_url to its socket or https URL." % ", ".join(SOCKET_PATHS))
+        return path
+    if url.startswith("unix:"):
+        url = url[len("unix:"):]
+        url = "/" + url.lstrip("/")
+    if url.startswith("/"):
+        if not exists(url):
+            raise LxdError("lxd_url: LXD socket %s does not exist; is LXD running?" % url)
+        return url
+    if url.startswith("https://"):
+        return url
+    raise LxdError("lxd_url: invalid value %r: must be a socket path, unix:/path or https://host:port" % url)
+
+
+def describe_error(exc):
+    """LXD's own error text out of a pylxd/requests exception."""
+    if PYLXD_IMPORT_ERROR is None and isinstance(exc, pylxd.exceptions.LXDAPIException):
+        try:
+            return exc.response.json().get("error") or str(exc)
+        except ValueError:
+            return str(exc) or exc.response.text
+    return str(exc) or exc.__class__.__name__
+
+
+class LxdClient:
+    """A connection to one LXD daemon. Create with ``LxdClient.from_params(module.params)``."""
+
+    def __init__(self, url=None, client_cert=None, client_key=None, verify=True, project=None, timeout=30):
+        self.timeout = timeout
+        endpoint = endpoint_from_url(url)
+        cert = (client_cert, client_key) if client_cert else None
+        if isinstance(verify, str) and verify.lower() in ("true", "yes", "false", "no"):
+            verify = verify.lower() in ("true", "yes")
+        try:
+            self._client = pylxd.Client(endpoint=endpoint, cert=cert, verify=verify,
+                                        project=project, timeout=timeout)
+        except Exception as exc:  # pylxd raises ClientConnectionFailed, requests raises its own
+            raise LxdError("cannot connect to LXD at %s: %s" % (endpoint, describe_error(exc)))
+        self.api = self._client.api
+        self.server = self._client.host_info
+
+    @classmethod
+    def from_params(cls, params):
+        return cls(url=params.get("lxd_url"), client_cert=params.get("lxd_client_cert"),
+                   client_key=params.get("lxd_client_key"), verify=params.get("lxd_verify", True),
+                   project=params.get("lxd_project"), timeout=params.get("lxd_timeout") or 30)
+
+    # ---- raw requests -------------------------------------------------------------------
+    def request(self, method, node, what, **kwargs):
+        """One API call. Returns the response; raises LxdNotFound on 404, LxdError otherwise."""
+        try:
+            return getattr(node, method)(**kwargs)
+        except pylxd.exceptions.NotFound as exc:
+            raise LxdNotFound("%s: not found (%s)" % (what, describe_error(exc)))
+        except (pylxd.exceptions.LXDAPIException, requests.exceptions.RequestException) as exc:
+            raise LxdError("%s: %s" % (what, describe_error(exc)))
+
+    def metadata(self, method, node, what, **kwargs):
+        return self.request(method, node, what, **kwargs).json()["metadata"]
+
+    def wait(self, response, what, timeout=None):
+        """Wait for the operation a response started; return the operation's metadata."""
+        body = response.json()
+        if body.get("type") != "async":
+            return body.get("metadata")
+        timeout = self.timeout if timeout is None else timeout
+        op_id = body["operation"].rstrip("/").split("/")[-1]
+        deadline = time.monotonic() + timeout
+        while True:
+            # LXD caps one wait; loop so a long operation (an image unpack) can still finish.
+            left = max(1, int(deadline - time.monotonic() + 0.999))
+            op = self.metadata("get", self.api.operations[op_id].wait, what,
+                               params={"timeout": left}, timeout=left + 10)
+            if op["status"] == "Success":
+                return op
+            if op["status"] in ("Failure", "Cancelled"):
+                raise LxdError("%s: %s" % (what, op.get("err") or op["status"]))
+            if time.monotonic() >= deadline:
+                # Best effort: ask LXD to cancel; not every operation can be cancelled.
+                try:
+                    self.api.operations[op_id].delete()
+                except Exception:  # pylint: disable=broad-except
+                    pass
+                raise LxdError("%s: did not finish within %s s" % (what, timeout))
+
+    # ---- instances ----------------------------------------------------------------------
+    def instance(self, name):
+        """The instance with its state (one round trip, recursion=1), or None when absent."""
+        try:
+            return self.metadata("get", self.api.instances[name], "instance %s" % name,
+                                 params={"recursion": 1})
+        except LxdNotFound:
+            return None
+
+    def instance_names(self):
+        return [url.rstrip("/").split("/")[-1]
+                for url in self.metadata("get", self.api.instances, "list instances")]
+
+    def instance_state(self, name):
+        return self.metadata("get", self.api.instances[name].state, "state of instance %s" % name)
+
+    def create_instance(self, body, timeout=None):
+        what = "create instance %s" % body.get("name")
+        self.wait(self.request("post", self.api.instances, what, json=body), what,
+                  timeout=timeout or max(self.timeout, 120))
+
+    def patch_instance(self, name, body):
+        what = "update instance %s" % name
+        self.wait(self.request("patch", self.api.instances[name], what, json=body), what)
+
+    def change_state(self, name, action, force=False, timeout=None):
+        what = "%s instance %s" % (action, name)
+        timeout = self.timeout if timeout is None else timeout
+        body = {"action": action, "timeout": timeout, "force": force}
+        self.wait(self.request("put", self.api.instances[name].state, what, json=body), what,
+                  timeout=timeout + 10)
+
+    def delete_instance(self, name):
+        what = "delete instance %s" % name
+        self.wait(self.request("delete", self.api.instances[name], what), what)
+
+    def ipv4_addresses(self, state, nic=None):
+        """Global IPv4 addresses of an instance state, on one NIC or on all but loopback."""
+        found = []
+        for ifname, net in sorted(((state or {}).get("network") or {}).items()):
+            if ifname == "lo" or (nic and ifname != nic):
+                continue
+            found.extend(a["address"] for a in net.get("addresses") or []
+                         if a.get("family") == "inet" and a.get("scope") == "global")
+        return found
+
+    def wait_ipv4(self, name, nic=None, timeout=60, interval=0.25):
+        """Poll until the instance has an IPv4 address; fail (never return empty) on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.instance_state(name)
+            addresses = self.ipv4_addresses(state, nic)
+            if addresses:
+                return addresses, state
+            if state.get("status") != "Running":
+                raise LxdError("instance %s is %s, it will get no IPv4 address" % (name, state.get("status")))
+            if time.monotonic() >= deadline:
+                raise LxdError(
+                    "instance %s has no IPv4 address on %s after %s s (is DHCP running in the image, "
+                    "or is the static address outside the bridge's subnet?)" % (name, nic or "any NIC", timeout))
+            time.sleep(interval)
+
+    # ---- exec and files -----------------------------------------------------------------
+    def exec(self, name, command, timeout=60, environment=None, cwd=None, user=None, group=None):
+        """Run ``command`` (argv list) in the instance; return ExecResult(rc, stdout, stderr).
+
+        Uses record-output (no websockets): measured ~20 ms a call here and never lost output.
+        Fails when the command outlives ``timeout`` or when LXD recorded no output files.
+        """
+        if isinstance(command, str) or not command:
+            raise LxdError("exec in %s: command must be a non-empty list of arguments" % name)
+        body = {"command": [str(arg) for arg in command], "environment": environment or {},
+                "wait-for-websocket": False, "record-output": True, "interactive": False}
+        if cwd:
+            body["cwd"] = cwd
+        if user is not None:
+            body["user"] = int(user)
+        if group is not None:
+            body["group"] = int(group)
+        what = "exec %s in %s" % (command[0], name)
+        op = self.wait(self.request("post", self.api.instances[name].exec, what, json=body), what,
+                       timeout=timeout)
+        meta = op.get("metadata") or {}
+        logs = meta.get("output") or {}
+        if "return" not in meta or "1" not in logs or "2" not in logs:
+            raise LxdError("%s: LXD returned no exit code or output record: %r" % (what, meta))
+        stdout, stderr = (self._read_log(name, logs[fd], what) for fd in ("1", "2"))
+        return ExecResult(int(meta["return"]), stdout, stderr)
+
+    def _read_log(self, name, path, what):
+        log_name = path.rstrip("/").split("/")[-1]
+        node = self.api.instances[name].logs[log_name]
+        data = self.request("get", node, what, is_api=False).content
+        # The record stays on the host until deleted; a failure to delete is not the caller's.
+        try:
+            node.delete()
+        except Exception:  # pylint: disable=broad-except
+            pass
+        return data.decode("utf-8", "replace")
+
+    def run(self, name, command, timeout=60, **kwargs):
+        """exec that fails unless the command exits 0; returns stdout."""
+        result = self.exec(name, command, timeout=timeout, **kwargs)
+        if result.rc != 0:
+            raise LxdError("in %s, %s exited %d: %s" % (name, " ".join(command), result.rc,
+                                                      (result.stderr or result.stdout).strip()[-2000:]),
+                           rc=result.rc, stdout=result.stdout, stderr=result.stderr)
+        return result.stdout
+
+    def _files(self, name, path):
+        return self.api.instances[name].files
+
+    def pull_file(self, name, path):
+        """The file's bytes, or None when it does not exist."""
+        what = "read %s in %s" % (path, name)
+        try:
+            response = self.request("get", self._files(name, path), what, params={"path": path}, is_api=False)
+        except LxdNotFound:
+            return None
+        if response.headers.get("X-LXD-type") == "directory":
+            raise LxdError("%s: is a directory" % what)
+        return response.content
+
+    def push_file(self, name, path, data, mode=0o644, uid=0, gid=0):
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        headers = {"X-LXD-type": "file", "X-LXD-mode": "%04o" % mode, "X-LXD-uid": str(uid),
+                   "X-LXD-gid": str(gid), "X-LXD-write": "overwrite",
+                   "Content-Type": "application/octet-stream"}
+        self.request("post", self._files(name, path), "write %s in %s" % (path, name),
+                     params={"path": path}, data=data, headers=headers)
+
+    def make_directory(self, name, path, mode=0o755, uid=0, gid=0):
+        headers = {"X-LXD-type": "directory", "X-LXD-mode": "%04o" % mode,
+                   "X-LXD-uid": str(uid), "X-LXD-gid": str(gid)}
+        self.request("post", self._files(name, path), "mkdir %s in %s" % (path, name),
+                     params={"path": path}, headers=headers)
+
+    def delete_file(self, name, path):
+        """Remove a file; a file already gone is not an error."""
+        try:
+            self.request("delete", self._files(name, path), "delete %s in %s" % (path, name),
+                         params={"path": path})
+        except LxdNotFound:
+            pass
+
+    # ---- images -------------------------------------------------------------------------
+    def image_alias(self, alias):
+        """The alias's record ({name, target, ...}) or None."""
+        try:
+            return self.metadata("get", self.api.images.aliases[quote(alias, safe="")], "image alias %s" % alias)
+        except LxdNotFound:
+            return None
+
+    def image(self, fingerprint):
+        try:
+            return self.metadata("get", self.api.images[fingerprint], "image %s" % fingerprint)
+        except LxdNotFound:
+            return None
+
+    def network(self, name):
+        try:
+            return self.metadata("get", self.api.networks[name], "network %s" % name)
+        except LxdNotFound:
+            return None
+
+    def profile(self, name):
+        try:
+            return self.metadata("get", self.api.profiles[name], "profile %s" % name)
+        except LxdNotFound:
+            return None
+
+
+def to_lxd_value(value):
+    """LXD stores every config value as a string: True -> "true", 3 -> "3"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    return str(value)
+
+
+def normalise_config(config):
+    return {str(k): to_lxd_value(v) for k, v in (config or {}).items()}
+
+
+def dumps(data):
+    return json.dumps(data, sort_keys=True)

@@ -1,0 +1,55 @@
+# -*- coding: utf-8 -*-
+# Copyright: homelab.onebox contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A thin wrapper around AnsibleModule: the common LXD options, a lazily opened client, and the
+one place where OneboxError becomes fail_json."""
+from __future__ import annotations
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
+
+# Options every module that talks to LXD accepts (documented in doc_fragments/lxd.py).
+LXD_ARGUMENT_SPEC = dict(
+    lxd_url=dict(type="str"),
+    lxd_client_cert=dict(type="path"),
+    lxd_client_key=dict(type="path", no_log=True),
+    lxd_verify=dict(type="raw", default=True),
+    lxd_project=dict(type="str"),
+    lxd_timeout=dict(type="int", default=30),
+)
+
+
+class OneboxModule(AnsibleModule):
+    """AnsibleModule plus ``self.lxd`` (an LxdClient opened on first use) and ``run()``."""
+
+    def __init__(self, argument_spec, lxd=False, **kwargs):
+        spec = dict(argument_spec)
+        if lxd:
+            spec.update(LXD_ARGUMENT_SPEC)
+        super().__init__(argument_spec=spec, **kwargs)
+        self._lxd_client = None
+
+    @property
+    def lxd(self):
+        if self._lxd_client is None:
+            # Imported here so modules that never talk to LXD do not need pylxd.
+            from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient, PYLXD_IMPORT_ERROR
+            if PYLXD_IMPORT_ERROR is not None:
+                from ansible.module_utils.basic import missing_required_lib
+                self.fail_json(msg=missing_required_lib("pylxd"), exception=PYLXD_IMPORT_ERROR)
+            self._lxd_client = LxdClient.from_params(self.params)
+        return self._lxd_client
+
+    def run(self, manager_factory):
+        """Build the manager, run it, exit with its result; any OneboxError becomes fail_json."""
+        try:
+            result = manager_factory(self).run()
+        except OneboxError as exc:
+            self.fail_json(msg=exc.msg, **exc.details)
+        except Exception as exc:  # pylint: disable=broad-except
+            # Unexpected: keep the traceback so a bug report has it.
+            self.fail_json(msg="unexpected error: %s" % exc, exception=traceback.format_exc())
+        self.exit_json(**result)

@@ -1,0 +1,166 @@
+# -*- coding: utf-8 -*-
+# Copyright: homelab.onebox contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One checker for names, domains, ports, paths and sizes, used by every module.
+
+Each function takes the value and the field name (as the user wrote it, e.g. ``services[2].name``)
+and returns the normalised value or raises ValidationError naming both.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
+
+# LXD: letters, digits and hyphens, 1-63 characters, not starting with a digit or a hyphen,
+# not ending with a hyphen (it becomes a host name on the bridge's DNS).
+_INSTANCE_NAME = re.compile(r"^[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+# Characters that would let a value escape an nginx directive, a shell word or an iptables comment.
+_UNSAFE = set(";{}'\"`\\$ \t\r\n")
+_SIZE = re.compile(r"^(\d+)\s*(B|kB|MB|GB|TB|PB|EB|KiB|MiB|GiB|TiB|PiB|EiB)?$")
+_SIZE_FACTORS = {
+    None: 1, "B": 1,
+    "kB": 1000, "MB": 1000 ** 2, "GB": 1000 ** 3, "TB": 1000 ** 4, "PB": 1000 ** 5, "EB": 1000 ** 6,
+    "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3, "TiB": 1024 ** 4, "PiB": 1024 ** 5, "EiB": 1024 ** 6,
+}
+
+
+def _text(value, field):
+    if not isinstance(value, str):
+        raise ValidationError(field, value, "must be a string")
+    return value
+
+
+def instance_name(value, field="name"):
+    """An LXD instance (or image alias, profile, pool) name."""
+    _text(value, field)
+    if not _INSTANCE_NAME.match(value):
+        raise ValidationError(
+            field, value,
+            "must be 1-63 letters, digits or hyphens, start with a letter and not end with a hyphen")
+    return value
+
+
+def domain(value, field="domain", wildcard=True):
+    """A DNS name; ``*.example.org`` (leading wildcard) when ``wildcard`` is allowed."""
+    _text(value, field)
+    name = value[:-1] if value.endswith(".") else value
+    if not name or len(name) > 253:
+        raise ValidationError(field, value, "must be a DNS name of 1-253 characters")
+    labels = name.split(".")
+    if wildcard and labels[0] == "*" and len(labels) > 1:
+        labels = labels[1:]
+    for label in labels:
+        if not _DNS_LABEL.match(label):
+            raise ValidationError(
+                field, value,
+                "each dot-separated label must be 1-63 letters, digits or hyphens, "
+                "not starting or ending with a hyphen")
+    return name.lower()
+
+
+def port(value, field="port"):
+    """A TCP/UDP port number, 1-65535, as int."""
+    if isinstance(value, bool):
+        raise ValidationError(field, value, "must be a port number 1-65535")
+    try:
+        number = int(str(value).strip()) if isinstance(value, (int, str)) else None
+    except ValueError:
+        number = None
+    if number is None or not 1 <= number <= 65535:
+        raise ValidationError(field, value, "must be a port number 1-65535")
+    return number
+
+
+def port_range(value, field="port"):
+    """A port or an inclusive range (``8000``, ``"8000-8010"``, ``"8000:8010"``) as (low, high)."""
+    if isinstance(value, str) and re.match(r"^\s*\d+\s*[-:]\s*\d+\s*$", value):
+        low, high = (port(part, field) for part in re.split(r"[-:]", value))
+        if low > high:
+            raise ValidationError(field, value, "range runs backwards (low port after high port)")
+        return low, high
+    number = port(value, field)
+    return number, number
+
+
+def safe_token(value, field):
+    """A word that goes into a generated config file: no quotes, braces, semicolons or spaces."""
+    _text(value, field)
+    if not value:
+        raise ValidationError(field, value, "must not be empty")
+    bad = sorted(set(value) & _UNSAFE)
+    if bad:
+        raise ValidationError(field, value, "must not contain %s" % " ".join(repr(c) for c in bad))
+    return value
+
+
+def url_path(value, field="path"):
+    """A URL path prefix such as ``/jenkins/``: starts with ``/``, no unsafe characters."""
+    safe_token(value, field)
+    if not value.startswith("/"):
+        raise ValidationError(field, value, "must start with '/'")
+    return value
+
+
+def file_name(value, field="name"):
+    """A name that becomes one file name: no ``/``, no ``..``, no unsafe characters."""
+    safe_token(value, field)
+    if "/" in value or value in (".", "..") or ".." in value:
+        raise ValidationError(field, value, "must be a plain file name (no '/' or '..')")
+    return value
+
+
+def one_of(value, choices, field):
+    if value not in choices:
+        raise ValidationError(field, value, "must be one of %s" % ", ".join(map(str, choices)))
+    return value
+
+
+def size_bytes(value, field):
+    """A size as LXD writes it (``512MiB``, ``1GB``, ``1073741824``) -> bytes."""
+    if isinstance(value, bool):
+        raise ValidationError(field, value, "must be a size such as 512MiB or 1GB")
+    match = _SIZE.match(str(value).strip())
+    if not match:
+        raise ValidationError(field, value, "must be a size such as 512MiB or 1GB")
+    return int(match.group(1)) * _SIZE_FACTORS[match.group(2)]
+
+
+def memory(value, field="memory"):
+    """An LXD ``limits.memory`` value: a size, or a percentage of the host (``50%``)."""
+    text = str(value).strip()
+    if text.endswith("%"):
+        number = text[:-1]
+        if not number.isdigit() or not 0 < int(number) <= 100:
+            raise ValidationError(field, value, "percentage must be 1%-100%")
+        return text
+    size_bytes(text, field)
+    return text.replace(" ", "")
+
+
+def cpus(value, field="cpus"):
+    """``limits.cpu``: a count (``2``) or a pinning set (``0-1``, ``0,2``)."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.match(r"^\d+([-,]\d+)*$", text):
+        raise ValidationError(field, value, "must be a CPU count such as 2 or a set such as 0-1 or 0,2")
+    if text.isdigit() and int(text) == 0:
+        raise ValidationError(field, value, "CPU count must be at least 1")
+    return text
+
+
+def ipv4_address(value, field="address"):
+    _text(value, field)
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ValidationError(field, value, "must be an IPv4 address")
+
+
+def ipv4_network(value, field="network"):
+    _text(value, field)
+    try:
+        return str(ipaddress.IPv4Network(value, strict=False))
+    except ValueError:
+        raise ValidationError(field, value, "must be an IPv4 address or network (a.b.c.d/len)")

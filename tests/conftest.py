@@ -1,0 +1,108 @@
+"""Shared test fixtures: the collection on sys.path, a runner for the collection's modules through
+real ansible, an LXD client, and names that are cleaned up even when a test fails."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLLECTIONS = os.path.join(ROOT, ".collections")
+if not os.path.isdir(os.path.join(COLLECTIONS, "ansible_collections", "homelab", "onebox")):
+    raise RuntimeError("run scripts/venv first: %s is missing" % COLLECTIONS)
+sys.path.insert(0, COLLECTIONS)
+
+# A run of the suite has one prefix, so a leftover from a crashed run is easy to spot and remove.
+RUN_PREFIX = "t%s" % uuid.uuid4().hex[:6]
+
+
+def ansible_env(**extra):
+    env = dict(os.environ)
+    env.update({
+        "ANSIBLE_CONFIG": os.path.join(ROOT, "ansible.cfg"),
+        "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
+        "ANSIBLE_STDOUT_CALLBACK": "json",
+        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+        "ANSIBLE_NOCOLOR": "1",
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+    })
+    env.update(extra)
+    return env
+
+
+def run_module(module, args, check=False, diff=False, timeout=300):
+    """Run homelab.onebox.<module> on localhost through ansible; return the task result dict."""
+    name = module if "." in module else "homelab.onebox.%s" % module
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-i", "localhost,",
+           "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
+           "-m", name, "-a", json.dumps(args)]
+    if check:
+        cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
+    proc = subprocess.run(cmd, cwd=ROOT, env=ansible_env(), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    try:
+        out = json.loads(proc.stdout)
+        return out["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (ValueError, KeyError, IndexError):
+        raise AssertionError("ansible gave no result (rc %s)\nstdout:\n%s\nstderr:\n%s"
+                             % (proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
+
+
+def run_playbook(playbook, extra_vars=None, check=False, diff=False, timeout=900, inventory="localhost,"):
+    """Run a playbook on localhost; return (rc, parsed json callback output)."""
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory,
+           "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable, playbook]
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    if check:
+        cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
+    proc = subprocess.run(cmd, cwd=ROOT, env=ansible_env(), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    try:
+        return proc.returncode, json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError("ansible-playbook gave no JSON (rc %s)\nstdout:\n%s\nstderr:\n%s"
+                             % (proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
+
+
+@pytest.fixture
+def onebox_module():
+    return run_module
+
+
+@pytest.fixture(scope="session")
+def lxd():
+    from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient
+    return LxdClient(timeout=60)
+
+
+@pytest.fixture
+def instance_names(lxd):
+    """Call it for a fresh instance name; every name handed out is deleted at teardown."""
+    handed = []
+
+    def make(label="c"):
+        name = "%s-%s-%s" % (RUN_PREFIX, label, uuid.uuid4().hex[:4])
+        handed.append(name)
+        return name
+
+    yield make
+    for name in handed:
+        delete_instance_quietly(lxd, name)
+
+
+def delete_instance_quietly(lxd, name):
+    current = lxd.instance(name)
+    if current is None:
+        return
+    if current.get("status") == "Running":
+        lxd.change_state(name, "stop", force=True, timeout=30)
+    lxd.delete_instance(name)
