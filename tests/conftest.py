@@ -25,7 +25,8 @@ def ansible_env(**extra):
     env.update({
         "ANSIBLE_CONFIG": os.path.join(ROOT, "ansible.cfg"),
         "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
-        "ANSIBLE_STDOUT_CALLBACK": "json",
+        "ANSIBLE_STDOUT_CALLBACK": "onebox_json",
+        "ANSIBLE_CALLBACK_PLUGINS": os.path.join(ROOT, "tests", "plugins", "callback"),
         "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
         "ANSIBLE_NOCOLOR": "1",
         "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),

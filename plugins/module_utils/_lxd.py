@@ -10,6 +10,7 @@ every wait has a timeout, and every LXD/pylxd/requests failure becomes an LxdErr
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import time
@@ -17,7 +18,8 @@ import traceback
 from collections import namedtuple
 from urllib.parse import quote
 
-from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
+from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
 
 try:
     import pylxd
@@ -339,3 +341,273 @@ def normalise_config(config):
 
 def dumps(data):
     return json.dumps(data, sort_keys=True)
+
+
+# ---- declared instances: validation, create body, diff ------------------------------------
+INSTANCE_STATES = ("present", "started", "stopped", "restarted", "absent")
+
+
+def own_config(config):
+    """The instance's config without LXD's own volatile.* bookkeeping."""
+    return {k: v for k, v in (config or {}).items() if not k.startswith("volatile.")}
+
+
+def host_uses_cgroup2(exists=os.path.exists):
+    return exists("/sys/fs/cgroup/cgroup.controllers")
+
+
+class InstanceSpec:
+    """What one task declares about one instance, validated and in LXD's own terms.
+
+    Pure except for the few look-ups create_body/patch_body make (image, source, network), so
+    the comparison logic is unit-tested without a daemon.
+    """
+
+    @staticmethod
+    def argument_spec():
+        return dict(
+            name=dict(type="str", required=True),
+            state=dict(type="str", default="started", choices=list(INSTANCE_STATES)),
+            image=dict(type="str"),
+            image_server=dict(type="str"),
+            image_protocol=dict(type="str", default="simplestreams", choices=["simplestreams", "lxd"]),
+            copy_from=dict(type="str"),
+            config=dict(type="dict", default={}),
+            memory=dict(type="str"),
+            memory_swap=dict(type="str"),
+            cpus=dict(type="str"),
+            autostart=dict(type="bool"),
+            autostart_priority=dict(type="int"),
+            autostart_delay=dict(type="int"),
+            profiles=dict(type="list", elements="str"),
+            devices=dict(type="dict", default={}),
+            ipv4_address=dict(type="str"),
+            network=dict(type="str"),
+            ephemeral=dict(type="bool"),
+            wait_for_ipv4=dict(type="bool", default=True),
+            wait_timeout=dict(type="int", default=60),
+            force_stop=dict(type="bool", default=False),
+        )
+
+    def __init__(self, name, config=None, devices=None, profiles=None, ephemeral=None, image=None,
+                 image_server=None, image_protocol="simplestreams", copy_from=None,
+                 ipv4_address=None, network=None):
+        self.name = name
+        self.config = config or {}
+        self.devices = devices or {}
+        self.profiles = profiles
+        self.ephemeral = ephemeral
+        self.image = image
+        self.image_server = image_server
+        self.image_protocol = image_protocol
+        self.copy_from = copy_from
+        self.ipv4_address = ipv4_address
+        self.network = network
+
+    @classmethod
+    def from_params(cls, params, cgroup2=None):
+        name = v.instance_name(params["name"], "name")
+        config = {}
+        for key, value in (params.get("config") or {}).items():
+            if not isinstance(key, str) or not key or any(c.isspace() for c in key):
+                raise ValidationError("config", key, "keys must be non-empty strings without spaces")
+            if key.startswith("volatile."):
+                raise ValidationError("config", key, "volatile.* keys are LXD's own and cannot be set")
+            if isinstance(value, (dict, list)):
+                raise ValidationError("config.%s" % key, value, "must be a string, number or boolean")
+            config[key] = to_lxd_value(value)
+
+        typed = {}
+        if params.get("memory") is not None:
+            typed["limits.memory"] = v.memory(params["memory"], "memory")
+        if params.get("memory_swap") is not None:
+            typed["raw.lxc"] = cls._swap_raw_lxc(params, cgroup2)
+            if "raw.lxc" in config:
+                raise ValidationError("memory_swap", params["memory_swap"],
+                                      "is applied through raw.lxc; do not also set config raw.lxc")
+        if params.get("cpus") is not None:
+            typed["limits.cpu"] = v.cpus(params["cpus"], "cpus")
+        if params.get("autostart") is not None:
+            typed["boot.autostart"] = to_lxd_value(params["autostart"])
+        for option, key in (("autostart_priority", "boot.autostart.priority"),
+                            ("autostart_delay", "boot.autostart.delay")):
+            if params.get(option) is not None:
+                if params[option] < 0:
+                    raise ValidationError(option, params[option], "must be 0 or more")
+                typed[key] = str(params[option])
+        for key, value in typed.items():
+            if key in config and config[key] != value:
+                raise ValidationError("config", key, "is also set by a typed option, with another value")
+        config.update(typed)
+
+        devices = {}
+        for dev_name, device in (params.get("devices") or {}).items():
+            v.safe_token(dev_name, "devices")
+            if not isinstance(device, dict) or not device.get("type"):
+                raise ValidationError("devices.%s" % dev_name, device, "must be a dict with a 'type' key")
+            devices[dev_name] = normalise_config(device)
+
+        ipv4 = params.get("ipv4_address")
+        if ipv4 is not None:
+            ipv4 = v.ipv4_address(ipv4, "ipv4_address")
+            if "eth0" in devices:
+                raise ValidationError("ipv4_address", ipv4, "sets device eth0; do not also declare devices.eth0")
+        network = params.get("network")
+        if network is not None:
+            v.instance_name(network, "network")
+
+        profiles = params.get("profiles")
+        if profiles is not None:
+            for index, profile in enumerate(profiles):
+                v.safe_token(profile, "profiles[%d]" % index)
+
+        for option in ("image", "copy_from"):
+            if params.get(option) is not None:
+                v.safe_token(params[option], option)
+        if params.get("copy_from"):
+            source, _, snap = params["copy_from"].partition("/")
+            v.instance_name(source, "copy_from")
+            if snap:
+                v.safe_token(snap, "copy_from")
+        if params.get("wait_timeout") is not None and params["wait_timeout"] <= 0:
+            raise ValidationError("wait_timeout", params["wait_timeout"], "must be more than 0 seconds")
+
+        return cls(name, config, devices, profiles, params.get("ephemeral"), params.get("image"),
+                   params.get("image_server"), params.get("image_protocol") or "simplestreams",
+                   params.get("copy_from"), ipv4, network)
+
+    @staticmethod
+    def _swap_raw_lxc(params, cgroup2):
+        """RAM+swap has no LXD key: set the cgroup limit through raw.lxc, v1 or v2 as the host runs."""
+        if str(params["memory"]).strip().endswith("%"):
+            raise ValidationError("memory", params["memory"], "must be a size (not a percentage) with memory_swap")
+        ram = v.size_bytes(params["memory"], "memory")
+        total = v.size_bytes(params["memory_swap"], "memory_swap")
+        if total < ram:
+            raise ValidationError("memory_swap", params["memory_swap"],
+                                  "RAM+swap must be at least memory (%s)" % params["memory"])
+        if host_uses_cgroup2() if cgroup2 is None else cgroup2:
+            return "lxc.cgroup2.memory.swap.max = %d" % (total - ram)
+        return "lxc.cgroup.memory.memsw.limit_in_bytes = %d" % total
+
+    # ---- comparing -------------------------------------------------------------------------
+    def _eth0(self, lxd, profiles):
+        """The static-address NIC, on the declared network or the one the profiles give eth0."""
+        network = self.network
+        if network is None:
+            for profile_name in profiles or ["default"]:
+                profile = lxd.profile(profile_name) or {}
+                nic = (profile.get("devices") or {}).get("eth0") or {}
+                network = nic.get("network") or network
+        if network is None:
+            raise LxdError("ipv4_address: no network given and no eth0 NIC in profiles %s; set network"
+                           % (profiles or ["default"]))
+        info = lxd.network(network)
+        if info is None:
+            raise LxdError("network: unknown network %r" % network)
+        self._check_in_subnet(network, (info.get("config") or {}).get("ipv4.address"))
+        return {"type": "nic", "name": "eth0", "network": network, "ipv4.address": self.ipv4_address}
+
+    def _check_in_subnet(self, network, cidr):
+        if not cidr or cidr in ("none", "auto"):
+            return
+        gateway = ipaddress.ip_interface(cidr)
+        address = ipaddress.ip_address(self.ipv4_address)
+        if address not in gateway.network or address in (gateway.ip, gateway.network.network_address,
+                                                         gateway.network.broadcast_address):
+            raise ValidationError("ipv4_address", self.ipv4_address,
+                                  "must be a host address in %s's subnet %s, not its gateway"
+                                  % (network, gateway.network))
+
+    def desired_devices(self, lxd, profiles):
+        devices = dict(self.devices)
+        if self.ipv4_address is not None:
+            devices["eth0"] = self._eth0(lxd, profiles)
+        return devices
+
+    def create_body(self, lxd):
+        if self.copy_from:
+            original = lxd.instance(self.copy_from.split("/")[0])
+            if original is None:
+                raise ValidationError("copy_from", self.copy_from, "no such instance")
+            source = {"type": "copy", "source": self.copy_from, "instance_only": True}
+        elif self.image and self.image_server:
+            source = {"type": "image", "mode": "pull", "server": self.image_server,
+                      "protocol": self.image_protocol, "alias": self.image}
+        elif self.image:
+            if lxd.image_alias(self.image) is not None:
+                source = {"type": "image", "alias": self.image}
+            elif len(self.image) >= 12 and lxd.image(self.image) is not None:
+                source = {"type": "image", "fingerprint": self.image}
+            else:
+                raise ValidationError("image", self.image, "no local image has this alias or fingerprint")
+        else:
+            raise ValidationError("image", None, "instance %s does not exist: give image or copy_from to create it"
+                                  % self.name)
+        body = {"name": self.name, "type": "container", "source": source, "config": dict(self.config),
+                "devices": self.desired_devices(lxd, self.profiles)}
+        if self.profiles is not None:
+            body["profiles"] = list(self.profiles)
+        elif self.copy_from:
+            # A copy request without profiles gets none (and so no root disk): keep the original's.
+            body["profiles"] = list(original.get("profiles") or [])
+        if self.ephemeral is not None:
+            body["ephemeral"] = self.ephemeral
+        return body
+
+    def patch_body(self, current, lxd):
+        """The PATCH that makes ``current`` match what is declared, or {} when it already does."""
+        patch = {}
+        config = {k: val for k, val in self.config.items() if (current.get("config") or {}).get(k) != val}
+        if config:
+            patch["config"] = config
+        profiles = self.profiles if self.profiles is not None else current.get("profiles")
+        devices = {k: d for k, d in self.desired_devices(lxd, profiles).items()
+                   if (current.get("devices") or {}).get(k) != d}
+        if devices:
+            patch["devices"] = devices
+        if self.profiles is not None and list(self.profiles) != list(current.get("profiles") or []):
+            patch["profiles"] = list(self.profiles)
+        if self.ephemeral is not None and self.ephemeral != current.get("ephemeral"):
+            patch["ephemeral"] = self.ephemeral
+        return patch
+
+    # ---- what the user sees ----------------------------------------------------------------
+    def view(self, current):
+        """The part of ``current`` this task manages, for diff before/after."""
+        if not current:
+            return {}
+        config = own_config(current.get("config"))
+        devices = current.get("devices") or {}
+        managed_devices = set(self.devices) | ({"eth0"} if self.ipv4_address else set())
+        view = {"name": current.get("name"), "status": current.get("status"),
+                "config": {k: config[k] for k in sorted(self.config) if k in config} if self.config else config,
+                "devices": ({k: devices[k] for k in sorted(managed_devices) if k in devices}
+                            if managed_devices else devices),
+                "profiles": current.get("profiles") or []}
+        if self.ephemeral is not None:
+            view["ephemeral"] = current.get("ephemeral")
+        return view
+
+    @staticmethod
+    def returned(current):
+        return {"name": current.get("name"), "status": current.get("status"),
+                "config": own_config(current.get("config")), "devices": current.get("devices") or {},
+                "profiles": current.get("profiles") or [], "ephemeral": bool(current.get("ephemeral"))}
+
+    @staticmethod
+    def predicted(body):
+        """What a check-mode run expects a new instance to look like."""
+        return {"name": body["name"], "status": "Stopped", "config": dict(body.get("config") or {}),
+                "devices": dict(body.get("devices") or {}), "profiles": body.get("profiles", ["default"]),
+                "ephemeral": body.get("ephemeral", False), "state": None}
+
+    @staticmethod
+    def predicted_after_patch(current, patch):
+        after = dict(current)
+        after["config"] = dict(current.get("config") or {}, **patch.get("config", {}))
+        after["devices"] = dict(current.get("devices") or {}, **patch.get("devices", {}))
+        for key in ("profiles", "ephemeral"):
+            if key in patch:
+                after[key] = patch[key]
+        return after

@@ -36,7 +36,7 @@ def _text(value, field):
 def instance_name(value, field="name"):
     """An LXD instance (or image alias, profile, pool) name."""
     _text(value, field)
-    if not _INSTANCE_NAME.match(value):
+    if not _INSTANCE_NAME.fullmatch(value):
         raise ValidationError(
             field, value,
             "must be 1-63 letters, digits or hyphens, start with a letter and not end with a hyphen")
@@ -53,7 +53,7 @@ def domain(value, field="domain", wildcard=True):
     if wildcard and labels[0] == "*" and len(labels) > 1:
         labels = labels[1:]
     for label in labels:
-        if not _DNS_LABEL.match(label):
+        if not _DNS_LABEL.fullmatch(label):
             raise ValidationError(
                 field, value,
                 "each dot-separated label must be 1-63 letters, digits or hyphens, "
@@ -76,7 +76,7 @@ def port(value, field="port"):
 
 def port_range(value, field="port"):
     """A port or an inclusive range (``8000``, ``"8000-8010"``, ``"8000:8010"``) as (low, high)."""
-    if isinstance(value, str) and re.match(r"^\s*\d+\s*[-:]\s*\d+\s*$", value):
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*[-:]\s*\d+\s*", value):
         low, high = (port(part, field) for part in re.split(r"[-:]", value))
         if low > high:
             raise ValidationError(field, value, "range runs backwards (low port after high port)")
@@ -91,6 +91,18 @@ def safe_token(value, field):
     if not value:
         raise ValidationError(field, value, "must not be empty")
     bad = sorted(set(value) & _UNSAFE)
+    if bad:
+        raise ValidationError(field, value, "must not contain %s" % " ".join(repr(c) for c in bad))
+    return value
+
+
+def comment(value, field="comment", max_length=255):
+    """One line of free text for a generated file (spaces allowed): no quotes, backslashes or
+    control characters, at most ``max_length`` characters."""
+    _text(value, field)
+    if not value or len(value) > max_length:
+        raise ValidationError(field, value, "must be 1-%d characters" % max_length)
+    bad = sorted(c for c in set(value) if c in "\"'`\\" or ord(c) < 32 or ord(c) == 127)
     if bad:
         raise ValidationError(field, value, "must not contain %s" % " ".join(repr(c) for c in bad))
     return value
@@ -122,7 +134,7 @@ def size_bytes(value, field):
     """A size as LXD writes it (``512MiB``, ``1GB``, ``1073741824``) -> bytes."""
     if isinstance(value, bool):
         raise ValidationError(field, value, "must be a size such as 512MiB or 1GB")
-    match = _SIZE.match(str(value).strip())
+    match = _SIZE.fullmatch(str(value).strip())
     if not match:
         raise ValidationError(field, value, "must be a size such as 512MiB or 1GB")
     return int(match.group(1)) * _SIZE_FACTORS[match.group(2)]
@@ -143,7 +155,7 @@ def memory(value, field="memory"):
 def cpus(value, field="cpus"):
     """``limits.cpu``: a count (``2``) or a pinning set (``0-1``, ``0,2``)."""
     text = str(value).strip()
-    if isinstance(value, bool) or not re.match(r"^\d+([-,]\d+)*$", text):
+    if isinstance(value, bool) or not re.fullmatch(r"\d+([-,]\d+)*", text):
         raise ValidationError(field, value, "must be a CPU count such as 2 or a set such as 0-1 or 0,2")
     if text.isdigit() and int(text) == 0:
         raise ValidationError(field, value, "CPU count must be at least 1")

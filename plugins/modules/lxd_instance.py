@@ -1,0 +1,314 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: homelab.onebox contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: lxd_instance
+short_description: Manage an LXD container declaratively
+version_added: 0.1.0
+description:
+  - Creates, configures, starts, stops, restarts and deletes one LXD container.
+  - Compares only what the task declares (config keys, devices, profiles, ephemeral). Keys it
+    was not given are left as they are; LXD's own C(volatile.*) keys are never written.
+  - Reads the instance once, writes at most one update, and waits for every LXD operation with a
+    timeout. With O(state=started), waits until the container has an IPv4 address and fails if it
+    gets none in O(wait_timeout) seconds.
+author:
+  - homelab.onebox developers
+extends_documentation_fragment:
+  - homelab.onebox.lxd
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
+options:
+  name:
+    description:
+      - Instance name. Letters, digits and hyphens, 1-63 characters, starting with a letter and not
+        ending with a hyphen (it is also the container's host name on the bridge's DNS).
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) creates it if missing (started or not, as LXD leaves it) and applies config.
+      - V(started)/V(stopped) also set its run state. V(restarted) restarts a running instance
+        (always reports a change) and starts a stopped one. V(absent) stops and deletes it.
+    type: str
+    choices: [present, started, stopped, restarted, absent]
+    default: started
+  image:
+    description:
+      - Image to create the instance from, a local alias or fingerprint, or an alias on
+        O(image_server). Used only when the instance does not exist yet.
+      - Mutually exclusive with O(copy_from).
+    type: str
+  image_server:
+    description: Remote image server URL for O(image) (for example a simplestreams server).
+    type: str
+  image_protocol:
+    description: Protocol of O(image_server).
+    type: str
+    choices: [simplestreams, lxd]
+    default: simplestreams
+  copy_from:
+    description:
+      - Create the instance as a copy of another local instance (C(base)) or of one of its
+        snapshots (C(base/snap0)), without that instance's snapshots. Used only at creation.
+    type: str
+  config:
+    description:
+      - LXD config keys to set. Values may be strings, integers or booleans; they are compared and
+        sent as the strings LXD stores (V(true) as C("true"), V(512) as C("512")).
+      - C(volatile.*) keys are LXD's own and are refused.
+    type: dict
+    default: {}
+  memory:
+    description: RAM limit (C(limits.memory)), for example C(512MiB), C(2GB) or C(50%).
+    type: str
+  memory_swap:
+    description:
+      - RAM plus swap limit, for example C(1GiB) with O(memory=512MiB). Needs O(memory) and must not
+        be smaller. Applied through C(raw.lxc) as the host's cgroup version requires, so it cannot
+        be combined with a C(raw.lxc) key in O(config).
+    type: str
+  cpus:
+    description: C(limits.cpu), a CPU count (C(2)) or the CPUs to pin to (C(0-1), C(0,2)).
+    type: str
+  autostart:
+    description: Start the instance when LXD starts (C(boot.autostart)).
+    type: bool
+  autostart_priority:
+    description: Boot order (C(boot.autostart.priority)); higher starts first.
+    type: int
+  autostart_delay:
+    description: Seconds LXD waits after starting this instance before the next (C(boot.autostart.delay)).
+    type: int
+  profiles:
+    description:
+      - Profiles, in order. When omitted, a new instance gets LXD's C(default) profile and an
+        existing one keeps its profiles.
+    type: list
+    elements: str
+  devices:
+    description:
+      - "Devices by name, each a dict of LXD device keys (C(type) required), for example a disk
+        C({type: disk, source: /srv/site, path: /var/www, readonly: true}). Each declared device is
+        compared whole; devices not declared are left alone."
+    type: dict
+    default: {}
+  ipv4_address:
+    description:
+      - A static IPv4 address on the bridge for the instance's C(eth0) (a DHCP reservation on an
+        LXD-managed bridge), so forwards and upstreams never point at a stale address.
+      - Sets device C(eth0) to a bridged NIC on O(network).
+    type: str
+  network:
+    description:
+      - Network for O(ipv4_address). Default is the network of the C(eth0) NIC in the instance's
+        profiles.
+    type: str
+  ephemeral:
+    description: Whether LXD deletes the instance when it stops.
+    type: bool
+  wait_for_ipv4:
+    description: With O(state=started) or O(state=restarted), wait until the instance has a global IPv4 address.
+    type: bool
+    default: true
+  wait_timeout:
+    description: Seconds to wait for the IPv4 address and for start/stop before failing.
+    type: int
+    default: 60
+  force_stop:
+    description: Kill instead of a clean shutdown when stopping, restarting or deleting.
+    type: bool
+    default: false
+notes:
+  - Runs on the LXD host (or anywhere with O(lxd_url) pointing at an LXD API). Needs pylxd there.
+  - Containers only; virtual machines are out of scope.
+"""
+
+EXAMPLES = r"""
+- name: A web container from the collection's base image, with a fixed address and limits
+  homelab.onebox.lxd_instance:
+    name: web1
+    image: onebox-debian12
+    ipv4_address: 10.87.0.11
+    memory: 512MiB
+    memory_swap: 1GiB
+    cpus: "0-1"
+    autostart: true
+    autostart_priority: 50
+    autostart_delay: 5
+
+- name: A second web container cloned from the first
+  homelab.onebox.lxd_instance:
+    name: web2
+    copy_from: web1
+    ipv4_address: 10.87.0.12
+
+- name: Any LXD key, typed values are fine
+  homelab.onebox.lxd_instance:
+    name: worker
+    image: onebox-debian12
+    config:
+      security.nesting: true
+      limits.processes: 500
+
+- name: Stopped, not deleted
+  homelab.onebox.lxd_instance:
+    name: worker
+    state: stopped
+
+- name: Gone
+  homelab.onebox.lxd_instance:
+    name: worker
+    state: absent
+"""
+
+RETURN = r"""
+instance:
+  description: The instance after the run (what a check-mode run predicts), or C({}) when absent.
+  returned: always
+  type: dict
+  contains:
+    name:
+      description: Instance name.
+      type: str
+    status:
+      description: LXD status (C(Running), C(Stopped)); in check mode the predicted one.
+      type: str
+    config:
+      description: The instance's own config, without C(volatile.*) keys.
+      type: dict
+    devices:
+      description: The instance's own devices.
+      type: dict
+    profiles:
+      description: Its profiles.
+      type: list
+    ephemeral:
+      description: Whether it is ephemeral.
+      type: bool
+  sample:
+    name: web1
+    status: Running
+    config: {limits.memory: 512MiB}
+    devices: {eth0: {type: nic, network: lxdbr0, name: eth0, ipv4.address: 10.87.0.11}}
+    profiles: [default]
+    ephemeral: false
+addresses:
+  description: Global IPv4 addresses of the instance (empty when it is not running).
+  returned: always
+  type: list
+  elements: str
+  sample: [10.87.0.11]
+actions:
+  description: What was done, in order (C(create), C(update), C(start), C(stop), C(restart), C(delete)).
+  returned: always
+  type: list
+  elements: str
+  sample: [create, start]
+"""
+
+from ansible_collections.homelab.onebox.plugins.module_utils._lxd import InstanceSpec
+from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
+
+
+class InstanceManager:
+    """Read the instance once, work out what differs, change it outside check mode."""
+
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        # Validates every field before LXD is even contacted.
+        self.spec = InstanceSpec.from_params(module.params)
+        self.actions = []
+
+    def run(self):
+        lxd = self.module.lxd
+        name = self.spec.name
+        current = lxd.instance(name)
+        before = self.spec.view(current)
+        if self.params["state"] == "absent":
+            if current is not None:
+                self._act("delete", lambda: self._delete(current))
+            return self._result(before, {}, None)
+
+        if current is None:
+            body = self.spec.create_body(lxd)  # fails on an unknown image or source first
+            self._act("create", lambda: lxd.create_instance(body, timeout=max(120, self.params["wait_timeout"])))
+            current = self.spec.predicted(body) if self.module.check_mode else lxd.instance(name)
+        else:
+            patch = self.spec.patch_body(current, lxd)
+            if patch:
+                self._act("update", lambda: lxd.patch_instance(name, patch))
+                current = self.spec.predicted_after_patch(current, patch) if self.module.check_mode else lxd.instance(name)
+
+        current = self._run_state(current)
+        addresses = lxd.ipv4_addresses(current.get("state"))
+        if (self.params["state"] in ("started", "restarted") and self.params["wait_for_ipv4"]
+                and not self.module.check_mode and not addresses):
+            addresses, state = lxd.wait_ipv4(name, timeout=self.params["wait_timeout"])
+            current = dict(current, state=state)
+        return self._result(before, self.spec.view(current), current, addresses)
+
+    def _run_state(self, current):
+        lxd, name, state = self.module.lxd, self.spec.name, self.params["state"]
+        running = current.get("status") == "Running"
+        timeout, force = self.params["wait_timeout"], self.params["force_stop"]
+        if state == "started" and not running:
+            self._act("start", lambda: lxd.change_state(name, "start", timeout=timeout))
+        elif state == "stopped" and running:
+            self._act("stop", lambda: lxd.change_state(name, "stop", force=force, timeout=timeout))
+        elif state == "restarted":
+            action = "restart" if running else "start"
+            self._act(action, lambda: lxd.change_state(name, action, force=force, timeout=timeout))
+        else:
+            return current
+        if self.module.check_mode:
+            return dict(current, status="Stopped" if state == "stopped" else "Running")
+        return lxd.instance(name)
+
+    def _delete(self, current):
+        lxd = self.module.lxd
+        if current.get("status") == "Running":
+            lxd.change_state(self.spec.name, "stop", force=self.params["force_stop"],
+                             timeout=self.params["wait_timeout"])
+        lxd.delete_instance(self.spec.name)
+
+    def _act(self, action, change):
+        self.actions.append(action)
+        if not self.module.check_mode:
+            change()
+
+    def _result(self, before, after, current, addresses=None):
+        result = {
+            "changed": bool(self.actions),
+            "actions": self.actions,
+            "instance": self.spec.returned(current) if current else {},
+            "addresses": addresses or [],
+        }
+        if self.module._diff:
+            result["diff"] = {"before": before, "after": after}
+        return result
+
+
+def main():
+    module = OneboxModule(
+        argument_spec=InstanceSpec.argument_spec(),
+        mutually_exclusive=[("image", "copy_from")],
+        required_by={"memory_swap": "memory", "image_server": "image"},
+        supports_check_mode=True,
+        lxd=True,
+    )
+    module.run(InstanceManager)
+
+
+if __name__ == "__main__":
+    main()
