@@ -1,0 +1,353 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: homelab.onebox contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: dnat
+short_description: Forward the host's ports to containers (the whole set, atomically)
+version_added: 0.1.0
+description:
+  - Declares the B(whole set) of port forwards the collection owns on this host. Each forward
+    sends TCP or UDP traffic addressed to the host itself (or to one of its addresses) on a port or
+    a port range to an LXD instance's static address or to an IPv4 address.
+  - The rules live in chains of their own, C(<chain_prefix>_PREROUTING), C(_OUTPUT) and
+    C(_POSTROUTING) in table C(nat) and C(_FORWARD) in table C(filter), each jumped to once from
+    the built-in chain of the same name. Rules the module does not own (LXD's nftables table,
+    Docker's chains, the user's rules) are never flushed, reordered or edited.
+  - A forward matches only traffic addressed to the host (C(-m addrtype --dst-type LOCAL), or
+    O(forwards[].host_address)), so container-to-container traffic on the same port number is
+    untouched. It also works from the host itself (C(OUTPUT) chain, except to C(127.0.0.0/8)) and
+    from the target's neighbours reaching the host's address (hairpin, masqueraded).
+  - Forwarded traffic is accepted in C(FORWARD) (the jump goes first in that chain), so forwards
+    work when its policy is C(DROP), as on a host with Docker.
+  - The desired chains are compared with C(iptables-save) output and, only when they differ,
+    loaded with one C(iptables-restore --noflush); if that fails the previous rules are put back.
+    Uses the backend (nft or legacy) that C(iptables) on the host uses.
+  - Turns IPv4 forwarding on, now and across reboots (O(sysctl_file)).
+  - Saves the chains to O(save_path) and writes O(restore_script), which loads them again at boot;
+    the P(homelab.onebox.port_forward#role) role installs a systemd unit that runs it.
+author: homelab.onebox contributors
+extends_documentation_fragment:
+  - homelab.onebox.lxd
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details: The collection's rules before and after, and the saved files that change.
+  platform:
+    platforms: posix
+    details: Linux with iptables (nft or legacy backend). LXD is needed only when a target is an instance name.
+options:
+  forwards:
+    description:
+      - The whole set of forwards. Forwards not listed are removed.
+      - No two forwards may share a protocol and a host port (or overlapping ranges) on the same
+        listen address.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      proto:
+        description: Protocol.
+        type: str
+        choices: [tcp, udp]
+        default: tcp
+      port:
+        description: Host port (V(80)) or inclusive range (V(7000-7010)).
+        type: raw
+        required: true
+      target:
+        description:
+          - An LXD instance name, resolved to the static address of its NIC (C(ipv4.address) of
+            the C(eth0) device, or of its only NIC with one), or an IPv4 address.
+          - An instance without a static address is an error (a DHCP address changes on restart).
+        type: str
+        required: true
+      target_port:
+        description:
+          - Port or range on the target. Defaults to O(forwards[].port).
+          - A range must span as many ports as O(forwards[].port); port N goes to the port at the
+            same offset.
+        type: raw
+      host_address:
+        description: Listen only on this host address. Default is every address of the host.
+        type: str
+      source:
+        description: Forward only traffic from these IPv4 networks or addresses.
+        type: list
+        elements: str
+      comment:
+        description: Written on each rule (C(-m comment)). No quotes, backslashes or newlines; at most 255 characters.
+        type: str
+  state:
+    description: V(absent) removes every forward, the collection's chains and jumps, and the saved files.
+    type: str
+    choices: [present, absent]
+    default: present
+  chain_prefix:
+    description: Names the chains the module owns (C(<prefix>_PREROUTING)...). Upper case, at most 16 characters.
+    type: str
+    default: ONEBOX
+  backend:
+    description: Which iptables to use. V(auto) uses the backend of C(iptables) on the host (C(iptables -V)).
+    type: str
+    choices: [auto, nft, legacy]
+    default: auto
+  ip_forward:
+    description: Turn on C(net.ipv4.ip_forward) now and in O(sysctl_file). V(state=absent) leaves it as it is.
+    type: bool
+    default: true
+  sysctl_file:
+    description: File that keeps IPv4 forwarding on across reboots.
+    type: path
+    default: /etc/sysctl.d/60-onebox-ip-forward.conf
+  save_path:
+    description:
+      - Where the chains are saved for O(restore_script). An empty value saves nothing (and writes no script).
+    type: path
+    default: /etc/onebox/dnat.rules
+  restore_script:
+    description:
+      - A shell script that loads O(save_path) with C(iptables-restore --noflush) and adds the
+        missing jumps; run it at boot (the P(homelab.onebox.port_forward#role) role's systemd unit
+        does) or by hand on a host without systemd. Safe to run more than once.
+    type: path
+    default: /usr/local/sbin/onebox-dnat-restore
+notes:
+  - IPv4 only.
+  - A UDP flow that was already tracked before a change keeps its old destination until its
+    conntrack entry expires (C(conntrack -D -p udp --dport PORT) ends it at once).
+seealso:
+  - name: iptables-extensions(8)
+    description: DNAT, addrtype, conntrack and comment matches.
+    link: https://manpages.debian.org/bookworm/iptables/iptables-extensions.8.en.html
+"""
+
+EXAMPLES = r"""
+- name: The box's forwards (the whole set)
+  homelab.onebox.dnat:
+    forwards:
+      - {port: 80, target: proxy, comment: http}
+      - {port: 443, target: proxy, comment: https}
+      - {port: 8000, target: lb, target_port: 80}
+      - {proto: udp, port: 51820, target: vpn}
+      - {port: 27015-27030, target: game, source: [203.0.113.0/24]}
+      - {port: 2222, target: 10.87.0.50, target_port: 22, host_address: 192.0.2.2}
+
+- name: Remove every forward of the collection
+  homelab.onebox.dnat:
+    state: absent
+"""
+
+RETURN = r"""
+backend:
+  description: The iptables backend used.
+  returned: always
+  type: str
+  sample: nft
+forwards:
+  description: The forwards as applied, targets resolved to addresses, in the order the rules are written.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {proto: tcp, port: "80", target: proxy, address: 10.87.0.10, target_port: "80",
+       host_address: null, source: [], comment: http}
+rules:
+  description: The collection's rules after the run, as C(iptables-save) prints them.
+  returned: always
+  type: str
+  sample: |
+    *nat
+    :ONEBOX_OUTPUT - [0:0]
+    -A PREROUTING -m comment --comment "homelab.onebox" -j ONEBOX_PREROUTING
+    -A ONEBOX_PREROUTING -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 80 -m comment --comment http -j DNAT --to-destination 10.87.0.10:80
+    COMMIT
+"""
+
+import os
+import stat
+import tempfile
+
+from ansible_collections.homelab.onebox.plugins.module_utils import _dnat
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
+from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
+
+FORWARD_SPEC = dict(
+    proto=dict(type="str", choices=list(_dnat.PROTOCOLS), default="tcp"),
+    port=dict(type="raw", required=True),
+    target=dict(type="str", required=True),
+    target_port=dict(type="raw"),
+    host_address=dict(type="str"),
+    source=dict(type="list", elements="str"),
+    comment=dict(type="str"),
+)
+ARGUMENT_SPEC = dict(
+    forwards=dict(type="list", elements="dict", options=FORWARD_SPEC, default=[]),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    chain_prefix=dict(type="str", default=_dnat.DEFAULT_PREFIX),
+    backend=dict(type="str", choices=["auto", "nft", "legacy"], default="auto"),
+    ip_forward=dict(type="bool", default=True),
+    sysctl_file=dict(type="path", default="/etc/sysctl.d/60-onebox-ip-forward.conf"),
+    save_path=dict(type="path", default="/etc/onebox/dnat.rules"),
+    restore_script=dict(type="path", default="/usr/local/sbin/onebox-dnat-restore"),
+)
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+SYSCTL_TEXT = "# homelab.onebox.dnat: port forwards need IPv4 forwarding.\nnet.ipv4.ip_forward = 1\n"
+
+
+class DnatManager:
+    """Reads the collection's chains once, diffs them with the wanted set, writes once."""
+
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+
+    def run(self):
+        params = self.params
+        prefix = _dnat.check_prefix(params["chain_prefix"])
+        present = params["state"] == "present"
+        # Everything the user gave is checked (and targets looked up) before anything changes.
+        forwards = self.resolve(_dnat.normalise(params["forwards"])) if present else []
+        backend, iptables, save, restore = self.tools()
+
+        current = _dnat.parse_save(self.command([save], "read the rules"), prefix)
+        networks = self.networks() if forwards else []
+        desired = _dnat.desired_state(forwards, prefix, networks) if present else _dnat.empty_state()
+        restore_text = _dnat.plan(current, desired)
+        files = [f for f in self.files(desired, prefix, present, iptables, restore) if self.differs(*f)]
+        ip_forward_off = present and params["ip_forward"] and self.read(IP_FORWARD).strip() == "0"
+
+        changed = bool(restore_text or files or ip_forward_off)
+        if changed and not self.module.check_mode:
+            if restore_text:
+                self.load(restore, save, restore_text, current, prefix)
+            for path, content, mode in files:
+                self.write(path, content, mode)
+            if ip_forward_off:
+                self.write_proc(IP_FORWARD, "1\n")
+
+        result = dict(changed=changed, backend=backend, forwards=_dnat.summary(forwards),
+                      rules=_dnat.render(desired))
+        if self.module._diff:
+            result["diff"] = [dict(before_header="iptables (%s_* chains and jumps)" % prefix,
+                                   after_header="iptables (%s_* chains and jumps)" % prefix,
+                                   before=_dnat.render(current), after=result["rules"])]
+            result["diff"] += [dict(before_header=path, after_header=path, before=self.read(path) or "",
+                                    after=content or "") for path, content, _mode in files]
+            if ip_forward_off:
+                result["diff"].append(dict(before_header=IP_FORWARD, after_header=IP_FORWARD,
+                                           before="0\n", after="1\n"))
+        return result
+
+    # ---- reading ---------------------------------------------------------------------------
+    def resolve(self, forwards):
+        """Instance targets -> their static addresses; LXD is opened only when one is named."""
+        if all(f.address for f in forwards):
+            return forwards
+        lxd = self.module.lxd
+        listing = lxd.metadata("get", lxd.api.instances, "list instances", params={"recursion": 1})
+        instances = {instance["name"]: instance for instance in listing}
+        return [f if f.address else f._replace(address=_dnat.static_ipv4(
+            instances.get(f.target), f.target, f.field + ".target")) for f in forwards]
+
+    def tools(self):
+        """(backend, iptables, iptables-save, iptables-restore) of the backend the host uses."""
+        backend = self.params["backend"]
+        if backend == "auto":
+            plain = self.module.get_bin_path("iptables")
+            if plain is None:
+                raise OneboxError("iptables is not installed (install the iptables package)")
+            backend = "nft" if "nf_tables" in self.command([plain, "-V"], "ask iptables its backend") else "legacy"
+        paths = []
+        for tool in ("iptables", "iptables-save", "iptables-restore"):
+            name = tool.replace("iptables", "iptables-" + backend, 1)
+            path = self.module.get_bin_path(name) or (
+                self.params["backend"] == "auto" and self.module.get_bin_path(tool))
+            if not path:
+                raise OneboxError("%s not found: the %s backend of iptables is not installed" % (name, backend))
+            paths.append(path)
+        return [backend] + paths
+
+    def networks(self):
+        """The networks the host is attached to (a target's neighbours are masqueraded)."""
+        return _dnat.connected_networks(self.module.from_json(
+            self.command([self.module.get_bin_path("ip", required=True), "-j", "-4", "addr", "show"],
+                         "list the host's addresses")))
+
+    def files(self, desired, prefix, present, iptables, restore):
+        """(path, wanted content or None to delete, mode) of every file the module keeps."""
+        params = self.params
+        out = []
+        if params["save_path"]:
+            out.append((params["save_path"], _dnat.save_file(desired, prefix) if present else None, 0o644))
+            if params["restore_script"]:
+                script = _dnat.restore_script(params["save_path"], iptables, restore, prefix, params["ip_forward"])
+                out.append((params["restore_script"], script if present else None, 0o755))
+        if present and params["ip_forward"] and params["sysctl_file"]:
+            out.append((params["sysctl_file"], SYSCTL_TEXT, 0o644))
+        return out
+
+    @staticmethod
+    def read(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+
+    def differs(self, path, content, mode):
+        if content is None:
+            return os.path.lexists(path)
+        return self.read(path) != content or stat.S_IMODE(os.stat(path).st_mode) != mode
+
+    def command(self, argv, what, data=None):
+        rc, out, err = self.module.run_command(argv, data=data, binary_data=True)
+        if rc != 0:
+            raise OneboxError("%s: %s exited %d: %s" % (what, " ".join(argv), rc, (err or out).strip()),
+                              rc=rc, stdout=out, stderr=err)
+        return out
+
+    # ---- writing ---------------------------------------------------------------------------
+    def load(self, restore, save, text, previous, prefix):
+        """One iptables-restore; on failure put the previous rules back and fail."""
+        try:
+            self.command([restore, "--wait=10", "--noflush"], "load the forwards", data=text)
+        except OneboxError as exc:
+            back = _dnat.plan(_dnat.parse_save(self.command([save], "read the rules"), prefix), previous)
+            if back:
+                self.command([restore, "--wait=10", "--noflush"], "put the previous forwards back", data=back)
+            exc.msg += " (the previous forwards were kept)"
+            exc.details["rules"] = text
+            raise
+
+    def write(self, path, content, mode):
+        if content is None:
+            os.unlink(path)
+            return
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path))
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+        os.chmod(tmp, mode)
+        self.module.atomic_move(tmp, path)
+        os.chmod(path, mode)
+
+    @staticmethod
+    def write_proc(path, value):
+        with open(path, "w", encoding="ascii") as handle:
+            handle.write(value)
+
+
+def main():
+    module = OneboxModule(ARGUMENT_SPEC, lxd=True, supports_check_mode=True)
+    module.run(DnatManager)
+
+
+if __name__ == "__main__":
+    main()
