@@ -1,0 +1,442 @@
+"""homelab.onebox.dnat against the real thing: iptables on this host, LXD containers, and a client in
+a network namespace of its own (tests/netns.py). Test traffic goes only to that namespace, to the
+host's own addresses and to the containers made here.
+
+Every test uses chains with a prefix of its run (not the collection's default), forwards on high
+random ports, and files under tmp_path, so nothing the box itself runs is touched.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from conftest import RUN_PREFIX, delete_instance_quietly, run_module, run_playbook
+from netns import Netns
+
+from ansible_collections.homelab.onebox.plugins.module_utils import _dnat
+
+IMAGE = "onebox-debian12"
+BRIDGE = "lxdbr0"
+PREFIX = "OBT%s" % RUN_PREFIX[1:].upper()
+BASE = random.randrange(20000, 29000, 10)
+WEB_A, WEB_B, C2C, HAIRPIN = BASE, BASE + 1, BASE + 2, BASE + 3   # host ports
+UDP = BASE + 4
+RANGE = (BASE + 5, BASE + 7)           # -> A, ports SHIFT.. (shifted range)
+SHIFT = BASE + 500
+UNDECLARED = BASE + 8
+TIMEOUT = 5
+
+# A TCP server answering "<name> <port> <peer address>" and a UDP echo, in the container.
+SERVER = r'''
+import socket, sys, threading
+name = sys.argv[1]
+def tcp(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(64)
+    while True:
+        c, peer = s.accept()
+        try: c.sendall(("%s %d %s\n" % (name, port, peer[0])).encode())
+        finally: c.close()
+def udp(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
+    while True:
+        data, peer = s.recvfrom(2048)
+        s.sendto(("%s %d %s " % (name, port, peer[0])).encode() + data, peer)
+for spec in sys.argv[2:]:
+    proto, port = spec.split("/")
+    threading.Thread(target=tcp if proto == "tcp" else udp, args=(int(port),), daemon=True).start()
+threading.Event().wait()
+'''
+
+# A client: prints the answer of a TCP or UDP server, or "ERROR <reason>".
+CLIENT = r'''
+import socket, sys
+proto, host, port, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+try:
+    if proto == "tcp":
+        s = socket.create_connection((host, port), timeout=timeout); s.settimeout(timeout)
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk: break
+            data += chunk
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(timeout)
+        s.sendto(b"ping", (host, port)); data = s.recvfrom(4096)[0]
+    print(data.decode().strip())
+except Exception as exc:
+    print("ERROR %s" % exc.__class__.__name__)
+'''
+
+
+def iptables_save():
+    """iptables-save without its timestamps and packet counters."""
+    out = subprocess.run(["iptables-save"], capture_output=True, text=True, timeout=30, check=True).stdout
+    return [re.sub(r"\[\d+:\d+\]$", "[0:0]", line) for line in out.splitlines() if not line.startswith("#")]
+
+
+def iptables(*args):
+    subprocess.run(["iptables", "-w", "10"] + list(args), capture_output=True, text=True, timeout=30, check=True)
+
+
+def ask_from_host(proto, host, port, timeout=TIMEOUT):
+    return subprocess.run([sys.executable, "-c", CLIENT, proto, host, str(port), str(timeout)],
+                          capture_output=True, text=True, timeout=timeout + 10, check=True).stdout.strip()
+
+
+def ask_from_ns(ns, proto, host, port, timeout=TIMEOUT):
+    return ns.run([sys.executable, "-c", CLIENT, proto, host, str(port), str(timeout)],
+                  timeout=timeout + 10, check=True).stdout.strip()
+
+
+def ask_from_container(lxd, name, proto, host, port, timeout=TIMEOUT):
+    result = lxd.exec(name, ["python3", "-c", CLIENT, proto, host, str(port), str(timeout)], timeout=timeout + 10)
+    assert result.rc == 0 and result.stdout.strip(), result
+    return result.stdout.strip()
+
+
+def args_for(tmp_path, forwards=None, **extra):
+    args = dict(forwards=forwards or [], chain_prefix=PREFIX, save_path=str(tmp_path / "dnat.rules"),
+                restore_script=str(tmp_path / "onebox-dnat-restore"), sysctl_file=str(tmp_path / "ip_forward.conf"))
+    args.update(extra)
+    return args
+
+
+def free_addresses(lxd, count):
+    """Addresses on the bridge that no instance has or has reserved."""
+    net = ipaddress.IPv4Interface(lxd.network(BRIDGE)["config"]["ipv4.address"])
+    used = {str(net.ip)}
+    for inst in lxd.metadata("get", lxd.api.instances, "list", params={"recursion": 2}):
+        for dev in (inst.get("expanded_devices") or {}).values():
+            used.add(dev.get("ipv4.address"))
+        used.update(lxd.ipv4_addresses(inst.get("state")))
+    hosts = [str(h) for h in net.network.hosts() if str(h) not in used][len(list(net.network.hosts())) // 3:]
+    return random.sample(hosts, count)
+
+
+@pytest.fixture(scope="module")
+def box(lxd):
+    """Two containers with static addresses, each serving TCP/UDP and answering with its name."""
+    if lxd.image_alias(IMAGE) is None:
+        pytest.fail("image %s is missing: run the base_image role first" % IMAGE)
+    names = ["%s-dnat-%s-%s" % (RUN_PREFIX, label, uuid.uuid4().hex[:4]) for label in ("a", "b")]
+    try:
+        addresses = free_addresses(lxd, 2)
+        for name, address in zip(names, addresses):
+            result = run_module("lxd_instance", {"name": name, "image": IMAGE, "ipv4_address": address,
+                                                 "state": "started", "wait_timeout": 60})
+            assert not result.get("failed"), result
+        a, b = names
+        services = {a: ["tcp/%d" % WEB_A, "tcp/%d" % C2C, "tcp/%d" % (SHIFT + 1), "udp/%d" % UDP],
+                    b: ["tcp/%d" % WEB_B, "tcp/%d" % C2C, "tcp/%d" % HAIRPIN]}
+        for name, specs in services.items():
+            lxd.push_file(name, "/root/onebox-test-server.py", SERVER)
+            lxd.run(name, ["sh", "-c", "nohup python3 /root/onebox-test-server.py %s %s >/dev/null 2>&1 &"
+                           % (name, " ".join(specs))], timeout=10)
+        ip = dict(zip(names, addresses))
+        for name, specs in services.items():  # wait until each server answers, directly
+            deadline = time.monotonic() + 20
+            while not ask_from_host("tcp", ip[name], int(specs[0].split("/")[1]), 1).startswith(name):
+                assert time.monotonic() < deadline, "server in %s did not start" % name
+                time.sleep(0.2)
+        yield dict(a=a, b=b, ip=ip)
+    finally:
+        for name in names:
+            delete_instance_quietly(lxd, name)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with Netns("dnat") as ns:
+        yield ns
+
+
+@pytest.fixture(scope="module")
+def user_rules(client):
+    """A user's own rules and a foreign chain, as on a real host (Docker-like). The FORWARD rules
+    drop the namespace's routed traffic, as a DROP policy would: only forwards may pass."""
+    tag = RUN_PREFIX.upper()
+    before = iptables_save()
+    rules = [
+        ("nat", "-N", "FOREIGN%s" % tag), ("nat", "-A", "FOREIGN%s" % tag, "-j", "RETURN"),
+        ("nat", "-A", "PREROUTING", "-s", "192.0.2.123/32", "-j", "FOREIGN%s" % tag),
+        ("filter", "-N", "USER%s" % tag), ("filter", "-A", "USER%s" % tag, "-j", "RETURN"),
+        ("filter", "-A", "FORWARD", "-s", str(client.subnet), "-j", "DROP"),
+        ("filter", "-A", "FORWARD", "-d", str(client.subnet), "-j", "DROP"),
+    ]
+    for table, *rule in rules:
+        iptables("-t", table, *rule)
+    with_user_rules = iptables_save()
+    yield with_user_rules
+    for table, verb, chain, *rest in reversed(rules):
+        iptables("-t", table, {"-N": "-X", "-A": "-D"}[verb], chain, *rest)
+    assert iptables_save() == before
+
+
+@pytest.fixture(scope="module")
+def forwards(box):
+    a, b = box["a"], box["b"]
+    return [
+        {"port": WEB_A, "target": a, "comment": "web a"},
+        {"port": WEB_B, "target": b},
+        {"port": C2C, "target": b, "comment": "c2c"},
+        {"port": HAIRPIN, "target": b},
+        {"proto": "udp", "port": UDP, "target": a, "comment": "udp echo"},
+        {"port": "%d-%d" % RANGE, "target": box["ip"][a], "target_port": "%d-%d" % (SHIFT, SHIFT + 2)},
+    ]
+
+
+@pytest.fixture(scope="module")
+def applied(box, client, user_rules, forwards, tmp_path_factory):
+    """The forwards in place (and removed at the end, leaving iptables as it was)."""
+    args = args_for(tmp_path_factory.mktemp("dnat"), forwards)
+    result = run_module("dnat", args)
+    assert result["changed"] and not result.get("failed"), result
+    yield args
+    result = run_module("dnat", dict(args, state="absent"))
+    assert not result.get("failed"), result
+    assert iptables_save() == user_rules
+
+
+# ---- bad input ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dhcp_instance(lxd):
+    """An instance without a static address (created, never started)."""
+    name = "%s-dnat-dhcp-%s" % (RUN_PREFIX, uuid.uuid4().hex[:4])
+    try:
+        lxd.create_instance({"name": name, "source": {"type": "image", "alias": IMAGE}})
+        yield name
+    finally:
+        delete_instance_quietly(lxd, name)
+
+
+BAD = [
+    ([{"port": 0, "target": "10.87.0.250"}], "forwards[0].port", "0"),
+    ([{"port": 65536, "target": "10.87.0.250"}], "forwards[0].port", "65536"),
+    ([{"port": "9010-9000", "target": "10.87.0.250"}], "forwards[0].port", "'9010-9000'"),
+    ([{"port": 9000, "target": "10.87.0.250"}, {"port": 9000, "target": "10.87.0.251"}], "forwards[1].port", "9000"),
+    ([{"port": "9000-9010", "target": "10.87.0.250"}, {"port": "9005-9020", "target": "10.87.0.251"}],
+     "forwards[1].port", "'9005-9020'"),
+    ([{"port": 9000, "target": "%s-no-such-instance" % RUN_PREFIX}], "forwards[0].target", "no-such-instance"),
+    ([{"port": 9000, "target": "10.87.0.250", "comment": 'a "quoted" word'}], "forwards[0].comment", "quoted"),
+    ([{"port": 9000, "target": "10.87.0.250", "comment": "two\nlines"}], "forwards[0].comment", "two\\nlines"),
+    ([{"port": 9000, "target": "10.87.0.250", "proto": "sctp"}], "proto", "sctp"),
+]
+
+
+@pytest.mark.parametrize("forwards_, field, value", BAD)
+def test_bad_input_fails_before_any_change(tmp_path, forwards_, field, value):
+    before = iptables_save()
+    result = run_module("dnat", args_for(tmp_path, forwards_))
+    assert result.get("failed"), result
+    assert field in result["msg"] and value in result["msg"], result["msg"]
+    assert iptables_save() == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_instance_without_static_address_is_refused(tmp_path, dhcp_instance):
+    before = iptables_save()
+    result = run_module("dnat", args_for(tmp_path, [{"port": 9000, "target": "10.87.0.250"},
+                                                    {"port": 9001, "target": dhcp_instance}]))
+    assert result.get("failed") and "forwards[1].target" in result["msg"] and dhcp_instance in result["msg"]
+    assert "static" in result["msg"]
+    assert iptables_save() == before
+
+
+# ---- rules only (no traffic) ----------------------------------------------------------------
+def test_check_diff_idempotence_and_removal(tmp_path):
+    before = iptables_save()
+    forwards = [{"port": 9000, "target": "10.87.0.250"}, {"proto": "udp", "port": "9000-9002", "target": "10.87.0.251"}]
+    args = args_for(tmp_path, forwards)
+
+    result = run_module("dnat", args, check=True, diff=True)
+    assert result["changed"] and "DNAT --to-destination 10.87.0.250:9000" in result["diff"][0]["after"]
+    assert result["diff"][0]["before"] == ""
+    assert iptables_save() == before and list(tmp_path.iterdir()) == []
+    try:
+        assert run_module("dnat", args)["changed"]
+        after = iptables_save()
+        assert after != before
+        assert run_module("dnat", args, diff=True)["changed"] is False
+        assert run_module("dnat", args, check=True)["changed"] is False
+        # order of the list is not a change
+        assert run_module("dnat", dict(args, forwards=forwards[::-1]))["changed"] is False
+
+        changed = [forwards[0], dict(forwards[1], target="10.87.0.252")]
+        result = run_module("dnat", dict(args, forwards=changed), check=True, diff=True)
+        assert result["changed"] and "10.87.0.251" in result["diff"][0]["before"]
+        assert iptables_save() == after  # check mode changed nothing
+        result = run_module("dnat", dict(args, forwards=changed))
+        assert result["changed"] and not result.get("failed")
+        saved = iptables_save()
+        assert any("10.87.0.252:9000-9002" in line for line in saved)
+        assert not any("10.87.0.251" in line for line in saved)
+        # only the changed lines moved: every other line of iptables-save is where it was
+        assert [line for line in saved if "10.87.0.25" not in line] == [line for line in after if "10.87.0.25" not in line]
+        assert "10.87.0.252" in (tmp_path / "dnat.rules").read_text()
+    finally:
+        result = run_module("dnat", dict(args, state="absent"), diff=True)
+    assert result["changed"] and result["diff"][0]["after"] == ""
+    assert iptables_save() == before
+    assert not (tmp_path / "dnat.rules").exists() and not (tmp_path / "onebox-dnat-restore").exists()
+    assert run_module("dnat", dict(args, state="absent"))["changed"] is False
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_rules_are_written_as_iptables_save_prints_them(backend):
+    """The comparison that makes a second run a no-op: the rules as rendered are, to the
+    character, what each backend's iptables-save prints after loading them (in a scratch
+    namespace, so the host is not touched)."""
+    forwards = _dnat.normalise([
+        {"port": 80, "target": "10.87.0.10", "comment": "web proxy"},
+        {"port": 443, "target": "10.87.0.10", "comment": "tls", "source": ["203.0.113.0/24", "198.51.100.7"]},
+        {"proto": "udp", "port": "7000-7010", "target": "10.87.0.11", "target_port": "8000-8010"},
+        {"proto": "udp", "port": "9000-9001", "target": "10.87.0.11", "host_address": "192.0.2.2"},
+    ])
+    networks = [ipaddress.IPv4Network("10.87.0.0/24")]
+    desired = _dnat.desired_state(forwards, "ONEBOX", networks)
+    with Netns("save") as ns:
+        ns.run(["iptables-%s-restore" % backend, "--noflush"], input=_dnat.plan(_dnat.empty_state(), desired), check=True)
+        current = _dnat.parse_save(ns.run(["iptables-%s-save" % backend], check=True).stdout, "ONEBOX")
+        assert current == desired
+        assert _dnat.plan(current, desired) == ""
+        ns.run(["iptables-%s-restore" % backend, "--noflush"], input=_dnat.plan(current, _dnat.empty_state()), check=True)
+        left = ns.run(["iptables-%s-save" % backend], check=True).stdout
+        assert "ONEBOX" not in left
+
+
+# ---- traffic ------------------------------------------------------------------------------
+def test_tcp_reaches_the_right_container(box, client, applied):
+    a, b = box["a"], box["b"]
+    # the container's own answer, and it sees the client's real address (no masquerade)
+    assert ask_from_ns(client, "tcp", client.host_address, WEB_A) == "%s %d %s" % (a, WEB_A, client.address)
+    assert ask_from_ns(client, "tcp", client.host_address, WEB_B) == "%s %d %s" % (b, WEB_B, client.address)
+
+
+def test_udp_reaches_an_echo_in_a_container(box, client, applied):
+    assert ask_from_ns(client, "udp", client.host_address, UDP) == "%s %d %s ping" % (box["a"], UDP, client.address)
+
+
+def test_a_port_range_is_forwarded_port_by_port(box, client, applied):
+    # host RANGE[0]+1 -> SHIFT+1 on a (the only port of the range a listens on)
+    assert ask_from_ns(client, "tcp", client.host_address, RANGE[0] + 1) == "%s %d %s" % (box["a"], SHIFT + 1, client.address)
+    # the other ports of the range reach a too, where nothing listens
+    assert ask_from_ns(client, "tcp", client.host_address, RANGE[0]) == "ERROR ConnectionRefusedError"
+
+
+def test_undeclared_port_is_not_forwarded(box, client, applied):
+    assert ask_from_ns(client, "tcp", client.host_address, UNDECLARED).startswith("ERROR")
+    # and the containers are not reachable directly from outside (FORWARD drops it here)
+    assert ask_from_ns(client, "tcp", box["ip"][box["a"]], WEB_A, timeout=1) == "ERROR TimeoutError"
+
+
+def test_container_to_container_traffic_is_untouched(box, lxd, applied):
+    # C2C is forwarded to b, but b talking to a on that port number reaches a
+    a, b = box["a"], box["b"]
+    assert ask_from_container(lxd, b, "tcp", box["ip"][a], C2C) == "%s %d %s" % (a, C2C, box["ip"][b])
+
+
+def test_the_host_reaches_its_own_forwarded_port(box, client, applied):
+    assert ask_from_host("tcp", client.host_address, WEB_B).startswith("%s %d " % (box["b"], WEB_B))
+    # not through loopback
+    assert ask_from_host("tcp", "127.0.0.1", WEB_B).startswith("ERROR")
+
+
+def test_hairpin_a_container_reaches_the_hosts_address(box, lxd, client, applied):
+    a, b = box["a"], box["b"]
+    answer = ask_from_container(lxd, a, "tcp", client.host_address, HAIRPIN)
+    gateway = str(ipaddress.IPv4Interface(lxd.network(BRIDGE)["config"]["ipv4.address"]).ip)
+    assert answer == "%s %d %s" % (b, HAIRPIN, gateway)  # masqueraded, so b's reply goes back through the host
+
+
+def test_user_rules_and_foreign_chains_survive(user_rules, applied):
+    now = iptables_save()
+    prefix_lines = [line for line in now if PREFIX in line]
+    assert prefix_lines
+    # the user's lines are all there, in the same order
+    assert [line for line in now if line not in prefix_lines] == user_rules
+    assert run_module("dnat", applied)["changed"] is False
+
+
+def test_reboot_simulation_restores_traffic(box, client, applied):
+    for chain in ("PREROUTING", "OUTPUT", "POSTROUTING"):
+        iptables("-t", "nat", "-F", "%s_%s" % (PREFIX, chain))
+    iptables("-t", "filter", "-F", "%s_FORWARD" % PREFIX)
+    assert ask_from_ns(client, "tcp", client.host_address, WEB_A).startswith("ERROR")
+    assert run_module("dnat", applied, check=True)["changed"] is True  # the module sees it
+    proc = subprocess.run(["sh", applied["restore_script"]], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert ask_from_ns(client, "tcp", client.host_address, WEB_A).startswith(box["a"])
+    assert ask_from_ns(client, "udp", client.host_address, UDP).startswith(box["a"])
+    # a second run of the restore adds nothing twice, and the module sees no difference
+    saved = iptables_save()
+    subprocess.run(["sh", applied["restore_script"]], capture_output=True, timeout=60, check=True)
+    assert iptables_save() == saved
+    assert run_module("dnat", applied)["changed"] is False
+
+
+def test_removing_forwards(box, client, user_rules, forwards, applied):
+    kept = [f for f in forwards if f["port"] != WEB_A]
+    try:
+        result = run_module("dnat", dict(applied, forwards=kept))
+        assert result["changed"] and not result.get("failed"), result
+        assert ask_from_ns(client, "tcp", client.host_address, WEB_A).startswith("ERROR")
+        assert ask_from_ns(client, "tcp", client.host_address, WEB_B).startswith(box["b"])
+        assert not any("web a" in line for line in iptables_save())
+
+        result = run_module("dnat", dict(applied, state="absent"))
+        assert result["changed"] and not result.get("failed"), result
+        assert iptables_save() == user_rules  # no rule left behind
+        assert ask_from_ns(client, "tcp", client.host_address, WEB_B).startswith("ERROR")
+    finally:
+        assert run_module("dnat", applied)["changed"]  # back for the tests after this one
+
+
+# ---- the role -----------------------------------------------------------------------------
+ROLE_PLAY = """
+- hosts: all
+  gather_facts: false
+  roles:
+    - role: homelab.onebox.port_forward
+"""
+
+
+def test_port_forward_role(box, client, user_rules, tmp_path):
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(ROLE_PLAY)
+    before = iptables_save()
+    variables = dict(
+        onebox_services=[{"name": box["a"], "forwards": [{"port": UNDECLARED, "target_port": WEB_A, "comment": "role"}]},
+                         {"name": box["b"]}],
+        port_forward_extra=[{"proto": "udp", "port": UNDECLARED, "target": box["ip"][box["a"]], "target_port": UDP}],
+        port_forward_chain_prefix=PREFIX + "R", port_forward_save_path=str(tmp_path / "etc" / "dnat.rules"),
+        port_forward_restore_script=str(tmp_path / "sbin" / "restore"),
+        port_forward_sysctl_file=str(tmp_path / "sysctl.conf"),
+        port_forward_systemd=True, port_forward_unit_dir=str(tmp_path), port_forward_unit_enable=False)
+
+    def converge(**extra):
+        rc, out = run_playbook(str(playbook), dict(variables, **extra))
+        assert rc == 0, json.dumps(out)[-3000:]
+        return out["stats"]["localhost"]["changed"]
+
+    try:
+        assert converge() > 0
+        assert ask_from_ns(client, "tcp", client.host_address, UNDECLARED) == "%s %d %s" % (box["a"], WEB_A, client.address)
+        assert ask_from_ns(client, "udp", client.host_address, UNDECLARED).startswith("%s %d " % (box["a"], UDP))
+        unit = (tmp_path / "onebox-dnat.service").read_text()
+        assert "ExecStart=%s" % variables["port_forward_restore_script"] in unit
+        assert "ConditionPathExists=%s" % variables["port_forward_save_path"] in unit
+        assert converge() == 0
+    finally:
+        converge(port_forward_state="absent")
+    assert iptables_save() == before
+    assert not (tmp_path / "onebox-dnat.service").exists() and not (tmp_path / "etc" / "dnat.rules").exists()
+    assert ask_from_ns(client, "tcp", client.host_address, UNDECLARED).startswith("ERROR")
