@@ -19,6 +19,8 @@ import uuid
 
 import pytest
 
+from ansible_collections.homelab.onebox.plugins.filter.free_subnet import free_subnet as filter_free_subnet
+
 # The benchmarking range (RFC 2544): not routed on the internet, free on the test machines.
 CANDIDATES = ipaddress.IPv4Network("198.18.0.0/15")
 
@@ -27,30 +29,16 @@ def _ip(*args, timeout=10):
     return subprocess.run(["ip"] + list(args), capture_output=True, text=True, timeout=timeout, check=True).stdout
 
 
-def used_networks():
-    """Every IPv4 route destination (all tables, default route aside) and every address's network."""
-    used = []
-    for route in json.loads(_ip("-4", "-j", "route", "show", "table", "all") or "[]"):
-        dst = route.get("dst")
-        if dst and dst != "default":
-            used.append(ipaddress.IPv4Network(dst if "/" in dst else dst + "/32", strict=False))
-    for link in json.loads(_ip("-4", "-j", "addr", "show") or "[]"):
-        for info in link.get("addr_info") or []:
-            used.append(ipaddress.IPv4Network("%s/%s" % (info["local"], info["prefixlen"]), strict=False))
-    return used
-
-
-def free_subnet(used=None, rng=random):
-    """A /30 of 198.18.0.0/15 that overlaps none of ``used`` (read from the host when None)."""
-    used = used_networks() if used is None else used
+def free_subnet(rng=random, tries=512):
+    """A /30 of 198.18.0.0/15, from a random start, that overlaps no route (any table) and no
+    address of the host (the collection's own free_subnet filter does the comparing)."""
+    routes = json.loads(_ip("-4", "-j", "route", "show", "table", "all") or "[]")
+    addresses = json.loads(_ip("-4", "-j", "addr", "show") or "[]")
     count = CANDIDATES.num_addresses // 4
     start = rng.randrange(count)
-    for i in range(count):
-        base = int(CANDIDATES.network_address) + 4 * ((start + i) % count)
-        subnet = ipaddress.IPv4Network((base, 30))
-        if not any(subnet.overlaps(net) for net in used):
-            return subnet
-    raise RuntimeError("no free /30 in %s" % CANDIDATES)
+    candidates = [str(ipaddress.IPv4Network((int(CANDIDATES.network_address) + 4 * ((start + i) % count), 30)))
+                  for i in range(tries)]
+    return ipaddress.IPv4Network(filter_free_subnet(routes, candidates, addresses))
 
 
 class Netns:
