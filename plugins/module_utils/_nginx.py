@@ -190,6 +190,14 @@ def server_name(value, field):
     return _token(v.domain(value, field, wildcard=True), field)
 
 
+def _port_in(text, field, whole):
+    """The port part of ``whole``; an error names the whole value as the user wrote it."""
+    try:
+        return v.port(text, field)
+    except ValidationError:
+        raise ValidationError(field, whole, "port must be a number 1-65535")
+
+
 def _host(value, field):
     if value.startswith("["):
         try:
@@ -213,7 +221,7 @@ def listen(value, field):
         address = _host(address, field)
     elif address != "*":
         address = v.ipv4_address(address, field)
-    return "%s:%d" % (address, v.port(match.group(2), field))
+    return "%s:%d" % (address, _port_in(match.group(2), field, value))
 
 
 def upstream_server(value, field):
@@ -227,7 +235,7 @@ def upstream_server(value, field):
     if not match:
         raise ValidationError(field, value, "must be HOST, HOST:PORT, [IPV6]:PORT or unix:/path")
     host = _host(match.group(1), field)
-    return host if match.group(2) is None else "%s:%d" % (host, v.port(match.group(2), field))
+    return host if match.group(2) is None else "%s:%d" % (host, _port_in(match.group(2), field, value))
 
 
 def backend_url(value, field, upstream_names=()):
@@ -242,7 +250,7 @@ def backend_url(value, field, upstream_names=()):
         "scheme": match.group("scheme"),
         "host": (match.group("host") if match.group("host") in upstream_names
                  else _host(match.group("host"), field)),
-        "port": None if port is None else v.port(port, field),
+        "port": None if port is None else _port_in(port, field, value),
         "path": None if match.group("path") is None else v.url_path(match.group("path"), field),
     }
 
