@@ -16,6 +16,7 @@ import os
 import time
 import traceback
 from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
@@ -108,6 +109,8 @@ class LxdClient:
             raise LxdError("cannot connect to LXD at %s: %s" % (endpoint, describe_error(exc)))
         self.api = self._client.api
         self.server = self._client.host_info
+        self._pool = None
+        self._cleanups = []
 
     @classmethod
     def from_params(cls, params):
@@ -239,26 +242,39 @@ class LxdClient:
         logs = meta.get("output") or {}
         if "return" not in meta or "1" not in logs or "2" not in logs:
             raise LxdError("%s: LXD returned no exit code or output record: %r" % (what, meta))
-        stdout, stderr = (self._read_log(name, logs[fd], what) for fd in ("1", "2"))
+        nodes = [self.api.instances[name].logs[logs[fd].rstrip("/").split("/")[-1]] for fd in ("1", "2")]
+        # Both records at once; their deletion runs in the background and is awaited in close().
+        reads = [self._workers().submit(self.request, "get", node, what, is_api=False) for node in nodes]
+        stdout, stderr = (read.result().content.decode("utf-8", "replace") for read in reads)
+        self._cleanups.extend(self._workers().submit(self._forget_log, node) for node in nodes)
         return ExecResult(int(meta["return"]), stdout, stderr)
 
-    def _read_log(self, name, path, what):
-        log_name = path.rstrip("/").split("/")[-1]
-        node = self.api.instances[name].logs[log_name]
-        data = self.request("get", node, what, is_api=False).content
+    def _workers(self):
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=4)
+        return self._pool
+
+    @staticmethod
+    def _forget_log(node):
         # The record stays on the host until deleted; a failure to delete is not the caller's.
         try:
             node.delete()
         except Exception:  # pylint: disable=broad-except
             pass
-        return data.decode("utf-8", "replace")
+
+    def close(self):
+        """Finish background clean-ups (exec records). Safe to call more than once."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._cleanups = []
 
     def run(self, name, command, timeout=60, **kwargs):
         """exec that fails unless the command exits 0; returns stdout."""
         result = self.exec(name, command, timeout=timeout, **kwargs)
         if result.rc != 0:
-            raise LxdError("in %s, %s exited %d: %s" % (name, " ".join(command), result.rc,
-                                                      (result.stderr or result.stdout).strip()[-2000:]),
+            output = (result.stderr or result.stdout).strip()[-2000:]
+            raise LxdError("in %s, %s exited %d: %s" % (name, " ".join(command), result.rc, output),
                            rc=result.rc, stdout=result.stdout, stderr=result.stderr)
         return result.stdout
 
@@ -391,7 +407,8 @@ class InstanceSpec:
 
     def __init__(self, name, config=None, devices=None, profiles=None, ephemeral=None, image=None,
                  image_server=None, image_protocol="simplestreams", copy_from=None,
-                 ipv4_address=None, network=None):
+                 ipv4_address=None, network=None, state="started", wait_for_ipv4=True,
+                 wait_timeout=60, force_stop=False):
         self.name = name
         self.config = config or {}
         self.devices = devices or {}
@@ -403,6 +420,10 @@ class InstanceSpec:
         self.copy_from = copy_from
         self.ipv4_address = ipv4_address
         self.network = network
+        self.state = state
+        self.wait_for_ipv4 = wait_for_ipv4
+        self.wait_timeout = wait_timeout
+        self.force_stop = force_stop
 
     @classmethod
     def from_params(cls, params, cgroup2=None):
@@ -465,16 +486,18 @@ class InstanceSpec:
             if params.get(option) is not None:
                 v.safe_token(params[option], option)
         if params.get("copy_from"):
-            source, _, snap = params["copy_from"].partition("/")
-            v.instance_name(source, "copy_from")
-            if snap:
-                v.safe_token(snap, "copy_from")
+            source = params["copy_from"].split("/", 1)
+            v.instance_name(source[0], "copy_from")
+            if len(source) > 1:
+                v.safe_token(source[1], "copy_from")
         if params.get("wait_timeout") is not None and params["wait_timeout"] <= 0:
             raise ValidationError("wait_timeout", params["wait_timeout"], "must be more than 0 seconds")
 
         return cls(name, config, devices, profiles, params.get("ephemeral"), params.get("image"),
                    params.get("image_server"), params.get("image_protocol") or "simplestreams",
-                   params.get("copy_from"), ipv4, network)
+                   params.get("copy_from"), ipv4, network, params.get("state") or "started",
+                   params.get("wait_for_ipv4", True), params.get("wait_timeout") or 60,
+                   bool(params.get("force_stop")))
 
     @staticmethod
     def _swap_raw_lxc(params, cgroup2):
@@ -611,3 +634,85 @@ class InstanceSpec:
             if key in patch:
                 after[key] = patch[key]
         return after
+
+
+_UNREAD = object()
+
+
+class InstanceReconciler:
+    """Bring one instance to what its spec declares: read (unless given), diff, act outside check mode.
+
+    Used by lxd_instance for one instance and by lxd_instances for each of a set; ``current`` lets
+    the set read every instance in one request first.
+    """
+
+    def __init__(self, lxd, spec, check_mode=False, diff=False, current=_UNREAD):
+        self.lxd, self.spec, self.check_mode, self.diff = lxd, spec, check_mode, diff
+        self.current = current
+        self.actions = []
+
+    def run(self):
+        lxd, spec, name = self.lxd, self.spec, self.spec.name
+        current = lxd.instance(name) if self.current is _UNREAD else self.current
+        before = spec.view(current)
+        if spec.state == "absent":
+            if current is not None:
+                self._act("delete", lambda: self._delete(current))
+            return self._result(before, {}, None)
+
+        if current is None:
+            body = spec.create_body(lxd)  # fails on an unknown image or source first
+            self._act("create", lambda: lxd.create_instance(body, timeout=max(120, spec.wait_timeout)))
+            current = spec.predicted(body) if self.check_mode else lxd.instance(name)
+        else:
+            patch = spec.patch_body(current, lxd)
+            if patch:
+                self._act("update", lambda: lxd.patch_instance(name, patch))
+                current = spec.predicted_after_patch(current, patch) if self.check_mode else lxd.instance(name)
+
+        current = self._run_state(current)
+        state = current.get("state")
+        if state is None and current.get("status") == "Running" and not self.check_mode:
+            state = lxd.instance_state(name)  # a listing without state: addresses need it
+        addresses = lxd.ipv4_addresses(state)
+        if (spec.state in ("started", "restarted") and spec.wait_for_ipv4
+                and not self.check_mode and not addresses):
+            addresses, state = lxd.wait_ipv4(name, timeout=spec.wait_timeout)
+        return self._result(before, spec.view(current), current, addresses)
+
+    def _run_state(self, current):
+        lxd, spec, name = self.lxd, self.spec, self.spec.name
+        running = current.get("status") == "Running"
+        if spec.state == "started" and not running:
+            self._act("start", lambda: lxd.change_state(name, "start", timeout=spec.wait_timeout))
+        elif spec.state == "stopped" and running:
+            self._act("stop", lambda: lxd.change_state(name, "stop", force=spec.force_stop, timeout=spec.wait_timeout))
+        elif spec.state == "restarted":
+            action = "restart" if running else "start"
+            self._act(action, lambda: lxd.change_state(name, action, force=spec.force_stop, timeout=spec.wait_timeout))
+        else:
+            return current
+        if self.check_mode:
+            return dict(current, status="Stopped" if spec.state == "stopped" else "Running")
+        return lxd.instance(name)
+
+    def _delete(self, current):
+        if current.get("status") == "Running":
+            self.lxd.change_state(self.spec.name, "stop", force=self.spec.force_stop, timeout=self.spec.wait_timeout)
+        self.lxd.delete_instance(self.spec.name)
+
+    def _act(self, action, change):
+        self.actions.append(action)
+        if not self.check_mode:
+            change()
+
+    def _result(self, before, after, current, addresses=None):
+        result = {
+            "changed": bool(self.actions),
+            "actions": self.actions,
+            "instance": self.spec.returned(current) if current else {},
+            "addresses": addresses or [],
+        }
+        if self.diff:
+            result["diff"] = {"before": before, "after": after}
+        return result

@@ -48,8 +48,15 @@ class OneboxModule(AnsibleModule):
         try:
             result = manager_factory(self).run()
         except OneboxError as exc:
+            self._close_lxd()
             self.fail_json(msg=exc.msg, **exc.details)
         except Exception as exc:  # pylint: disable=broad-except
+            self._close_lxd()
             # Unexpected: keep the traceback so a bug report has it.
             self.fail_json(msg="unexpected error: %s" % exc, exception=traceback.format_exc())
+        self._close_lxd()
         self.exit_json(**result)
+
+    def _close_lxd(self):
+        if self._lxd_client is not None:
+            self._lxd_client.close()

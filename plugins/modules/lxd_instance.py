@@ -16,7 +16,7 @@ description:
     timeout. With O(state=started), waits until the container has an IPv4 address and fails if it
     gets none in O(wait_timeout) seconds.
 author:
-  - homelab.onebox developers
+  - homelab.onebox developers (@homelab)
 extends_documentation_fragment:
   - homelab.onebox.lxd
   - ansible.builtin.action_common_attributes
@@ -216,87 +216,20 @@ actions:
   sample: [create, start]
 """
 
-from ansible_collections.homelab.onebox.plugins.module_utils._lxd import InstanceSpec
+from ansible_collections.homelab.onebox.plugins.module_utils._lxd import InstanceReconciler, InstanceSpec
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
 
 
 class InstanceManager:
-    """Read the instance once, work out what differs, change it outside check mode."""
+    """Validate every field first, then read, diff and change (outside check mode) one instance."""
 
     def __init__(self, module):
         self.module = module
-        self.params = module.params
-        # Validates every field before LXD is even contacted.
         self.spec = InstanceSpec.from_params(module.params)
-        self.actions = []
 
     def run(self):
-        lxd = self.module.lxd
-        name = self.spec.name
-        current = lxd.instance(name)
-        before = self.spec.view(current)
-        if self.params["state"] == "absent":
-            if current is not None:
-                self._act("delete", lambda: self._delete(current))
-            return self._result(before, {}, None)
-
-        if current is None:
-            body = self.spec.create_body(lxd)  # fails on an unknown image or source first
-            self._act("create", lambda: lxd.create_instance(body, timeout=max(120, self.params["wait_timeout"])))
-            current = self.spec.predicted(body) if self.module.check_mode else lxd.instance(name)
-        else:
-            patch = self.spec.patch_body(current, lxd)
-            if patch:
-                self._act("update", lambda: lxd.patch_instance(name, patch))
-                current = self.spec.predicted_after_patch(current, patch) if self.module.check_mode else lxd.instance(name)
-
-        current = self._run_state(current)
-        addresses = lxd.ipv4_addresses(current.get("state"))
-        if (self.params["state"] in ("started", "restarted") and self.params["wait_for_ipv4"]
-                and not self.module.check_mode and not addresses):
-            addresses, state = lxd.wait_ipv4(name, timeout=self.params["wait_timeout"])
-            current = dict(current, state=state)
-        return self._result(before, self.spec.view(current), current, addresses)
-
-    def _run_state(self, current):
-        lxd, name, state = self.module.lxd, self.spec.name, self.params["state"]
-        running = current.get("status") == "Running"
-        timeout, force = self.params["wait_timeout"], self.params["force_stop"]
-        if state == "started" and not running:
-            self._act("start", lambda: lxd.change_state(name, "start", timeout=timeout))
-        elif state == "stopped" and running:
-            self._act("stop", lambda: lxd.change_state(name, "stop", force=force, timeout=timeout))
-        elif state == "restarted":
-            action = "restart" if running else "start"
-            self._act(action, lambda: lxd.change_state(name, action, force=force, timeout=timeout))
-        else:
-            return current
-        if self.module.check_mode:
-            return dict(current, status="Stopped" if state == "stopped" else "Running")
-        return lxd.instance(name)
-
-    def _delete(self, current):
-        lxd = self.module.lxd
-        if current.get("status") == "Running":
-            lxd.change_state(self.spec.name, "stop", force=self.params["force_stop"],
-                             timeout=self.params["wait_timeout"])
-        lxd.delete_instance(self.spec.name)
-
-    def _act(self, action, change):
-        self.actions.append(action)
-        if not self.module.check_mode:
-            change()
-
-    def _result(self, before, after, current, addresses=None):
-        result = {
-            "changed": bool(self.actions),
-            "actions": self.actions,
-            "instance": self.spec.returned(current) if current else {},
-            "addresses": addresses or [],
-        }
-        if self.module._diff:
-            result["diff"] = {"before": before, "after": after}
-        return result
+        return InstanceReconciler(self.module.lxd, self.spec, check_mode=self.module.check_mode,
+                                  diff=self.module._diff).run()
 
 
 def main():

@@ -29,7 +29,7 @@ def instance(lxd, name):
 
 
 def test_create_then_unchanged_with_static_address(lxd, instance_names, bridge_net):
-    _, _, free = bridge_net
+    free = bridge_net[2]
     name = instance_names("create")
     args = {"name": name, "image": IMAGE, "ipv4_address": free[0], "memory": "256MiB", "cpus": "1",
             "autostart": True, "autostart_priority": 7, "autostart_delay": 2}
@@ -166,13 +166,12 @@ def test_no_address_fails_clearly_within_the_timeout(lxd, instance_names):
 def test_bad_input_fails_before_any_change(lxd, instance_names, args, needle):
     name = instance_names("bad")
     full = dict({"name": name, "image": IMAGE}, **args)
-    before = sorted(lxd.instance_names())
     result = run_module("lxd_instance", full)
     assert result.get("failed") is True
     assert needle in result["msg"], result["msg"]
     if "state" in args:
         assert "paused" in result["msg"]
-    assert sorted(lxd.instance_names()) == before
+    assert not {name, full["name"]} & set(lxd.instance_names()), "an instance was created"
 
 
 def test_unreachable_daemon_is_a_clear_failure(tmp_path):
