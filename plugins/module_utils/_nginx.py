@@ -71,6 +71,7 @@ TLS_DEFAULTS = {
     "http2": True,
     "protocols": ["TLSv1.2", "TLSv1.3"],
     "ciphers": MODERN_CIPHERS,
+    "reject_handshake": False,
 }
 SERVER_DEFAULTS = {"weight": 1, "max_fails": 1, "fail_timeout": "10s", "backup": False, "down": False}
 UPSTREAM_DEFAULTS = {"method": "round_robin", "keepalive": 0}
@@ -392,7 +393,11 @@ def normalise_tls(spec, field):
         return None
     spec = _dict(spec, field, TLS_DEFAULTS)
     out = dict(TLS_DEFAULTS)
+    if spec.get("reject_handshake") is not None:
+        out["reject_handshake"] = _bool(spec["reject_handshake"], _j(field, "reject_handshake"))
     for key in ("certificate", "key"):
+        if spec.get(key) is None and out["reject_handshake"]:
+            continue
         if spec.get(key) is None:
             raise ValidationError(_j(field, key), None, "TLS needs a certificate and a key path")
         out[key] = abs_path(spec[key], _j(field, key))
@@ -404,6 +409,10 @@ def normalise_tls(spec, field):
     for key in ("redirect", "hsts", "http2"):
         if spec.get(key) is not None:
             out[key] = _bool(spec[key], _j(field, key))
+    if out["reject_handshake"]:
+        # A catch-all for names no site has a certificate for: refuse the TLS handshake rather
+        # than answer with another site's certificate and content.
+        out.update(redirect=False, hsts=False, http2=False)
     if spec.get("hsts_max_age") is not None:
         out["hsts_max_age"] = _int(spec["hsts_max_age"], _j(field, "hsts_max_age"), 0, 10 ** 9)
     if spec.get("protocols") is not None:
@@ -417,8 +426,11 @@ def normalise_tls(spec, field):
     return out
 
 
-def normalise_site(spec, field=""):
-    """Validate a site spec and fill every default. Raises ValidationError naming field and value."""
+def normalise_site(spec, field="", log_dir=None):
+    """Validate a site spec and fill every default. Raises ValidationError naming field and value.
+
+    With ``log_dir``, a site without its own access_log/error_log logs to
+    ``LOG_DIR/NAME.access.log`` and ``LOG_DIR/NAME.error.log``."""
     spec = _dict(spec, field, SITE_KEYS)
     name = site_name(spec.get("name"), _j(field, "name"))
     state = spec.get("state") or "present"
@@ -455,6 +467,8 @@ def normalise_site(spec, field=""):
     logs = {}
     for key in ("access_log", "error_log"):
         value = spec.get(key)
+        if value is None and log_dir:
+            value = "%s/%s.%s.log" % (log_dir.rstrip("/"), name, key.split("_")[0])
         if value is None or (key == "access_log" and value == "off"):
             logs[key] = value
         else:
@@ -467,8 +481,8 @@ def normalise_site(spec, field=""):
     }
 
 
-def normalise_sites(specs, field="sites"):
-    sites = [normalise_site(spec, "%s[%d]" % (field, i)) for i, spec in enumerate(_list(specs, field))]
+def normalise_sites(specs, field="sites", log_dir=None):
+    sites = [normalise_site(spec, "%s[%d]" % (field, i), log_dir) for i, spec in enumerate(_list(specs, field))]
     seen = {}
     for i, site in enumerate(sites):
         if site["name"] in seen:
@@ -624,7 +638,9 @@ def render_site(site):
     if tls:
         body += [_listen_line(a, site, tls=True) for a in tls["listen"]]
     body += _server_common(site)
-    if tls:
+    if tls and tls["reject_handshake"]:
+        body.append("ssl_reject_handshake on;")
+    elif tls:
         body += ["ssl_certificate %s;" % tls["certificate"],
                  "ssl_certificate_key %s;" % tls["key"],
                  "ssl_protocols %s;" % " ".join(tls["protocols"]),

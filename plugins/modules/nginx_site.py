@@ -158,6 +158,9 @@ options:
         C(301) to HTTPS), C(hsts) (default true) with C(hsts_max_age) (default 63072000),
         C(http2) (default true), C(protocols) (default C([TLSv1.2, TLSv1.3])) and C(ciphers)
         (default Mozilla's intermediate set).
+      - C(reject_handshake) (default false) makes the site a TLS catch-all without a certificate
+        (C(ssl_reject_handshake on)), for a default server that must not answer unknown names
+        with another site's certificate.
     type: dict
   access_log:
     description: Access log path for the site, or C(off). nginx's http-level log when unset.
@@ -165,6 +168,11 @@ options:
   error_log:
     description: Error log path for the site. nginx's http-level log when unset.
     type: str
+  log_dir:
+    description:
+      - When set, each site without its own O(access_log)/O(error_log) logs to
+        C(LOG_DIR/NAME.access.log) and C(LOG_DIR/NAME.error.log).
+    type: path
   sites:
     description:
       - Manage several sites in one transaction, each a dict with the site options above
@@ -326,6 +334,7 @@ ARGUMENT_SPEC = dict(
     sites=dict(type="list", elements="dict", options=dict(
         _SITE_OPTIONS, name=dict(type="str", required=True))),
     prune=dict(type="bool", default=False),
+    log_dir=dict(type="path"),
     conf_dir=dict(type="path", default="/etc/nginx/conf.d"),
     instance=dict(type="str"),
     nginx_binary=dict(type="str", default="nginx"),
@@ -348,12 +357,12 @@ class NginxSiteManager:
             given = [key for key in _SITE_ONLY if p.get(key) not in (None, False, [])]
             if given:
                 raise ValidationError(given[0], p[given[0]], "cannot be combined with sites (put it in a site)")
-            return nginx.normalise_sites([_spec(site) for site in p["sites"]])
+            return nginx.normalise_sites([_spec(site) for site in p["sites"]], log_dir=p["log_dir"])
         if p["prune"]:
             raise ValidationError("prune", True, "needs sites (the whole set of sites to keep)")
         if not p["name"]:
             raise ValidationError("name", p["name"], "give name (one site) or sites (several)")
-        return [nginx.normalise_site(_spec(p))]
+        return [nginx.normalise_site(_spec(p), log_dir=p["log_dir"])]
 
     def target(self):
         p = self.params

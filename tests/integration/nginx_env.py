@@ -80,6 +80,21 @@ def wait_port(host, port, timeout=10):
     raise AssertionError("nothing listens on %s:%s after %ss" % (host, port, timeout))
 
 
+def until(fn, timeout=15, interval=0.1):
+    """Call fn until it returns something true; return that, or fail with the last answer."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as exc:  # pylint: disable=broad-except
+            last = exc
+        time.sleep(interval)
+    raise AssertionError("condition not met in %ss, last: %r" % (timeout, last))
+
+
 class Response:
     def __init__(self, status, headers, body):
         self.status, self.headers, self.body = status, headers, body

@@ -2,11 +2,9 @@
 inside an LXD container with its backends in a second container (see nginx_env.py)."""
 from __future__ import annotations
 
-import json
 import os
 import ssl
 import socket
-import tempfile
 import time
 
 import pytest
@@ -29,21 +27,6 @@ def env(request):
 
 def site_module(env, check=False, diff=False, **args):
     return run_module("nginx_site", env.module_args(**args), check=check, diff=diff)
-
-
-def until(fn, timeout=15, interval=0.1):
-    """Call fn until it returns something true; return that, or fail with the last answer."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except Exception as exc:  # pylint: disable=broad-except
-            last = exc
-        time.sleep(interval)
-    raise AssertionError("condition not met in %ss, last: %r" % (timeout, last))
 
 
 def get(env, host, path="/", **kwargs):
@@ -76,7 +59,7 @@ def test_domains_paths_headers_websocket(env):
     assert result.get("changed") and result["reloaded"], result
     assert {s["name"]: s["action"] for s in result["sites"]}["app"] in ("created", "updated")
 
-    until(lambda: name_of(env, "app.test") == "app")
+    ne.until(lambda: name_of(env, "app.test") == "app")
     # each domain its own backend, unknown hosts the default server's 404 (no other service's content)
     assert name_of(env, "other.test") == "other"
     assert name_of(env, "x.other.test") == "other"
@@ -114,7 +97,7 @@ def test_pool_spreads_and_survives_a_stopped_member(env):
               "locations": [{"path": "/", "backend": "http://pool_test"}]}]
     result = site_module(env, sites=sites, prune=True)
     assert result.get("changed"), result
-    until(lambda: name_of(env, "pool.test") in ("pool1", "pool2", "pool3"))
+    ne.until(lambda: name_of(env, "pool.test") in ("pool1", "pool2", "pool3"))
 
     seen = [name_of(env, "pool.test") for _ in range(30)]
     assert set(seen) == {"pool1", "pool2", "pool3"}, seen
@@ -131,7 +114,7 @@ def test_pool_spreads_and_survives_a_stopped_member(env):
         resp = get(env, "pool.test")
         answers.append(resp.status)
         return resp.status == 200 and resp.json()["name"] == "pool2"
-    until(pool2_back, timeout=20, interval=0.05)
+    ne.until(pool2_back, timeout=20, interval=0.05)
     assert set(answers) == {200}
 
 
@@ -140,7 +123,7 @@ def test_broken_change_is_rolled_back_and_traffic_never_fails(env):
     site = {"name": "stable", "server_names": ["stable.test"], "listen": [env.listen],
             "locations": [{"path": "/", "backend": "http://%s" % good.upstream}]}
     assert site_module(env, sites=[site], prune=True).get("failed") is not True
-    until(lambda: name_of(env, "stable.test") == "good")
+    ne.until(lambda: name_of(env, "stable.test") == "good")
     before = env.snapshot()
 
     broken = dict(site, locations=[{"path": "/", "backend": "http://no-such-host.invalid:8080"}])
@@ -224,12 +207,12 @@ def test_prune_absent_and_hand_written_files(env):
         two = dict(one, name="p2", server_names=["p2.test"], locations=[{"path": "/", "status": 202}])
         result = site_module(env, sites=[one, two], prune=True)
         assert {s["name"]: s["action"] for s in result["sites"]}.get("p2") == "created", result
-        until(lambda: get(env, "p2.test").status == 202)
+        ne.until(lambda: get(env, "p2.test").status == 202)
 
         result = site_module(env, sites=[one], prune=True)
         assert result.get("changed") and {s["name"]: s["action"] for s in result["sites"]} == {
             "p1": "unchanged", "p2": "removed"}, result
-        until(lambda: get(env, "p2.test").status != 202)
+        ne.until(lambda: get(env, "p2.test").status != 202)
         snap = env.snapshot()
         if env.kind == "host":
             assert set(snap) == {"p1.conf", "hand.conf"} and snap["hand.conf"] == hand.encode()
@@ -281,7 +264,7 @@ def test_tls_redirect_hsts_http2(env):
             "locations": [{"path": "/", "backend": "http://%s" % back.upstream}]}
     result = site_module(env, sites=[site], prune=True)
     assert result.get("changed"), result
-    redirect = until(lambda: (lambda r: r if r.status == 301 else None)(get(env, "secure.test", "/a?b=1")))
+    redirect = ne.until(lambda: (lambda r: r if r.status == 301 else None)(get(env, "secure.test", "/a?b=1")))
     assert redirect.headers["location"] == "https://secure.test:%d/a?b=1" % env.https_port
     resp = ne.request(env.address, env.https_port, "secure.test", "/x", tls=True)
     assert resp.status == 200 and resp.json()["name"] == "secure"

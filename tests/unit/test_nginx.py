@@ -161,6 +161,22 @@ def test_render_logs():
     assert "access_log off;" in render(dict(APP, access_log="off"))
 
 
+def test_render_log_dir_defaults():
+    text = n.render_site(n.normalise_site(dict(APP, error_log="/e.log"), log_dir="/var/log/nginx/"))
+    assert "access_log /var/log/nginx/app.access.log;" in text
+    assert "error_log /e.log;" in text
+
+
+def test_render_tls_reject_handshake_catch_all():
+    spec = {"name": "000-default", "server_names": ["_"], "default_server": True,
+            "locations": [{"path": "/", "status": 404}], "tls": {"reject_handshake": True}}
+    text = render(spec)
+    assert text.count("server {") == 1
+    assert "listen 80 default_server;" in text and "listen 443 ssl default_server;" in text
+    assert "ssl_reject_handshake on;" in text
+    assert "ssl_certificate" not in text and "Strict-Transport-Security" not in text
+
+
 @pytest.mark.parametrize("value,expected", [
     (80, "80"), ("8080", "8080"), ("127.0.0.1:8080", "127.0.0.1:8080"), ("[::]:80", "[::]:80"), ("*:80", "*:80")])
 def test_listen_forms(value, expected):
