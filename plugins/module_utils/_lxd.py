@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import threading
 import time
 import traceback
 from collections import namedtuple
@@ -111,6 +112,7 @@ class LxdClient:
         self.server = self._client.host_info
         self._pool = None
         self._cleanups = []
+        self._lock = threading.Lock()
 
     @classmethod
     def from_params(cls, params):
@@ -164,6 +166,10 @@ class LxdClient:
                                  params={"recursion": 1})
         except LxdNotFound:
             return None
+
+    def instances(self):
+        """Every instance, without state, in one request."""
+        return self.metadata("get", self.api.instances, "list instances", params={"recursion": 1})
 
     def instance_names(self):
         return [url.rstrip("/").split("/")[-1]
@@ -250,9 +256,10 @@ class LxdClient:
         return ExecResult(int(meta["return"]), stdout, stderr)
 
     def _workers(self):
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=4)
-        return self._pool
+        with self._lock:  # a set of instances execs from several threads
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4)
+            return self._pool
 
     @staticmethod
     def _forget_log(node):
@@ -548,9 +555,13 @@ class InstanceSpec:
             devices["eth0"] = self._eth0(lxd, profiles)
         return devices
 
-    def create_body(self, lxd):
+    def create_body(self, lxd, pending=()):
+        """The POST body that creates the instance. ``pending``: names a check-mode run would
+        have created by now (a copy source declared in the same set)."""
         if self.copy_from:
             original = lxd.instance(self.copy_from.split("/")[0])
+            if original is None and self.copy_from.split("/")[0] in pending:
+                original = {}
             if original is None:
                 raise ValidationError("copy_from", self.copy_from, "no such instance")
             source = {"type": "copy", "source": self.copy_from, "instance_only": True}
@@ -646,9 +657,10 @@ class InstanceReconciler:
     the set read every instance in one request first.
     """
 
-    def __init__(self, lxd, spec, check_mode=False, diff=False, current=_UNREAD):
+    def __init__(self, lxd, spec, check_mode=False, diff=False, current=_UNREAD, pending=()):
         self.lxd, self.spec, self.check_mode, self.diff = lxd, spec, check_mode, diff
         self.current = current
+        self.pending = pending
         self.actions = []
 
     def run(self):
@@ -661,7 +673,7 @@ class InstanceReconciler:
             return self._result(before, {}, None)
 
         if current is None:
-            body = spec.create_body(lxd)  # fails on an unknown image or source first
+            body = spec.create_body(lxd, self.pending)  # fails on an unknown image or source first
             self._act("create", lambda: lxd.create_instance(body, timeout=max(120, spec.wait_timeout)))
             current = spec.predicted(body) if self.check_mode else lxd.instance(name)
         else:
