@@ -82,10 +82,8 @@ def normalise_one(item, field):
     unknown = sorted(set(item) - set(FORWARD_KEYS))
     if unknown:
         raise ValidationError(field, item, "unknown key(s) %s (known: %s)" % (", ".join(unknown), ", ".join(FORWARD_KEYS)))
-    proto = item.get("proto")
-    proto = "tcp" if proto is None else proto
-    _validate.one_of(proto.lower() if isinstance(proto, str) else proto, PROTOCOLS, field + ".proto")
-    proto = proto.lower()
+    proto = item.get("proto") or "tcp"
+    proto = _validate.one_of(proto.lower() if isinstance(proto, str) else proto, PROTOCOLS, field + ".proto")
     if item.get("port") is None:
         raise ValidationError(field + ".port", None, "is required")
     port = _validate.port_range(item["port"], field + ".port")

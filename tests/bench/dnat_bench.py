@@ -20,6 +20,7 @@ import ipaddress
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def main():
               % (len(checks), time.perf_counter() - start))
     finally:
         elapsed, result = module_run(dict(args, state="absent"))
-        os.rmdir(tmp) if not os.listdir(tmp) else None
+        shutil.rmtree(tmp)
         print("removed (module %.3f s); iptables-save as before: %s" % (elapsed, iptables_save() == before))
 
 
