@@ -249,9 +249,7 @@ class DnatManager:
         """Instance targets -> their static addresses; LXD is opened only when one is named."""
         if all(f.address for f in forwards):
             return forwards
-        lxd = self.module.lxd
-        listing = lxd.metadata("get", lxd.api.instances, "list instances", params={"recursion": 1})
-        instances = {instance["name"]: instance for instance in listing}
+        instances = {instance["name"]: instance for instance in self.module.lxd.instances()}
         return [f if f.address else f._replace(address=_dnat.static_ipv4(
             instances.get(f.target), f.target, f.field + ".target")) for f in forwards]
 
