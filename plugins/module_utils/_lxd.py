@@ -342,6 +342,10 @@ class LxdClient:
         except LxdNotFound:
             return None
 
+    def network_leases(self, name):
+        """DHCP leases (and the gateway) of a managed network, one request."""
+        return self.metadata("get", self.api.networks[name].leases, "leases of network %s" % name)
+
     def profile(self, name):
         try:
             return self.metadata("get", self.api.profiles[name], "profile %s" % name)
@@ -476,8 +480,9 @@ class InstanceSpec:
             devices[dev_name] = normalise_config(device)
 
         ipv4 = params.get("ipv4_address")
-        if ipv4 is not None:
+        if ipv4 is not None and ipv4 != "auto":
             ipv4 = v.ipv4_address(ipv4, "ipv4_address")
+        if ipv4 is not None:
             if "eth0" in devices:
                 raise ValidationError("ipv4_address", ipv4, "sets device eth0; do not also declare devices.eth0")
         network = params.get("network")
@@ -521,8 +526,8 @@ class InstanceSpec:
         return "lxc.cgroup.memory.memsw.limit_in_bytes = %d" % total
 
     # ---- comparing -------------------------------------------------------------------------
-    def _eth0(self, lxd, profiles):
-        """The static-address NIC, on the declared network or the one the profiles give eth0."""
+    def eth0_network(self, lxd, profiles):
+        """(name, record) of the network for the static address: declared, or the profiles' eth0's."""
         network = self.network
         if network is None:
             for profile_name in profiles or ["default"]:
@@ -535,6 +540,13 @@ class InstanceSpec:
         info = lxd.network(network)
         if info is None:
             raise LxdError("network: unknown network %r" % network)
+        return network, info
+
+    def _eth0(self, lxd, profiles):
+        """The static-address NIC, on the declared network or the one the profiles give eth0."""
+        network, info = self.eth0_network(lxd, profiles)
+        if self.ipv4_address == "auto":
+            raise LxdError("ipv4_address: 'auto' must be resolved with assign_addresses() first")
         self._check_in_subnet(network, (info.get("config") or {}).get("ipv4.address"))
         return {"type": "nic", "name": "eth0", "network": network, "ipv4.address": self.ipv4_address}
 
@@ -728,3 +740,46 @@ class InstanceReconciler:
         if self.diff:
             result["diff"] = {"before": before, "after": after}
         return result
+
+
+# First host offset handed out by ipv4_address: auto (.1 is usually the gateway; keep a few spare).
+AUTO_ADDRESS_OFFSET = 10
+
+
+def assign_addresses(lxd, specs, current):
+    """Resolve ``ipv4_address: auto`` into a static address, in place.
+
+    An instance that already has a static eth0 address in the network's subnet keeps it (so a
+    forward or an upstream never moves); a new one gets the lowest address from offset 10 up that
+    no instance device, DHCP lease or gateway uses. ``current``: name -> instance (with devices).
+    """
+    taken = {}
+    for spec in specs:
+        if spec.ipv4_address != "auto":
+            continue
+        instance = current.get(spec.name) or {}
+        network, info = spec.eth0_network(lxd, spec.profiles or instance.get("profiles"))
+        cidr = (info.get("config") or {}).get("ipv4.address")
+        if not cidr or cidr in ("none", "auto"):
+            raise LxdError("ipv4_address: network %s has no IPv4 subnet to take an address from" % network)
+        subnet = ipaddress.ip_interface(cidr).network
+        mine = ((instance.get("devices") or {}).get("eth0") or {}).get("ipv4.address")
+        if mine and ipaddress.ip_address(mine) in subnet:
+            spec.ipv4_address = mine
+            continue
+        if network not in taken:
+            used = {str(ipaddress.ip_interface(cidr).ip)}
+            used.update(lease["address"] for lease in lxd.network_leases(network) or [])
+            for other in current.values():
+                for device in (other.get("expanded_devices") or other.get("devices") or {}).values():
+                    if device.get("type") == "nic" and device.get("ipv4.address"):
+                        used.add(device["ipv4.address"])
+            used.update(s.ipv4_address for s in specs if s.ipv4_address not in (None, "auto"))
+            taken[network] = used
+        for host in subnet.hosts():
+            if int(host) - int(subnet.network_address) >= AUTO_ADDRESS_OFFSET and str(host) not in taken[network]:
+                spec.ipv4_address = str(host)
+                taken[network].add(spec.ipv4_address)
+                break
+        else:
+            raise LxdError("ipv4_address: no free address left in %s (%s) for %s" % (network, subnet, spec.name))

@@ -106,6 +106,9 @@ options:
     description:
       - A static IPv4 address on the bridge for the instance's C(eth0) (a DHCP reservation on an
         LXD-managed bridge), so forwards and upstreams never point at a stale address.
+      - V(auto) picks one: the address the instance already has statically, else the lowest free
+        address of the network's subnet from its 10th host up (not the gateway, not leased, not
+        reserved by another instance). It then stays the instance's address.
       - Sets device C(eth0) to a bridged NIC on O(network).
     type: str
   network:
@@ -216,7 +219,7 @@ actions:
   sample: [create, start]
 """
 
-from ansible_collections.homelab.onebox.plugins.module_utils._lxd import InstanceReconciler, InstanceSpec
+from ansible_collections.homelab.onebox.plugins.module_utils._lxd import InstanceReconciler, InstanceSpec, assign_addresses
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
 
 
@@ -228,8 +231,14 @@ class InstanceManager:
         self.spec = InstanceSpec.from_params(module.params)
 
     def run(self):
-        return InstanceReconciler(self.module.lxd, self.spec, check_mode=self.module.check_mode,
-                                  diff=self.module._diff).run()
+        lxd = self.module.lxd
+        if self.spec.ipv4_address == "auto":
+            # Choosing a free address needs every instance's devices: one listing.
+            current = {inst["name"]: inst for inst in lxd.instances()}
+            assign_addresses(lxd, [self.spec], current)
+            return InstanceReconciler(lxd, self.spec, check_mode=self.module.check_mode,
+                                      diff=self.module._diff, current=current.get(self.spec.name)).run()
+        return InstanceReconciler(lxd, self.spec, check_mode=self.module.check_mode, diff=self.module._diff).run()
 
 
 def main():

@@ -34,7 +34,7 @@ options:
       - The containers. Each item takes the options of M(homelab.onebox.lxd_instance) (C(name),
         C(state), C(image), C(copy_from), C(config), C(memory), C(memory_swap), C(cpus),
         C(autostart), C(autostart_priority), C(autostart_delay), C(profiles), C(devices),
-        C(ipv4_address), C(network), C(ephemeral), C(wait_for_ipv4), C(wait_timeout),
+        C(ipv4_address) (including V(auto)), C(network), C(ephemeral), C(wait_for_ipv4), C(wait_timeout),
         C(force_stop)), with the same defaults.
       - An item may copy from another item of the list (O(instances[].copy_from)); it is created after it.
     type: list
@@ -125,7 +125,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
-from ansible_collections.homelab.onebox.plugins.module_utils._lxd import InstanceReconciler, InstanceSpec
+from ansible_collections.homelab.onebox.plugins.module_utils._lxd import InstanceReconciler, InstanceSpec, assign_addresses
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
 
 OWNER_KEY = "user.onebox.owner"
@@ -190,6 +190,7 @@ class InstanceSetManager:
     def run(self):
         module, lxd = self.module, self.module.lxd
         current = {inst["name"]: inst for inst in lxd.instances()}
+        assign_addresses(lxd, self.specs, current)
         declared = {spec.name for spec in self.specs}
         # In check mode nothing is created, so a copy's declared source is taken as there.
         pending = declared if module.check_mode else ()

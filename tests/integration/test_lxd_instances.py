@@ -14,9 +14,10 @@ def test_set_create_copy_idempotent_check_and_prune(lxd, instance_names):
     assert run_module("lxd_instance", {"name": stranger, "image": IMAGE, "wait_for_ipv4": False})["changed"]
     declared = [
         {"name": base, "image": IMAGE, "state": "stopped", "memory": "256MiB"},
-        {"name": web1, "copy_from": base},
+        {"name": web1, "copy_from": base, "ipv4_address": "auto"},
         {"name": web2, "copy_from": base, "memory": "384MiB"},
-        {"name": db, "image": IMAGE, "memory": "512MiB", "autostart": True, "autostart_priority": 90},
+        {"name": db, "image": IMAGE, "memory": "512MiB", "autostart": True, "autostart_priority": 90,
+         "ipv4_address": "auto"},
     ]
     args = {"owner": owner, "prune": True, "instances": declared}
 
@@ -37,6 +38,10 @@ def test_set_create_copy_idempotent_check_and_prune(lxd, instance_names):
     assert lxd.instance(web1)["config"]["limits.memory"] == "256MiB"  # copied from base
     assert lxd.instance(web2)["config"]["limits.memory"] == "384MiB"
     assert len({a for n in (web1, web2, db) for a in first["addresses"][n]}) == 3
+    # auto: a static reservation on eth0, and it is the address the container has.
+    for name in (web1, db):
+        static = lxd.instance(name)["devices"]["eth0"]["ipv4.address"]
+        assert first["addresses"][name] == [static]
 
     again = run_module("lxd_instances", args)
     assert again["changed"] is False and again["pruned"] == []

@@ -190,3 +190,33 @@ def test_predicted_after_patch_merges():
     after = InstanceSpec.predicted_after_patch(CURRENT, {"config": {"limits.memory": "1GiB"}})
     assert after["config"]["limits.memory"] == "1GiB" and after["config"]["image.os"] == "debian"
     assert CURRENT["config"]["limits.memory"] == "512MiB"  # not mutated
+
+
+class FakeNetworkLookups(FakeLookups):
+    def __init__(self, leases=()):
+        super().__init__()
+        self.leases = list(leases)
+
+    def network_leases(self, name):
+        return [{"address": "10.87.0.1", "type": "gateway"}] + [{"address": a, "type": "dynamic"} for a in self.leases]
+
+
+def test_auto_address_keeps_an_existing_static_one_and_skips_used_ones():
+    from ansible_collections.homelab.onebox.plugins.module_utils._lxd import assign_addresses
+    specs = [InstanceSpec.from_params(params(name=n, ipv4_address="auto")) for n in ("old", "new1", "new2")]
+    specs.append(InstanceSpec.from_params(params(name="fixed", ipv4_address="10.87.0.12")))
+    current = {
+        "old": {"devices": {"eth0": {"type": "nic", "ipv4.address": "10.87.0.50"}},
+                "expanded_devices": {"eth0": {"type": "nic", "ipv4.address": "10.87.0.50"}}},
+        "other": {"expanded_devices": {"eth0": {"type": "nic", "ipv4.address": "10.87.0.10"}}},
+    }
+    assign_addresses(FakeNetworkLookups(leases=["10.87.0.11"]), specs, current)
+    assert [s.ipv4_address for s in specs] == ["10.87.0.50", "10.87.0.13", "10.87.0.14", "10.87.0.12"]
+
+
+def test_auto_address_full_subnet_is_an_error():
+    from ansible_collections.homelab.onebox.plugins.module_utils._lxd import assign_addresses
+    leases = ["10.87.0.%d" % i for i in range(2, 255)]
+    spec = InstanceSpec.from_params(params(name="late", ipv4_address="auto"))
+    with pytest.raises(LxdError, match="no free address"):
+        assign_addresses(FakeNetworkLookups(leases=leases), [spec], {})
