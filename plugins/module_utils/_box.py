@@ -1,0 +1,413 @@
+# -*- coding: utf-8 -*-
+# Copyright: homelab.onebox contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The box description -> everything derived from it (pure logic, no I/O).
+
+One list of services in, and out: the containers (homelab.onebox.lxd_instances items), what goes
+inside them (lxd_provision items), the proxy's sites (nginx_site specs) and the host's forwards
+(dnat forwards). The whole description is validated first; an error names the service and field.
+"""
+from __future__ import annotations
+
+from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
+
+KINDS = ("static", "app", "pool", "plain", "internal")
+METHODS = ("round_robin", "least_conn", "ip_hash")
+# Keys a service may have; anything else is a typo the user should hear about.
+SERVICE_KEYS = {
+    "name", "kind", "description", "image", "domains", "routes", "port", "host_port", "forwards",
+    "count", "method", "memory", "memory_swap", "cpus", "boot", "files", "packages", "user",
+    "command", "environment", "working_directory", "proxy",
+}
+ROUTE_KEYS = {"domain", "path", "strip_prefix"}
+FORWARD_KEYS = {"proto", "port", "target_port", "source", "host_address"}
+# Written into a pool member's file content, replaced by the member's name ("web-2").
+INSTANCE_PLACEHOLDER = "@INSTANCE@"
+HTTP_PORT = 80
+
+DEFAULTS = {
+    "owner": "onebox",
+    "image": "onebox-debian12",
+    "proxy_name": "onebox-proxy",
+    "proxy_memory": None,
+    "proxy_cpus": None,
+    "proxy_priority": 0,
+}
+
+
+def _where(index, service, key=None):
+    """Field path naming the service: services[web].port, or services[3].name for a bad name."""
+    name = service.get("name") if isinstance(service, dict) else None
+    try:
+        label = v.instance_name(name)
+    except ValidationError:
+        label = index
+    return "services[%s]" % label + ("." + key if key else "")
+
+
+class Service:
+    """One validated service of the description."""
+
+    def __init__(self, index, raw, defaults):
+        self.index, self.raw = index, raw
+        where = lambda key=None: _where(index, raw, key)  # noqa: E731
+        self.where = where
+        if not isinstance(raw, dict):
+            raise ValidationError(where(), raw, "a service must be a dict")
+        unknown = sorted(set(raw) - SERVICE_KEYS)
+        if unknown:
+            raise ValidationError(where(unknown[0]), raw[unknown[0]],
+                                  "unknown key (known: %s)" % ", ".join(sorted(SERVICE_KEYS)))
+        if "name" not in raw:
+            raise ValidationError(where("name"), None, "every service needs a name")
+        self.name = v.instance_name(raw["name"], where("name"))
+        self.kind = v.one_of(raw.get("kind", "app" if raw.get("command") else "static"), KINDS, where("kind"))
+        self.image = v.safe_token(raw.get("image", defaults["image"]), where("image"))
+        self.domains = [v.domain(d, "%s[%d]" % (where("domains"), i))
+                        for i, d in enumerate(self._list("domains"))]
+        self.routes = [self._route(i, r) for i, r in enumerate(self._list("routes"))]
+        self.forwards = [self._forward(i, f) for i, f in enumerate(self._list("forwards"))]
+        self.host_port = v.port(raw["host_port"], where("host_port")) if raw.get("host_port") is not None else None
+        self.command = self._command()
+        default_port = None if self.command else HTTP_PORT
+        self.port = v.port(raw["port"], where("port")) if raw.get("port") is not None else default_port
+        self.count = 1
+        self.method = "round_robin"
+        if self.kind == "pool":
+            count = raw.get("count")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValidationError(where("count"), count, "a pool needs a whole number of members, 1 or more")
+            self.count = count
+            self.method = v.one_of(raw.get("method", "round_robin"), METHODS, where("method"))
+        elif "count" in raw or "method" in raw:
+            key = "count" if "count" in raw else "method"
+            raise ValidationError(where(key), raw[key], "only a pool (kind: pool) has members")
+        self.http = bool(self.domains or self.routes or self.host_port)
+        if self.http and self.port is None:
+            raise ValidationError(where("port"), None,
+                                  "the proxy reaches this service over HTTP: give the port its command listens on")
+        if self.kind in ("plain", "internal") and self.http:
+            key = "domains" if self.domains else "routes" if self.routes else "host_port"
+            raise ValidationError(where(key), raw[key], "a %s service is not reached through the proxy" % self.kind)
+        if self.kind == "internal" and self.forwards:
+            raise ValidationError(where("forwards"), raw["forwards"],
+                                  "an internal service is never exposed on the host")
+        if self.kind == "pool" and self.forwards:
+            raise ValidationError(where("forwards"), raw["forwards"],
+                                  "a pool is reached through the proxy (domains or host_port), not a plain forward")
+        if self.kind == "app" and not self.command:
+            raise ValidationError(where("command"), None, "an app runs a command")
+        self.limits = self._limits()
+        self.boot = self._boot()
+        self.files = self._files()
+        self.packages = [v.safe_token(p, "%s[%d]" % (where("packages"), i)) for i, p in enumerate(self._list("packages"))]
+        self.user = v.instance_name(raw.get("user", self.name), where("user")) if self.command else None
+        self.working_directory = raw.get("working_directory", "/srv/%s" % self.name)
+        if not isinstance(self.working_directory, str) or not self.working_directory.startswith("/"):
+            raise ValidationError(where("working_directory"), self.working_directory, "must be an absolute path")
+        self.environment = raw.get("environment") or {}
+        if not isinstance(self.environment, dict):
+            raise ValidationError(where("environment"), "(hidden)", "must be a dict of names to values")
+        self.proxy = raw.get("proxy") or {}
+        if not isinstance(self.proxy, dict):
+            raise ValidationError(where("proxy"), self.proxy, "must be a dict of nginx_site proxy settings")
+
+    def _list(self, key):
+        value = self.raw.get(key) or []
+        if not isinstance(value, list):
+            raise ValidationError(self.where(key), value, "must be a list")
+        return value
+
+    def _route(self, index, raw):
+        where = "%s[%d]" % (self.where("routes"), index)
+        if not isinstance(raw, dict):
+            raise ValidationError(where, raw, "a route is a dict with domain and path")
+        unknown = sorted(set(raw) - ROUTE_KEYS)
+        if unknown:
+            raise ValidationError("%s.%s" % (where, unknown[0]), raw[unknown[0]], "unknown key")
+        if not raw.get("domain"):
+            raise ValidationError(where + ".domain", raw.get("domain"), "a path route needs the domain it lives under")
+        path = v.url_path(raw.get("path", ""), where + ".path")
+        return {"domain": v.domain(raw["domain"], where + ".domain"), "path": path,
+                "strip_prefix": bool(raw.get("strip_prefix", False))}
+
+    def _forward(self, index, raw):
+        where = "%s[%d]" % (self.where("forwards"), index)
+        if not isinstance(raw, dict) or "port" not in raw:
+            raise ValidationError(where, raw, "a forward is a dict with at least port")
+        unknown = sorted(set(raw) - FORWARD_KEYS)
+        if unknown:
+            raise ValidationError("%s.%s" % (where, unknown[0]), raw[unknown[0]], "unknown key")
+        proto = v.one_of(raw.get("proto", "tcp"), ("tcp", "udp"), where + ".proto")
+        low, high = v.port_range(raw["port"], where + ".port")
+        forward = dict(raw, proto=proto)
+        forward["_range"] = (low, high)
+        if raw.get("target_port") is not None:
+            v.port_range(raw["target_port"], where + ".target_port")
+        return forward
+
+    def _command(self):
+        command = self.raw.get("command")
+        if command is None:
+            return None
+        if isinstance(command, str):
+            command = command.split()
+        if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
+            raise ValidationError(self.where("command"), self.raw.get("command"),
+                                  "must be a command line or a list of arguments")
+        if any("\n" in a for a in command):
+            raise ValidationError(self.where("command"), self.raw.get("command"), "must not contain a newline")
+        return command
+
+    def _limits(self):
+        limits = {}
+        if self.raw.get("memory") is not None:
+            limits["memory"] = v.memory(self.raw["memory"], self.where("memory"))
+        if self.raw.get("memory_swap") is not None:
+            if "memory" not in limits:
+                raise ValidationError(self.where("memory_swap"), self.raw["memory_swap"], "needs memory too")
+            if v.size_bytes(self.raw["memory_swap"], self.where("memory_swap")) < v.size_bytes(limits["memory"], self.where("memory")):
+                raise ValidationError(self.where("memory_swap"), self.raw["memory_swap"], "RAM+swap is less than memory")
+            limits["memory_swap"] = str(self.raw["memory_swap"])
+        if self.raw.get("cpus") is not None:
+            limits["cpus"] = v.cpus(self.raw["cpus"], self.where("cpus"))
+        return limits
+
+    def _boot(self):
+        boot = self.raw.get("boot") or {}
+        if not isinstance(boot, dict) or set(boot) - {"priority", "delay", "autostart"}:
+            raise ValidationError(self.where("boot"), boot, "takes autostart, priority and delay")
+        out = {"autostart": bool(boot.get("autostart", True))}
+        for key in ("priority", "delay"):
+            if boot.get(key) is not None:
+                value = boot[key]
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValidationError("%s.%s" % (self.where("boot"), key), value, "must be a whole number, 0 or more")
+                out["autostart_" + key] = value
+        return out
+
+    def _files(self):
+        files, seen = [], set()
+        for index, raw in enumerate(self._list("files")):
+            where = "%s[%d]" % (self.where("files"), index)
+            if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
+                raise ValidationError(where, raw, "a file is a dict with path and content (or state: absent)")
+            path = raw["path"]
+            if not path.startswith("/") or ".." in path.split("/") or "\n" in path:
+                raise ValidationError(where + ".path", path, "must be an absolute path without '..' or newlines")
+            if path in seen:
+                raise ValidationError(where + ".path", path, "declared twice")
+            seen.add(path)
+            if raw.get("state", "present") == "present" and not isinstance(raw.get("content"), str):
+                raise ValidationError(where + ".content", raw.get("content"), "must be the file's text")
+            files.append(dict(raw))
+        return files
+
+    @property
+    def members(self):
+        """Container names: one for a service, NAME-1..NAME-N for a pool."""
+        if self.kind == "pool":
+            return ["%s-%d" % (self.name, i) for i in range(1, self.count + 1)]
+        return [self.name]
+
+    @property
+    def base(self):
+        """The stopped container a pool's members are copied from."""
+        return "%s-base" % self.name if self.kind == "pool" else None
+
+
+class BoxPlan:
+    """The validated description and what it derives. ``addresses``: name -> [IPv4] once known."""
+
+    def __init__(self, services, options=None, addresses=None):
+        self.options = dict(DEFAULTS, **{k: val for k, val in (options or {}).items() if val is not None})
+        v.instance_name(self.options["owner"], "owner")
+        v.instance_name(self.options["proxy_name"], "proxy_name")
+        if not isinstance(services, list):
+            raise ValidationError("services", services, "must be a list of services")
+        self.services = [Service(i, raw, self.options) for i, raw in enumerate(services)]
+        self.addresses = addresses or {}
+        self.proxy = self.options["proxy_name"] if any(s.http for s in self.services) else None
+        self._check_names()
+        self._check_domains()
+        self._check_host_ports()
+
+    # ---- whole-description checks -------------------------------------------------------
+    def _check_names(self):
+        owners = {}  # container name -> (index of the service, or -1 for the proxy; label)
+        if self.proxy:
+            owners[self.proxy] = (-1, "proxy_name")
+        for service in self.services:
+            for name in [service.name] + service.members + ([service.base] if service.base else []):
+                if name in owners and owners[name][0] != service.index:
+                    raise ValidationError(service.where("name"), service.name, "container name %s is also used by %s"
+                                          % (name, owners[name][1] if owners[name][0] < 0 else "services[%d]" % owners[name][0]))
+                owners[name] = (service.index, service.where("name"))
+
+    def _check_domains(self):
+        roots, paths = {}, {}
+        for service in self.services:
+            for index, domain in enumerate(service.domains):
+                where = "%s[%d]" % (service.where("domains"), index)
+                if domain in roots:
+                    raise ValidationError(where, domain, "already claimed by %s" % roots[domain])
+                roots[domain] = where
+        for service in self.services:
+            for index, route in enumerate(service.routes):
+                where = "%s[%d]" % (service.where("routes"), index)
+                key = (route["domain"], route["path"])
+                if route["path"] == "/" and route["domain"] in roots:
+                    raise ValidationError(where + ".path", "/", "%s already serves / of %s" % (roots[route["domain"]], route["domain"]))
+                if key in paths:
+                    raise ValidationError(where + ".path", route["path"], "already routed by %s" % paths[key])
+                paths[key] = where
+
+    def host_ports(self):
+        """(proto, low, high, what, field) for every host port the box takes."""
+        taken = []
+        if self.proxy and any(s.domains or s.routes for s in self.services):
+            taken.append(("tcp", HTTP_PORT, HTTP_PORT, "the proxy (HTTP)", "proxy"))
+        for service in self.services:
+            if service.host_port:
+                taken.append(("tcp", service.host_port, service.host_port, service.name, service.where("host_port")))
+            for index, forward in enumerate(service.forwards):
+                low, high = forward["_range"]
+                taken.append((forward["proto"], low, high, service.name, "%s[%d].port" % (service.where("forwards"), index)))
+        return taken
+
+    def _check_host_ports(self):
+        taken = self.host_ports()
+        for i, (proto, low, high, what, field) in enumerate(taken):
+            for other in taken[:i]:
+                if other[0] == proto and low <= other[2] and other[1] <= high:
+                    value = "%d" % low if low == high else "%d-%d" % (low, high)
+                    raise ValidationError(field, value, "%s port already forwarded to %s (%s)" % (proto, other[3], other[4]))
+
+    # ---- derived ------------------------------------------------------------------------
+    def instances(self):
+        """Items for homelab.onebox.lxd_instances."""
+        items = []
+        for service in self.services:
+            common = dict(service.limits, **service.boot)
+            if service.kind == "pool":
+                items.append(dict(service.limits, name=service.base, image=service.image, state="stopped",
+                                  wait_for_ipv4=False, autostart=False))
+                items.extend(dict(common, name=m, copy_from=service.base, ipv4_address="auto") for m in service.members)
+            else:
+                items.append(dict(common, name=service.name, image=service.image, ipv4_address="auto"))
+        if self.proxy:
+            proxy = {"name": self.proxy, "image": self.options["image"], "ipv4_address": "auto", "autostart": True,
+                     "autostart_priority": self.options["proxy_priority"]}
+            for key in ("memory", "cpus"):
+                if self.options["proxy_" + key] is not None:
+                    proxy[key] = self.options["proxy_" + key]
+            items.append(proxy)
+        return items
+
+    def provision(self):
+        """Items for homelab.onebox.lxd_provision: what goes inside each container."""
+        items = []
+        for service in self.services:
+            for member in service.members:
+                item = {"name": member}
+                files = [dict(f, content=f["content"].replace(INSTANCE_PLACEHOLDER, member)) if "content" in f else dict(f)
+                         for f in service.files]
+                if files:
+                    item["files"] = files
+                if service.packages:
+                    item["packages"] = list(service.packages)
+                if service.command:
+                    item["users"] = [{"name": service.user, "home": service.working_directory}]
+                    item["services"] = [{"name": service.name, "command": list(service.command), "user": service.user,
+                                         "working_directory": service.working_directory,
+                                         "environment": dict(service.environment), "restart": "always"}]
+                elif service.kind in ("static", "pool"):
+                    item["services"] = [{"name": "nginx"}]  # the image's nginx serves /var/www/html on 80
+                if len(item) > 1:
+                    items.append(item)
+        return items
+
+    def _backend_host(self, name):
+        found = self.addresses.get(name) or []
+        return found[0] if found else name
+
+    def sites(self):
+        """Site specs for homelab.onebox.nginx_site in the proxy (the default server is the role's)."""
+        by_domain, order, upstreams_done = {}, [], set()
+
+        def site(domain):
+            if domain not in by_domain:
+                by_domain[domain] = {"name": domain, "server_names": [domain], "listen": [str(HTTP_PORT)],
+                                     "locations": [], "upstreams": []}
+                order.append(domain)
+            return by_domain[domain]
+
+        def backend(service, target_site):
+            if service.kind == "pool":
+                if service.name not in upstreams_done:
+                    upstreams_done.add(service.name)
+                    target_site["upstreams"].append({
+                        "name": service.name, "method": service.method,
+                        "servers": ["%s:%d" % (self._backend_host(m), service.port) for m in service.members]})
+                return "http://%s" % service.name
+            return "http://%s:%d" % (self._backend_host(service.name), service.port)
+
+        def location(path, service, target_site, strip=False):
+            loc = {"path": path, "backend": backend(service, target_site)}
+            if strip:
+                loc["strip_prefix"] = True
+            if service.proxy:
+                loc["proxy"] = dict(service.proxy)
+            return loc
+
+        for service in self.services:
+            for domain in service.domains:
+                target = site(domain)
+                target["locations"].append(location("/", service, target))
+        for service in self.services:
+            for route in service.routes:
+                target = site(route["domain"])
+                target["locations"].append(location(route["path"], service, target, route["strip_prefix"]))
+        for service in self.services:
+            if service.host_port:
+                name = "%s-port%d" % (service.name, service.host_port)
+                by_domain[name] = {"name": name, "server_names": ["_"], "listen": [str(service.host_port)],
+                                   "locations": [], "upstreams": []}
+                order.append(name)
+                by_domain[name]["locations"].append(location("/", service, by_domain[name]))
+        sites = []
+        for key in order:
+            spec = by_domain[key]
+            spec["locations"].sort(key=lambda loc: loc["path"])
+            if not spec["upstreams"]:
+                del spec["upstreams"]
+            sites.append(spec)
+        return sites
+
+    def forwards(self):
+        """Forwards for homelab.onebox.dnat: the proxy's ports, then each service's own."""
+        out = []
+        if self.proxy and any(s.domains or s.routes for s in self.services):
+            out.append({"proto": "tcp", "port": HTTP_PORT, "target": self.proxy, "comment": "onebox proxy http"})
+        for service in self.services:
+            if service.host_port:
+                out.append({"proto": "tcp", "port": service.host_port, "target": self.proxy,
+                            "comment": "onebox %s" % service.name})
+            for forward in service.forwards:
+                item = {k: val for k, val in forward.items() if not k.startswith("_")}
+                item.update(target=service.name, comment="onebox %s" % service.name)
+                out.append(item)
+        return out
+
+    def as_dict(self):
+        return {
+            "owner": self.options["owner"],
+            "proxy": self.proxy,
+            "containers": [m for s in self.services for m in ([s.base] if s.base else []) + s.members]
+            + ([self.proxy] if self.proxy else []),
+            "instances": self.instances(),
+            "provision": self.provision(),
+            "sites": self.sites(),
+            "forwards": self.forwards(),
+        }

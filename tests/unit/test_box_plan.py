@@ -1,0 +1,125 @@
+"""The box description: validation of the whole, and what it derives."""
+import pytest
+
+from ansible_collections.homelab.onebox.plugins.module_utils._box import BoxPlan
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
+
+SITE = {"name": "site-a", "kind": "static", "domains": ["a.example.test"],
+        "files": [{"path": "/var/www/html/index.html", "content": "A"}]}
+APP = {"name": "app", "command": ["python3", "/srv/app/app.py"], "port": 8000, "domains": ["app.example.test"],
+       "environment": {"SECRET": "s"}, "memory": "256MiB", "memory_swap": "512MiB", "cpus": "1",
+       "boot": {"priority": 20, "delay": 2}}
+JENKINS = {"name": "jenkins", "command": "python3 /srv/jenkins/app.py", "port": 8080,
+           "routes": [{"domain": "app.example.test", "path": "/jenkins/"}]}
+POOL = {"name": "web", "kind": "pool", "count": 3, "method": "least_conn", "domains": ["pool.example.test"],
+        "host_port": 8000, "files": [{"path": "/var/www/html/index.html", "content": "member @INSTANCE@\n"}]}
+VPN = {"name": "vpn", "kind": "plain", "command": ["python3", "/srv/vpn/echo.py"],
+       "forwards": [{"proto": "udp", "port": 51820}]}
+DB = {"name": "db", "kind": "internal", "command": ["python3", "/srv/db/db.py"], "port": 5432}
+BOX = [SITE, APP, JENKINS, POOL, VPN, DB]
+
+
+def plan(services=None, addresses=None, **options):
+    return BoxPlan(BOX if services is None else services, options, addresses).as_dict()
+
+
+def error(services, **options):
+    with pytest.raises(ValidationError) as err:
+        BoxPlan(services, options)
+    return err.value
+
+
+def test_containers_pool_members_copied_from_a_stopped_base():
+    result = plan()
+    assert result["containers"] == ["site-a", "app", "jenkins", "web-base", "web-1", "web-2", "web-3", "vpn", "db",
+                                    "onebox-proxy"]
+    items = {i["name"]: i for i in result["instances"]}
+    assert items["web-base"]["state"] == "stopped" and items["web-base"]["autostart"] is False
+    assert all(items["web-%d" % n]["copy_from"] == "web-base" for n in (1, 2, 3))
+    assert all(i.get("ipv4_address") == "auto" for n, i in items.items() if n != "web-base")
+
+
+def test_limits_and_boot_order_reach_the_container():
+    app = {i["name"]: i for i in plan()["instances"]}["app"]
+    assert app == {"name": "app", "image": "onebox-debian12", "ipv4_address": "auto", "memory": "256MiB",
+                   "memory_swap": "512MiB", "cpus": "1", "autostart": True, "autostart_priority": 20,
+                   "autostart_delay": 2}
+
+
+def test_app_runs_as_its_own_user_with_its_environment():
+    app = {p["name"]: p for p in plan()["provision"]}["app"]
+    assert app["users"] == [{"name": "app", "home": "/srv/app"}]
+    service = app["services"][0]
+    assert service["user"] == "app" and service["restart"] == "always"
+    assert service["environment"] == {"SECRET": "s"}
+
+
+def test_pool_members_get_their_own_page():
+    pages = {p["name"]: p["files"][0]["content"] for p in plan()["provision"] if p["name"].startswith("web-")}
+    assert pages == {"web-1": "member web-1\n", "web-2": "member web-2\n", "web-3": "member web-3\n"}
+
+
+def test_sites_route_by_domain_and_path_with_pool_upstream():
+    addresses = {"site-a": ["10.1.0.10"], "app": ["10.1.0.11"], "jenkins": ["10.1.0.12"],
+                 "web-1": ["10.1.0.21"], "web-2": ["10.1.0.22"], "web-3": ["10.1.0.23"]}
+    sites = {s["name"]: s for s in plan(addresses=addresses)["sites"]}
+    assert sites["a.example.test"]["locations"] == [{"path": "/", "backend": "http://10.1.0.10:80"}]
+    assert sites["app.example.test"]["locations"] == [{"path": "/", "backend": "http://10.1.0.11:8000"},
+                                                      {"path": "/jenkins/", "backend": "http://10.1.0.12:8080"}]
+    pool = sites["pool.example.test"]
+    assert pool["upstreams"] == [{"name": "web", "method": "least_conn",
+                                  "servers": ["10.1.0.21:80", "10.1.0.22:80", "10.1.0.23:80"]}]
+    assert sites["web-port8000"]["listen"] == ["8000"]
+    assert sites["web-port8000"]["locations"][0]["backend"] == "http://web"
+    assert "upstreams" not in sites["web-port8000"]  # nginx upstream names are global: defined once
+
+
+def test_forwards_proxy_ports_and_plain_udp():
+    assert plan()["forwards"] == [
+        {"proto": "tcp", "port": 80, "target": "onebox-proxy", "comment": "onebox proxy http"},
+        {"proto": "tcp", "port": 8000, "target": "onebox-proxy", "comment": "onebox web"},
+        {"proto": "udp", "port": 51820, "target": "vpn", "comment": "onebox vpn"},
+    ]
+
+
+def test_internal_service_is_never_forwarded_nor_proxied():
+    result = plan()
+    assert all(f["target"] != "db" for f in result["forwards"])
+    assert all("db" not in str(s) for s in result["sites"])
+
+
+def test_no_http_service_no_proxy():
+    result = plan([VPN, DB])
+    assert result["proxy"] is None and result["sites"] == []
+    assert [f["port"] for f in result["forwards"]] == [51820]
+
+
+@pytest.mark.parametrize("services,field,words", [
+    ([SITE, dict(SITE, domains=["b.example.test"])], "services[site-a].name", "also used"),
+    ([POOL, {"name": "web-2", "kind": "static"}], "services[web-2].name", "also used"),
+    ([SITE, dict(APP, domains=["a.example.test"])], "services[app].domains[0]", "already claimed by services[site-a]"),
+    ([dict(VPN, forwards=[{"port": 8000}]), POOL], "services[web].host_port", "already forwarded to vpn"),
+    ([SITE, dict(VPN, forwards=[{"port": "70-90"}])], "services[vpn].forwards[0].port", "already forwarded to the proxy"),
+    ([dict(POOL, count=0)], "services[web].count", "1 or more"),
+    ([dict(JENKINS, routes=[{"path": "/jenkins/"}])], "services[jenkins].routes[0].domain", "needs the domain"),
+    ([dict(SITE, name="bad;name")], "services[0].name", ""),
+    ([dict(SITE, name="new\nline")], "services[0].name", ""),
+    ([dict(SITE, domains=["a.example.test;"])], "services[site-a].domains[0]", ""),
+    ([dict(SITE, domains=["{evil}.test"])], "services[site-a].domains[0]", ""),
+    ([dict(JENKINS, routes=[{"domain": "x.test", "path": "/a b"}])], "services[jenkins].routes[0].path", ""),
+    ([dict(VPN, forwards=[{"proto": "udp", "port": 70000}])], "services[vpn].forwards[0].port", "1-65535"),
+    ([dict(VPN, forwards=[{"proto": "sctp", "port": 7}])], "services[vpn].forwards[0].proto", "tcp, udp"),
+    ([dict(DB, forwards=[{"port": 5432}])], "services[db].forwards", "never exposed"),
+    ([dict(DB, domains=["db.test"])], "services[db].domains", "not reached through the proxy"),
+    ([dict(APP, port=None)], "services[app].port", "port its command listens on"),
+    ([dict(SITE, colour="red")], "services[site-a].colour", "unknown key"),
+    ([dict(SITE, kind="vm")], "services[site-a].kind", "static, app"),
+    ([dict(APP, memory="lots")], "services[app].memory", ""),
+    ([dict(SITE, files=[{"path": "../etc/passwd", "content": "x"}])], "services[site-a].files[0].path", ""),
+    ([dict(SITE, domains=[], routes=[{"domain": "a.example.test", "path": "/"}]),
+      dict(APP, domains=["a.example.test"])], "services[site-a].routes[0].path", "already serves /"),
+])
+def test_bad_description_names_service_and_field(services, field, words):
+    err = error(services)
+    assert err.field == field, err.msg
+    assert words in err.msg
