@@ -346,8 +346,8 @@ def normalise_upstream(spec, field):
             raise ValidationError(_j(sfield, "backup"), True, "nginx does not allow backup servers with ip_hash")
         servers.append(out)
     if all(s["backup"] or s["down"] for s in servers):
-        raise ValidationError(_j(field, "servers"), spec.get("servers"), "needs at least one server that is "
-                                                                          "neither backup nor down")
+        raise ValidationError(_j(field, "servers"), spec.get("servers"),
+                              "needs at least one server that is neither backup nor down")
     return {"name": name, "method": method, "keepalive": keepalive, "servers": servers}
 
 
@@ -468,7 +468,7 @@ def normalise_site(spec, field="", log_dir=None):
     for key in ("access_log", "error_log"):
         value = spec.get(key)
         if value is None and log_dir:
-            value = "%s/%s.%s.log" % (log_dir.rstrip("/"), name, key.split("_")[0])
+            value = "%s/%s.%s.log" % (log_dir.rstrip("/"), name, key.split("_", maxsplit=1)[0])
         if value is None or (key == "access_log" and value == "off"):
             logs[key] = value
         else:
@@ -834,8 +834,8 @@ class LxdTarget(Target):
     def _must(self, what, script, args):
         result = self._sh(script, args)
         if result.rc != 0:
-            raise NginxError("%s in %s failed (exit %d): %s" % (what, self.instance, result.rc,
-                                                                 (result.stderr or result.stdout).strip()))
+            raise NginxError("%s in %s failed (exit %d): %s"
+                             % (what, self.instance, result.rc, (result.stderr or result.stdout).strip()))
         return result
 
     def read(self):

@@ -28,7 +28,7 @@ description:
     that could inject directives, site names with C(/) or C(..), ports out of range, a location
     with neither backend nor root, unknown balancing methods).
 author:
-  - homelab.onebox developers
+  - homelab.onebox developers (@homelab)
 extends_documentation_fragment:
   - homelab.onebox.lxd
   - ansible.builtin.action_common_attributes
@@ -62,7 +62,7 @@ options:
   listen:
     description:
       - Plain-HTTP listen addresses, a port (C(80)) or C(ADDRESS:PORT) (C(127.0.0.1:8080),
-        C([::]:80)). Default C([80]). With O(tls.redirect) these only redirect to HTTPS.
+        C([::]:80)). Default C([80]). With C(tls.redirect) these only redirect to HTTPS.
     type: list
     elements: str
   default_server:
@@ -331,8 +331,9 @@ _SITE_ONLY = [key for key in _SITE_OPTIONS if key not in ("state",)]
 
 ARGUMENT_SPEC = dict(
     _SITE_OPTIONS,
-    sites=dict(type="list", elements="dict", options=dict(
-        _SITE_OPTIONS, name=dict(type="str", required=True))),
+    # Each site is validated by _nginx.normalise_site (unknown keys, types, values), with error
+    # messages naming sites[N].field; the documented top-level options describe its keys.
+    sites=dict(type="list", elements="dict"),
     prune=dict(type="bool", default=False),
     log_dir=dict(type="path"),
     conf_dir=dict(type="path", default="/etc/nginx/conf.d"),
@@ -357,7 +358,7 @@ class NginxSiteManager:
             given = [key for key in _SITE_ONLY if p.get(key) not in (None, False, [])]
             if given:
                 raise ValidationError(given[0], p[given[0]], "cannot be combined with sites (put it in a site)")
-            return nginx.normalise_sites([_spec(site) for site in p["sites"]], log_dir=p["log_dir"])
+            return nginx.normalise_sites(p["sites"], log_dir=p["log_dir"])
         if p["prune"]:
             raise ValidationError("prune", True, "needs sites (the whole set of sites to keep)")
         if not p["name"]:

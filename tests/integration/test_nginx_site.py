@@ -99,11 +99,11 @@ def test_pool_spreads_and_survives_a_stopped_member(env):
     assert result.get("changed"), result
     ne.until(lambda: name_of(env, "pool.test") in ("pool1", "pool2", "pool3"))
 
-    seen = [name_of(env, "pool.test") for _ in range(30)]
+    seen = [name_of(env, "pool.test") for _i in range(30)]
     assert set(seen) == {"pool1", "pool2", "pool3"}, seen
 
     members[1].stop()
-    answers = [get(env, "pool.test") for _ in range(60)]
+    answers = [get(env, "pool.test") for _i in range(60)]
     assert [r.status for r in answers] == [200] * 60
     assert {r.json()["name"] for r in answers} == {"pool1", "pool3"}
 
@@ -126,7 +126,8 @@ def test_broken_change_is_rolled_back_and_traffic_never_fails(env):
     ne.until(lambda: name_of(env, "stable.test") == "good")
     before = env.snapshot()
 
-    broken = dict(site, locations=[{"path": "/", "backend": "http://no-such-host.invalid:8080"}])
+    broken = dict(site)
+    broken["locations"] = [{"path": "/", "backend": "http://no-such-host.invalid:8080"}]
 
     def one_request():
         resp = get(env, "stable.test", timeout=5)
@@ -264,7 +265,7 @@ def test_tls_redirect_hsts_http2(env):
             "locations": [{"path": "/", "backend": "http://%s" % back.upstream}]}
     result = site_module(env, sites=[site], prune=True)
     assert result.get("changed"), result
-    redirect = ne.until(lambda: (lambda r: r if r.status == 301 else None)(get(env, "secure.test", "/a?b=1")))
+    redirect = ne.until(lambda: [r for r in [get(env, "secure.test", "/a?b=1")] if r.status == 301])[0]
     assert redirect.headers["location"] == "https://secure.test:%d/a?b=1" % env.https_port
     resp = ne.request(env.address, env.https_port, "secure.test", "/x", tls=True)
     assert resp.status == 200 and resp.json()["name"] == "secure"
