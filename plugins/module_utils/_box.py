@@ -21,7 +21,7 @@ SERVICE_KEYS = {
     "command", "environment", "working_directory", "proxy",
 }
 ROUTE_KEYS = {"domain", "path", "strip_prefix"}
-FORWARD_KEYS = {"proto", "port", "target_port", "source", "host_address"}
+FORWARD_KEYS = {"proto", "port", "target_port", "source", "host_address", "comment"}
 # Written into a pool member's file content, replaced by the member's name ("web-2").
 INSTANCE_PLACEHOLDER = "@INSTANCE@"
 HTTP_PORT = 80
@@ -395,8 +395,9 @@ class BoxPlan:
                 out.append({"proto": "tcp", "port": service.host_port, "target": self.proxy,
                             "comment": "onebox %s" % service.name})
             for forward in service.forwards:
-                item = {k: val for k, val in forward.items() if not k.startswith("_")}
-                item.update(target=service.name, comment="onebox %s" % service.name)
+                item = dict({"comment": "onebox %s" % service.name},
+                            **{k: val for k, val in forward.items() if not k.startswith("_")})
+                item["target"] = service.name
                 out.append(item)
         return out
 
