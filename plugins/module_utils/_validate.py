@@ -176,3 +176,55 @@ def ipv4_network(value, field="network"):
         return str(ipaddress.IPv4Network(value, strict=False))
     except ValueError:
         raise ValidationError(field, value, "must be an IPv4 address or network (a.b.c.d/len)")
+
+
+_POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MODE = re.compile(r"^(?:0o?)?([0-7]{3,4})$")
+
+
+def absolute_path(value, field="path"):
+    """An absolute path without ``.``/``..`` components or control characters, normalised
+    (repeated and trailing ``/`` dropped)."""
+    _text(value, field)
+    if not value.startswith("/"):
+        raise ValidationError(field, value, "must be an absolute path (start with '/')")
+    bad = sorted(c for c in set(value) if ord(c) < 32 or ord(c) == 127)
+    if bad:
+        raise ValidationError(field, value, "must not contain %s" % " ".join(repr(c) for c in bad))
+    parts = [part for part in value.split("/") if part]
+    if any(part in (".", "..") for part in parts):
+        raise ValidationError(field, value, "must not contain '.' or '..' components")
+    return "/" + "/".join(parts)
+
+
+def file_mode(value, field="mode"):
+    """A permission mode: octal text (``"0644"``, ``"644"``, ``"0o4755"``) or an int (as YAML reads
+    an unquoted ``0644``) -> int."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value <= 0o7777:
+            return value
+    elif isinstance(value, str):
+        match = _MODE.fullmatch(value.strip())
+        if match:
+            return int(match.group(1), 8)
+    raise ValidationError(field, value, "must be an octal mode such as '0644' (quote it)")
+
+
+def posix_name(value, field="name"):
+    """A user or group name as useradd/groupadd accept it: lower-case letters, digits, ``_`` and
+    ``-``, not starting with a digit or ``-``, at most 32 characters."""
+    _text(value, field)
+    if not _POSIX_NAME.fullmatch(value):
+        raise ValidationError(
+            field, value,
+            "must be 1-32 lower-case letters, digits, '_' or '-', starting with a letter or '_'")
+    return value
+
+
+def env_name(value, field="environment"):
+    """An environment variable name that is a valid shell identifier."""
+    _text(value, field)
+    if not _ENV_NAME.fullmatch(value):
+        raise ValidationError(field, value, "must be a shell identifier (letters, digits, '_', not starting with a digit)")
+    return value

@@ -1,0 +1,345 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: homelab.onebox contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: lxd_provision
+short_description: Set up the inside of running LXD containers (users, packages, files, services) in one task
+version_added: 0.1.0
+description:
+  - Brings the inside of each listed container to what it declares, through the LXD API only
+    (exec with a timeout, file push and pull). The container needs C(sh), coreutils, C(getent),
+    C(useradd), C(apt-get)/C(dpkg-query) and systemd as init; no Python, no SSH, no Ansible
+    connection into it.
+  - Reads each container's state in one exec (files by size-independent SHA-256 and
+    owner/mode, users with C(getent), packages with C(dpkg-query), units with
+    C(systemctl is-enabled)/C(is-active)), compares, and changes only what differs. The
+    containers are worked on in parallel (O(parallel)).
+  - "Order inside a container: packages, users, parent directories, removals, files (owner and
+    mode set before content), unit and environment files, one C(systemctl daemon-reload) if a
+    unit changed, C(enable)/C(disable), C(stop), then C(restart) or C(start)."
+  - A service is restarted when its unit or environment file changed, or when any declared file
+    or package of the same container changed; a service that is not running is started.
+  - Every item is validated, and every container's state is read and checked (the container
+    exists and runs; each user, group and unit named exists or is declared), before anything
+    changes.
+    Errors name the field (C(instances[0].files[2].path)) and the value.
+author:
+  - homelab.onebox developers (@homelab)
+extends_documentation_fragment:
+  - homelab.onebox.lxd
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details:
+      - The content of every changed file, before and after, keyed by container then path.
+        Environment files show C(********) for every value.
+  platform:
+    platforms: posix
+options:
+  instances:
+    description: The containers and what each must contain. Each must exist and be running.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: Name of an existing, running container.
+        type: str
+        required: true
+      users:
+        description:
+          - System users, created when missing with C(useradd --system --create-home --home-dir HOME
+            --shell /usr/sbin/nologin) (with a group of the same name). An existing user is left
+            as it is; users are never deleted.
+        type: list
+        elements: dict
+        suboptions:
+          name:
+            description: User name (lower-case letters, digits, C(_), C(-)).
+            type: str
+            required: true
+          home:
+            description: Home directory; C(/home/NAME) when unset.
+            type: str
+      packages:
+        description:
+          - Debian packages installed (C(apt-get install -y --no-install-recommends)) when
+            C(dpkg-query) does not report them installed. Never removed or upgraded.
+          - C(apt-get update) runs first only when the container has no package lists, or when
+            the install fails for lack of them.
+        type: list
+        elements: str
+        default: []
+      files:
+        description:
+          - Files, compared byte for byte (and by owner and mode) and written when different.
+            Missing parent directories are created, owned by root, mode C(0755).
+        type: list
+        elements: dict
+        suboptions:
+          path:
+            description: Absolute path in the container, without C(.) or C(..) components.
+            type: str
+            required: true
+          content:
+            description: The file's text (UTF-8). Required when O(instances[].files[].state=present).
+            type: str
+          mode:
+            description:
+              - Permissions, octal; quote it (C("0644")). An unquoted YAML C(0644) is read as the
+                number it means; an unquoted C(644) is not.
+            type: raw
+            default: "0644"
+          owner:
+            description: Owning user; it must exist or be declared in O(instances[].users).
+            type: str
+            default: root
+          group:
+            description:
+              - Owning group; it must exist or be the name of a declared user. The owner's primary
+                group when unset.
+            type: str
+          state:
+            description: V(absent) removes the file (a file or link, never a directory).
+            type: str
+            choices: [present, absent]
+            default: present
+      services:
+        description:
+          - Services under the container's systemd.
+          - With O(instances[].services[].command), the module writes the unit
+            C(/etc/systemd/system/onebox-NAME.service) itself (and C(/etc/onebox/NAME.env) for
+            O(instances[].services[].environment)).
+          - Without it, NAME is an existing unit (C(nginx), C(php8.2-fpm), C(foo.socket)),
+            only enabled or disabled and started, restarted or stopped.
+        type: list
+        elements: dict
+        suboptions:
+          name:
+            description:
+              - Service name. With a command, letters, digits, C(_), C(.), C(-); the unit is
+                C(onebox-NAME.service).
+            type: str
+            required: true
+          command:
+            description:
+              - The program and its arguments, one list item per argument (quoted for systemd's
+                C(ExecStart) by the module, with no shell and no variable expansion). The program is an
+                absolute path or a name systemd finds in its search path.
+            type: list
+            elements: str
+          user:
+            description:
+              - User the command runs as (C(root) when unset). It must exist or be declared in
+                O(instances[].users).
+            type: str
+          working_directory:
+            description: Directory the command starts in.
+            type: str
+          environment:
+            description:
+              - Environment variables of the command, written to C(/etc/onebox/NAME.env) (root,
+                mode C(0600)) and referenced by C(EnvironmentFile=). Keys are shell identifiers,
+                values one line each.
+              - The values are C(no_log); they never appear in the module's output or diff.
+            type: dict
+          restart:
+            description: systemd's C(Restart=); with C(RestartSec=1), a process that dies is back within about a second.
+            type: str
+            choices: [always, on-failure, on-abnormal, on-abort, on-success, on-watchdog, "no"]
+            default: always
+          state:
+            description: Whether the service runs.
+            type: str
+            choices: [started, stopped]
+            default: started
+          enabled:
+            description: Whether the service starts at boot (C(systemctl enable)/C(disable)).
+            type: bool
+            default: true
+  parallel:
+    description: How many containers are worked on at once.
+    type: int
+    default: 4
+  timeout:
+    description: Seconds each exec in a container may take (reads, file operations, C(systemctl)).
+    type: int
+    default: 120
+  package_timeout:
+    description: Seconds C(apt-get update) and C(apt-get install) may each take.
+    type: int
+    default: 600
+notes:
+  - Runs on the LXD host (or anywhere with O(lxd_url) pointing at an LXD API). Needs pylxd there.
+  - Ansible hides a C(no_log) value wherever it occurs in the output, so a short environment
+    value (C(8000)) also masks that text elsewhere in the result (in a diff, for example).
+  - File content is not C(no_log); put a secret in O(instances[].services[].environment) or use
+    C(no_log) on the task.
+  - "The module does not check that a started process stays up: C(systemctl start) of a
+    C(Type=simple) unit returns once the process is spawned."
+seealso:
+  - module: homelab.onebox.lxd_instances
+"""
+
+EXAMPLES = r"""
+- name: An app as a service of a non-root user, and a static site, in one task
+  homelab.onebox.lxd_provision:
+    parallel: 4
+    instances:
+      - name: app
+        users:
+          - {name: app, home: /srv/app}
+        packages: [python3-flask]
+        files:
+          - path: /srv/app/app.py
+            content: "{{ lookup('file', 'app.py') }}"
+            mode: "0644"
+            owner: app
+            group: app
+        services:
+          - name: app
+            command: [/usr/bin/python3, /srv/app/app.py]
+            user: app
+            working_directory: /srv/app
+            environment:
+              PORT: "8000"
+              SECRET_KEY: "{{ vault_app_secret }}"
+      - name: www
+        files:
+          - {path: /var/www/html/index.html, content: "<h1>Hello</h1>\n"}
+          - {path: /var/www/html/index.nginx-debian.html, state: absent}
+        services:
+          - name: nginx
+  register: provisioned
+
+- name: Stop a service and keep it from starting at boot
+  homelab.onebox.lxd_provision:
+    instances:
+      - name: app
+        services:
+          - {name: app, command: [/usr/bin/python3, /srv/app/app.py], user: app, state: stopped, enabled: false}
+"""
+
+RETURN = r"""
+instances:
+  description: One result per declared container, in the declared order.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Container name.
+      type: str
+    changed:
+      description: Whether anything in this container changed (in check mode, would change).
+      type: bool
+    actions:
+      description:
+        - What was done, in order (in check mode, what would be done), for example C(package jq),
+          C(user app), C(file /srv/app/app.py), C(remove /var/www/html/old.html),
+          C(environment onebox-app), C(unit onebox-app), C(daemon-reload), C(enable onebox-app),
+          C(stop nginx), C(start onebox-app), C(restart onebox-app).
+      type: list
+      elements: str
+  sample: [{name: app, changed: true, actions: [user app, file /srv/app/app.py, unit onebox-app,
+                                                  daemon-reload, enable onebox-app, start onebox-app]}]
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible_collections.homelab.onebox.plugins.module_utils import _provision
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
+
+ARGUMENT_SPEC = dict(
+    instances=dict(type="list", elements="dict", default=[], options=dict(
+        name=dict(type="str", required=True),
+        users=dict(type="list", elements="dict", options=dict(
+            name=dict(type="str", required=True),
+            home=dict(type="str"),
+        )),
+        packages=dict(type="list", elements="str", default=[]),
+        files=dict(type="list", elements="dict", options=dict(
+            path=dict(type="str", required=True),
+            content=dict(type="str"),
+            mode=dict(type="raw", default="0644"),
+            owner=dict(type="str", default="root"),
+            group=dict(type="str"),
+            state=dict(type="str", choices=list(_provision.FILE_STATES), default="present"),
+        )),
+        services=dict(type="list", elements="dict", options=dict(
+            name=dict(type="str", required=True),
+            command=dict(type="list", elements="str"),
+            user=dict(type="str"),
+            working_directory=dict(type="str"),
+            # no_log: Ansible masks these values in the invocation, the log and the whole result.
+            environment=dict(type="dict", no_log=True),
+            restart=dict(type="str", choices=list(_provision.RESTART_CHOICES), default="always"),
+            state=dict(type="str", choices=list(_provision.SERVICE_STATES), default="started"),
+            enabled=dict(type="bool", default=True),
+        )),
+    )),
+    parallel=dict(type="int", default=4),
+    timeout=dict(type="int", default=120),
+    package_timeout=dict(type="int", default=600),
+)
+
+
+class ProvisionManager:
+    """Validate everything, read every container (in parallel), plan, then apply outside check mode."""
+
+    def __init__(self, module):
+        self.module = module
+        params = module.params
+        for option in ("parallel", "timeout", "package_timeout"):
+            if params[option] < 1:
+                raise ValidationError(option, params[option], "must be at least 1")
+        self.specs = _provision.instance_specs(params["instances"])
+
+    def run(self):
+        module, lxd, params = self.module, self.module.lxd, self.module.params
+        _provision.check_instances(self.specs, {inst["name"]: inst for inst in lxd.instances()})
+        workers = [_provision.Provisioner(lxd, spec, params["timeout"], params["package_timeout"])
+                   for spec in self.specs]
+        with ThreadPoolExecutor(max_workers=params["parallel"]) as pool:
+            # Every read and check first: one bad container stops the run before any change.
+            list(pool.map(lambda worker: worker.read(), workers))
+            changed = [worker for worker in workers if worker.plan.changed]
+            if module._diff:
+                list(pool.map(lambda worker: worker.read_diff(), changed))
+            failures = {}
+            if not module.check_mode:
+                failures = dict(filter(None, pool.map(self._apply, changed)))
+        results = [worker.result() for worker in workers]
+        if failures:
+            raise OneboxError("; ".join("%s: %s" % item for item in failures.items()),
+                              instances=results, failed_instances=sorted(failures))
+        result = {"changed": bool(changed), "instances": results}
+        if module._diff:
+            result["diff"] = {"before": {w.spec.name: w.diff["before"] for w in changed},
+                              "after": {w.spec.name: w.diff["after"] for w in changed}}
+        return result
+
+    @staticmethod
+    def _apply(worker):
+        """Apply one container's plan; (name, message) when it fails, so the others still finish."""
+        try:
+            worker.apply()
+        except OneboxError as exc:
+            return worker.spec.name, exc.msg
+        return None
+
+
+def main():
+    module = OneboxModule(ARGUMENT_SPEC, lxd=True, supports_check_mode=True)
+    module.run(ProvisionManager)
+
+
+if __name__ == "__main__":
+    main()
