@@ -51,8 +51,7 @@ class Service:
 
     def __init__(self, index, raw, defaults):
         self.index, self.raw = index, raw
-        where = lambda key=None: _where(index, raw, key)  # noqa: E731
-        self.where = where
+        where = self.where
         if not isinstance(raw, dict):
             raise ValidationError(where(), raw, "a service must be a dict")
         unknown = sorted(set(raw) - SERVICE_KEYS)
@@ -112,6 +111,9 @@ class Service:
         self.proxy = raw.get("proxy") or {}
         if not isinstance(self.proxy, dict):
             raise ValidationError(where("proxy"), self.proxy, "must be a dict of nginx_site proxy settings")
+
+    def where(self, key=None):
+        return _where(self.index, self.raw, key)
 
     def _list(self, key):
         value = self.raw.get(key) or []

@@ -28,7 +28,8 @@ description:
   - Turns IPv4 forwarding on, now and across reboots (O(sysctl_file)).
   - Saves the chains to O(save_path) and writes O(restore_script), which loads them again at boot;
     the P(homelab.onebox.port_forward#role) role installs a systemd unit that runs it.
-author: homelab.onebox contributors
+author:
+  - homelab.onebox developers (@homelab)
 extends_documentation_fragment:
   - homelab.onebox.lxd
   - ansible.builtin.action_common_attributes

@@ -106,7 +106,7 @@ options:
     description:
       - A static IPv4 address on the bridge for the instance's C(eth0) (a DHCP reservation on an
         LXD-managed bridge), so forwards and upstreams never point at a stale address.
-      - V(auto) picks one: the address the instance already has statically, else the lowest free
+      - V(auto) picks one, the address the instance already has statically, else the lowest free
         address of the network's subnet from its 10th host up (not the gateway, not leased, not
         reserved by another instance). It then stays the instance's address.
       - Sets device C(eth0) to a bridged NIC on O(network).

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """How long homelab.onebox.dnat takes with many forwards (not a test; run as root on the test machine):
 
     .venv/bin/python tests/bench/dnat_bench.py [--forwards 200] [--runs 5] [--instance NAME]
@@ -66,7 +65,7 @@ def bridge_addresses(count):
                          timeout=30, check=True).stdout.strip()
     hosts = ipaddress.IPv4Interface(out).network.hosts()
     next(hosts)
-    return [str(next(hosts)) for _ in range(count)]
+    return [str(next(hosts)) for _index in range(count)]
 
 
 def main():
@@ -93,7 +92,7 @@ def main():
         print("first apply:                  module %.3f s" % first)
 
         times = []
-        for _ in range(opts.runs):
+        for _run in range(opts.runs):
             elapsed, result = module_run(args)
             assert not result["changed"]
             times.append(elapsed)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Figures for lxd_instance, lxd_instances and _lxd.py on this machine (not a test: it prints).
 
   .venv/bin/python tests/bench/lxd_bench.py [--runs 3]
@@ -92,7 +91,7 @@ def main():
             print("%-60s %7.2f s  (changed=%d)" % ("8 containers cold, one lxd_instances task", elapsed, changed))
             for key, label in (("tasks", "8 lxd_instance tasks"), ("set", "one lxd_instances task for 8")):
                 full, empty = [], []
-                for _ in range(args.runs):
+                for _run in range(args.runs):
                     elapsed, changed = playbook_time(paths[key], names)
                     assert changed == 0, "not idempotent"
                     full.append(elapsed)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Time nginx_site with 100 sites: a no-change run and a run that changes one site.
 
 Not a test. Run from the repository root:  .venv/bin/python tests/bench/nginx_bench.py [--lxd]
