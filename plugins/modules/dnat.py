@@ -99,7 +99,9 @@ options:
     choices: [auto, nft, legacy]
     default: auto
   ip_forward:
-    description: Turn on C(net.ipv4.ip_forward) now and in O(sysctl_file). V(state=absent) leaves it as it is.
+    description:
+      - Turn on C(net.ipv4.ip_forward) now and in O(sysctl_file).
+      - V(state=absent) removes O(sysctl_file) but leaves the running value as it is.
     type: bool
     default: true
   sysctl_file:
@@ -287,8 +289,9 @@ class DnatManager:
             if params["restore_script"]:
                 script = _dnat.restore_script(params["save_path"], iptables, restore, prefix, params["ip_forward"])
                 out.append((params["restore_script"], script if present else None, 0o755))
-        if present and params["ip_forward"] and params["sysctl_file"]:
-            out.append((params["sysctl_file"], SYSCTL_TEXT, 0o644))
+        if params["ip_forward"] and params["sysctl_file"]:
+            # Gone with the forwards; the running value stays (LXD's own NAT needs forwarding).
+            out.append((params["sysctl_file"], SYSCTL_TEXT if present else None, 0o644))
         return out
 
     @staticmethod

@@ -287,6 +287,7 @@ def test_check_diff_idempotence_and_removal(tmp_path):
     assert result["changed"] and result["diff"][0]["after"] == ""
     assert iptables_save() == before
     assert not (tmp_path / "dnat.rules").exists() and not (tmp_path / "onebox-dnat-restore").exists()
+    assert not (tmp_path / "ip_forward.conf").exists()  # no file of the forwards is left
     assert run_module("dnat", dict(args, state="absent"))["changed"] is False
 
 
