@@ -36,7 +36,7 @@ options:
         C(autostart), C(autostart_priority), C(autostart_delay), C(profiles), C(devices),
         C(ipv4_address) (including V(auto)), C(network), C(ephemeral), C(wait_for_ipv4), C(wait_timeout),
         C(force_stop)), with the same defaults.
-      - An item may copy from another item of the list (O(instances[].copy_from)); it is created after it.
+      - An item may copy from another item of the list (its C(copy_from)); it is created after it.
     type: list
     elements: dict
     default: []
