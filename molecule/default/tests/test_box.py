@@ -1,0 +1,129 @@
+"""Verify the example box (inventory.example) from outside, after converge and idempotence."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
+from box_client import LxdClient, Netns, http_get, tcp_ping, udp_echo, wait_for  # noqa: E402
+
+POOL = {"web-1", "web-2", "web-3"}
+
+
+@pytest.fixture(scope="module")
+def client():
+    with Netns("verify") as ns:
+        yield ns
+
+
+@pytest.fixture(scope="module")
+def lxd():
+    return LxdClient(timeout=60)
+
+
+@pytest.mark.parametrize("domain,expected", [
+    ("site-a.example.test", "<h1>Site A</h1>"),
+    ("site-b.example.test", "<h1>Site B</h1>"),
+    ("app.example.test", "app hello from app path=/"),
+])
+def test_each_domain_answers_with_its_own_service(client, domain, expected):
+    status, body = http_get(client, domain)
+    assert status == 200 and body.startswith(expected), (status, body)
+
+
+def test_unknown_domain_gets_404_not_another_service(client):
+    status, body = http_get(client, "nobody.example.test")
+    assert status == 404
+    assert "Site" not in body and "app" not in body
+
+
+def test_path_route_reaches_its_service_with_the_path(client):
+    status, body = http_get(client, "app.example.test", "/jenkins/job/1")
+    assert status == 200 and body.startswith("jenkins jenkins path=/jenkins/job/1"), body
+
+
+def test_app_runs_as_non_root(client, lxd):
+    status, body = http_get(client, "app.example.test")
+    uid = int(body.split("uid=")[1])
+    assert status == 200 and uid != 0
+    ps = lxd.run("app", ["ps", "-o", "user=", "-C", "python3"], timeout=10).split()
+    assert ps and set(ps) == {"app"}
+
+
+def test_internal_db_reached_by_the_app_by_name_never_from_outside(client, lxd):
+    status, body = http_get(client, "app.example.test", "/db")
+    assert (status, body.strip()) == (200, "db ok")
+    assert tcp_ping(client, client.host_address, 5432) is None, "port 5432 is forwarded"
+    db_address = lxd.ipv4_addresses(lxd.instance_state("db"))[0]
+    assert lxd.run("app", ["getent", "hosts", "db"], timeout=10).split()[0] == db_address
+
+
+def pool_members_seen(client, requests, host="pool.example.test", port=80):
+    seen, failures = set(), 0
+    for _ in range(requests):
+        status, body = http_get(client, host, port=port)
+        if status == 200 and body.startswith("web "):
+            seen.add(body.split()[1])
+        else:
+            failures += 1
+    return seen, failures
+
+
+def test_pool_spreads_over_three_and_its_host_port(client):
+    seen, failures = pool_members_seen(client, 12)
+    assert failures == 0 and seen == POOL
+    seen, failures = pool_members_seen(client, 9, host="anything", port=8000)
+    assert failures == 0 and seen == POOL
+
+
+def test_pool_keeps_answering_with_a_member_stopped_and_takes_it_back(client, lxd):
+    lxd.change_state("web-2", "stop", force=True, timeout=30)
+    try:
+        seen, failures = pool_members_seen(client, 15)
+        assert failures == 0, "a stopped member cost the client failed requests"
+        assert seen == POOL - {"web-2"}
+    finally:
+        lxd.change_state("web-2", "start", timeout=30)
+    lxd.wait_ipv4("web-2", timeout=30)
+    # nginx retries a failed member after fail_timeout (10 s): it must rejoin within a bound.
+    back = wait_for(lambda: "web-2" in pool_members_seen(client, 6)[0], timeout=40)
+    assert back, "web-2 did not rejoin the pool"
+
+
+def test_udp_forward_reaches_the_vpn_container(client):
+    assert udp_echo(client, 51820, "hello") == "vpn hello"
+
+
+def test_limits_and_boot_order_are_the_declared_ones(lxd):
+    app = lxd.instance("app")["config"]
+    assert app["limits.memory"] == "256MiB" and app["limits.cpu"] == "1"
+    assert app["boot.autostart"] == "true" and app["boot.autostart.priority"] == "50"
+    assert app["boot.autostart.delay"] == "2"
+    db = lxd.instance("db")["config"]
+    assert db["boot.autostart.priority"] == "90" and db["boot.autostart.delay"] == "3"
+    limit = int(lxd.run("app", ["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"], timeout=10)
+                if lxd.exec("app", ["test", "-e", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]).rc == 0
+                else lxd.run("app", ["cat", "/sys/fs/cgroup/memory.max"], timeout=10))
+    assert limit == 256 * 1024 ** 2
+
+
+def test_every_container_has_a_static_address(lxd):
+    for name in ("site-a", "site-b", "app", "jenkins", "web-1", "web-2", "web-3", "vpn", "db", "onebox-proxy"):
+        static = lxd.instance(name)["devices"]["eth0"]["ipv4.address"]
+        assert lxd.ipv4_addresses(lxd.instance_state(name)) == [static], name
+
+
+def test_app_service_comes_back_after_being_killed(client, lxd):
+    def app_pid():
+        result = lxd.exec("app", ["pgrep", "-u", "app", "-f", "/srv/app/app.py"], timeout=10)
+        return result.stdout.split()[0] if result.rc == 0 and result.stdout.split() else None
+
+    def restarted():
+        pid = app_pid()
+        return pid if pid and pid != before else None
+
+    before = app_pid()
+    assert before
+    lxd.run("app", ["kill", "-9", before], timeout=10)
+    assert wait_for(restarted, timeout=15), "systemd did not restart the app"
+    assert wait_for(lambda: http_get(client, "app.example.test")[0] == 200, timeout=15)
