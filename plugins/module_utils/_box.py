@@ -328,6 +328,11 @@ class BoxPlan:
                     item["services"] = [{"name": "nginx"}]  # the image's nginx serves /var/www/html on 80
                 if len(item) > 1:
                     items.append(item)
+        if self.proxy:
+            # nginx serving, without Debian's packaged site (it claims default_server on :80).
+            items.append({"name": self.proxy, "packages": ["nginx-light"],
+                          "files": [{"path": "/etc/nginx/sites-enabled/default", "state": "absent"}],
+                          "services": [{"name": "nginx"}]})
         return items
 
     def _backend_host(self, name):

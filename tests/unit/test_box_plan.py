@@ -123,3 +123,10 @@ def test_bad_description_names_service_and_field(services, field, words):
     err = error(services)
     assert err.field == field, err.msg
     assert words in err.msg
+
+
+def test_proxy_gets_nginx_without_debians_default_site():
+    proxy = {p["name"]: p for p in plan()["provision"]}["onebox-proxy"]
+    assert proxy["services"] == [{"name": "nginx"}]
+    assert {"path": "/etc/nginx/sites-enabled/default", "state": "absent"} in proxy["files"]
+    assert "onebox-proxy" not in {p["name"] for p in plan([VPN, DB])["provision"]}

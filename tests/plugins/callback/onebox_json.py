@@ -13,6 +13,7 @@ description:
 """
 
 import json
+import time
 
 from ansible.plugins.callback import CallbackBase
 
@@ -34,7 +35,8 @@ class CallbackModule(CallbackBase):
             self.plays.append({"play": {"name": "adhoc"}, "tasks": []})
         tasks = self.plays[-1]["tasks"]
         if not tasks or tasks[-1]["task"]["id"] != task._uuid:
-            tasks.append({"task": {"name": task.get_name(), "id": task._uuid}, "hosts": {}})
+            tasks.append({"task": {"name": task.get_name(), "id": task._uuid, "started": time.monotonic()},
+                          "hosts": {}})
         return tasks[-1]
 
     def v2_playbook_on_task_start(self, task, is_conditional):
@@ -45,6 +47,8 @@ class CallbackModule(CallbackBase):
 
     def _record(self, result, **extra):
         entry = self._task(result._task)
+        # Seconds from the task's start to this host's result (benchmarks read it).
+        entry["task"]["duration"] = round(time.monotonic() - entry["task"]["started"], 3)
         data = dict(self._clean(result._result), **extra)
         entry["hosts"][result._host.get_name()] = data
 
