@@ -399,6 +399,9 @@ def state_script(spec):
     dirs = sorted({parents(f.path) for f in files if f.state == "present"})
     lines += ['echo "D%d $(test -d %s && echo 1 || echo 0)"' % (i, shlex.quote(d)) for i, d in enumerate(dirs)]
     lines += id_lines(spec.user_names(), spec.group_names())
+    if spec.services:
+        # A container started a moment ago may not have systemd listening yet: wait up to 10 s.
+        lines.append("i=0; while [ ! -S /run/systemd/private ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done")
     for i, svc in enumerate(spec.services):
         unit = shlex.quote(svc.unit)
         lines.append('echo "S%d $(systemctl is-enabled %s 2>/dev/null | head -n1)|'
@@ -675,8 +678,8 @@ class Provisioner:
     def _gid(self, fspec):
         gid = self.state.gid(fspec.group, fspec.owner)
         if gid is None:
-            raise OneboxError("in %s: cannot find the group of %s (%s)" % (self.spec.name, fspec.path,
-                                                                          fspec.group or fspec.owner))
+            raise OneboxError("in %s: cannot find the group of %s (%s)"
+                              % (self.spec.name, fspec.path, fspec.group or fspec.owner))
         return gid
 
     def create_users(self, users):

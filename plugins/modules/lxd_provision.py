@@ -150,7 +150,9 @@ options:
               - The values are C(no_log); they never appear in the module's output or diff.
             type: dict
           restart:
-            description: systemd's C(Restart=); with C(RestartSec=1), a process that dies is back within about a second.
+            description:
+              - systemd's C(Restart=). With C(RestartSec=1), a process that dies is back within about
+                a second; unless V(no), the unit never gives up restarting (C(StartLimitIntervalSec=0)).
             type: str
             choices: [always, on-failure, on-abnormal, on-abort, on-success, on-watchdog, "no"]
             default: always

@@ -86,8 +86,9 @@ def test_spec_of_the_app():
     svc, nginx = spec.services
     assert svc.unit == "onebox-app.service" and svc.short == "onebox-app"
     assert nginx.unit == "nginx.service" and nginx.unit_file is None and nginx.env_file is None
-    assert [f.path for f in spec.all_files] == ["/srv/app/app.py", "/etc/nginx/sites-enabled/default",
-                                               "/etc/systemd/system/onebox-app.service", "/etc/onebox/app.env"]
+    assert [f.path for f in spec.all_files] == [
+        "/srv/app/app.py", "/etc/nginx/sites-enabled/default",
+        "/etc/systemd/system/onebox-app.service", "/etc/onebox/app.env"]
     assert svc.env_file.mode == 0o600 and svc.env_file.owner == "root"
     assert spec.user_names() == ["app", "root"]
     assert spec.group_names() == ["app"]
