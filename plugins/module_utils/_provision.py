@@ -402,10 +402,9 @@ def state_script(spec):
     if spec.services:
         # A container started a moment ago may not have systemd listening yet: wait up to 10 s.
         lines.append("i=0; while [ ! -S /run/systemd/private ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done")
-    for i, svc in enumerate(spec.services):
-        unit = shlex.quote(svc.unit)
-        lines.append('echo "S%d $(systemctl is-enabled %s 2>/dev/null | head -n1)|'
-                     '$(systemctl is-active %s 2>/dev/null | head -n1)"' % (i, unit, unit))
+        # One systemctl for every unit: a block of properties per unit, in order, blank-line separated.
+        lines.append("systemctl show -p LoadState -p UnitFileState -p ActiveState -- %s 2>&1 | sed 's/^/S /'"
+                     % " ".join(shlex.quote(svc.unit) for svc in spec.services))
     if spec.packages:
         lines.append('echo "A $(ls /var/lib/apt/lists 2>/dev/null | grep -c _Packages)"')
         lines.append("dpkg-query -W -f='P ${Package} ${db:Status-Abbrev}\\n' -- %s 2>/dev/null"
@@ -454,6 +453,25 @@ def parse_ids(state, users, groups, lines):
             state.groups[groups[int(tag[1:])]] = int(fields[2]) if len(fields) >= 3 else None
 
 
+def parse_units(lines, count):
+    """``systemctl show`` blocks -> [(unit file state, active state)] ("" when there is no such
+    unit), or None when the output does not hold ``count`` blocks."""
+    blocks, block = [], {}
+    for line in lines + [""]:
+        key, sep, value = line.partition("=")
+        if sep:
+            block[key.strip()] = value.strip()
+        elif not line.strip() and block:
+            blocks.append(block)
+            block = {}
+        elif line.strip():
+            return None   # an error message instead of properties
+    if len(blocks) != count or any("ActiveState" not in b for b in blocks):
+        return None
+    return [("" if b.get("LoadState") == "not-found" else b.get("UnitFileState", ""), b["ActiveState"])
+            for b in blocks]
+
+
 def parse_state(spec, output, where="container"):
     lines = output.splitlines()
     if "END" not in lines:
@@ -462,7 +480,7 @@ def parse_state(spec, output, where="container"):
     files = spec.all_files
     dirs = sorted({parents(f.path) for f in files if f.state == "present"})
     state.files = [None] * len(files)
-    state.units = [None] * len(spec.services)
+    units = []
     for line in lines:
         tag, _sep, rest = line.partition(" ")
         index = int(tag[1:]) if tag[1:].isdigit() else None
@@ -474,9 +492,8 @@ def parse_state(spec, output, where="container"):
                 state.files[index] = FileState(words[0] if words else "none")
         elif tag[:1] == "D" and index is not None and index < len(dirs):
             state.dirs[dirs[index]] = rest.strip() == "1"
-        elif tag[:1] == "S" and index is not None and index < len(spec.services):
-            enabled, _sep, active = rest.partition("|")
-            state.units[index] = (enabled.strip(), active.strip())
+        elif tag == "S":
+            units.append(rest)
         elif tag == "A":
             state.apt_lists = int(rest) if rest.strip().isdigit() else 0
         elif tag == "P":
@@ -484,8 +501,13 @@ def parse_state(spec, output, where="container"):
             if status.startswith("ii") or name not in state.packages:
                 state.packages[name] = status
     parse_ids(state, spec.user_names(), spec.group_names(), lines)
-    if None in state.files or None in state.units:
+    if None in state.files:
         raise OneboxError("reading the state of %s: the output is incomplete: %r" % (where, output[-500:]))
+    state.units = parse_units(units, len(spec.services))
+    if state.units is None:
+        raise OneboxError("reading the state of %s: systemctl gave no state for the units %s (is systemd "
+                          "the container's init, and running?): %r"
+                          % (where, ", ".join(svc.unit for svc in spec.services), "\n".join(units)[-500:]))
     return state
 
 

@@ -148,6 +148,7 @@ options:
                 mode C(0600)) and referenced by C(EnvironmentFile=). Keys are shell identifiers,
                 values one line each.
               - The values are C(no_log); they never appear in the module's output or diff.
+              - Without it, an environment file an earlier run wrote for this service is removed.
             type: dict
           restart:
             description:

@@ -215,7 +215,8 @@ def test_state_script_quotes_and_ends_with_end():
                     "services": [{"name": "nginx"}]})
     script = p.state_script(spec)
     assert shlex.quote("/srv/it's here") in script
-    assert "systemctl is-enabled nginx.service" in script and "dpkg-query" in script
+    assert "systemctl show -p LoadState -p UnitFileState -p ActiveState -- nginx.service" in script
+    assert "dpkg-query" in script
     assert script.rstrip().endswith("echo END")
 
 
@@ -260,8 +261,10 @@ def output_for(spec, files=None, users=None, groups=None, units=None, packages=N
         lines.append("U%d %s" % (i, users.get(u, "")))
     for i, g in enumerate(spec.group_names()):
         lines.append("G%d %s" % (i, (groups or {}).get(g, "")))
-    for i, svc in enumerate(spec.services):
-        lines.append("S%d %s" % (i, (units or {}).get(svc.unit, "|inactive")))
+    for svc in spec.services:
+        enabled, active = (units or {}).get(svc.unit, "|inactive").split("|")
+        lines += ["S LoadState=%s" % ("loaded" if enabled else "not-found"), "S ActiveState=%s" % active,
+                  "S UnitFileState=%s" % enabled, "S "]
     if spec.packages:
         lines.append("A %d" % lists)
         lines += ["P %s %s" % (name, status) for name, status in (packages or {}).items()]
@@ -392,3 +395,19 @@ def test_a_directory_where_a_file_is_declared_is_refused():
 def test_missing_parents_are_created():
     spec = spec_of({"name": "a", "files": [{"path": "/srv/new/deep/x", "content": ""}]})
     assert plan_for(spec, dirs={"/srv/new/deep"}).mkdirs == ["/srv/new/deep"]
+
+
+def test_parse_units_from_systemctl_show():
+    lines = ["LoadState=loaded", "ActiveState=active", "UnitFileState=enabled", "",
+             "LoadState=not-found", "ActiveState=inactive", "UnitFileState=", "",
+             "LoadState=loaded", "ActiveState=activating", "UnitFileState=static"]
+    assert p.parse_units(lines, 3) == [("enabled", "active"), ("", "inactive"), ("static", "activating")]
+    assert p.parse_units(lines, 2) is None
+    assert p.parse_units(["System has not been booted with systemd as init system (PID 1). Can't operate."], 1) is None
+    assert p.parse_units([], 0) == []
+
+
+def test_no_systemd_is_reported_clearly():
+    spec = spec_of({"name": "a", "services": [{"name": "nginx"}]})
+    with pytest.raises(OneboxError, match="is systemd the container's init"):
+        p.parse_state(spec, "S Failed to connect to bus: No such file or directory\nEND\n")
