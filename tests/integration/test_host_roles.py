@@ -31,6 +31,13 @@ def changed_tasks(out):
     return names
 
 
+def run_tasks(out):
+    """Names of the tasks that ran (were not skipped) on some host."""
+    return ["%s: %s" % (host, task["task"]["name"])
+            for play in out.get("plays", []) for task in play.get("tasks", [])
+            for host, result in task.get("hosts", {}).items() if not result.get("skipped")]
+
+
 def assert_no_change(rc, out):
     stats = out["stats"]["localhost"]
     assert rc == 0 and stats["failures"] == 0 and stats["unreachable"] == 0, changed_tasks(out)
@@ -40,11 +47,16 @@ def assert_no_change(rc, out):
 def test_second_run_changes_nothing():
     rc, out = run_playbook(PLAYBOOK, EXTRA_VARS)
     assert_no_change(rc, out)
+    # The fast path: lxd_host's probe and the fact it sets; everything else is skipped.
+    ran = run_tasks(out)
+    assert len(ran) <= 3, ran
 
 
 def test_check_mode_predicts_nothing():
     rc, out = run_playbook(PLAYBOOK, EXTRA_VARS, check=True)
     assert_no_change(rc, out)
+    ran = run_tasks(out)
+    assert len(ran) <= 3, ran
 
 
 def test_image_alias_exists(lxd):
