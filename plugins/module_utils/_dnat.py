@@ -8,7 +8,8 @@ iptables-save text --parse_save()--> State
 plan(current, desired) --> iptables-restore --noflush text (empty when nothing differs)
 
 A State holds the bodies of the rules in the collection's chains ``<PREFIX>_PREROUTING``,
-``_OUTPUT``, ``_POSTROUTING`` (table nat) and ``_FORWARD`` (table filter), and of the jumps to them
+``_OUTPUT``, ``_POSTROUTING`` (table nat) and ``_FORWARD`` (table filter: the forwards' ACCEPT
+rules, then the isolation rules of isolate_rules()), and of the jumps to them
 from the built-in chains, written exactly as ``iptables-save`` prints them (both the nft and the
 legacy backend print the same text), so comparing the two States is comparing strings.
 Nothing outside those chains and jumps is ever named in the restore text, so LXD's nftables
@@ -40,6 +41,10 @@ FORWARD_KEYS = ("proto", "port", "target", "target_port", "host_address", "sourc
 _PREFIX = re.compile(r"^[A-Z][A-Z0-9_]{0,15}$")
 # iptables-save quotes a string unless it is made of these only (xtables_save_string).
 _NO_QUOTE = re.compile(r"^[A-Za-z0-9_-]+$")
+# A network interface name as isolate takes it: at most 15 characters (IFNAMSIZ - 1), none that
+# the kernel refuses ('/', ':', whitespace) or that a rule, its comment or a shell would read
+# specially (quotes, ';', '\\', '$', '!', '#'), and no '+' (iptables' wildcard).
+_IFACE = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9_.@][A-Za-z0-9_.@-]{0,14}")
 
 # port and target_port are (low, high); address is target's IPv4 address once resolved (the
 # target itself when it is an address, None for an instance name not yet looked up).
@@ -117,6 +122,23 @@ def normalise_one(item, field):
     if comment is not None:
         comment = _validate.comment(comment, field + ".comment")
     return Forward(proto, port, target, address, target_port, host_address, sources, comment, field)
+
+
+def normalise_isolate(items, field="isolate"):
+    """The user's list of interfaces to isolate -> a sorted tuple without duplicates."""
+    if items is None:
+        items = []
+    if isinstance(items, str):
+        items = [items]
+    if not isinstance(items, (list, tuple)):
+        raise ValidationError(field, items, "must be a list of network interface names")
+    for i, name in enumerate(items):
+        if not isinstance(name, str) or not _IFACE.fullmatch(name):
+            raise ValidationError(
+                "%s[%d]" % (field, i), name,
+                "must be a network interface name: 1-15 letters, digits, '_', '.', '@' or '-', not "
+                "starting with '-' (no '/', whitespace, quotes, ';' or '+' wildcard)")
+    return tuple(sorted(set(items)))
 
 
 def normalise(items, field="forwards"):
@@ -238,12 +260,31 @@ def forward_rules(fwd, hairpin):
     return {suffix: [" ".join(words) for words in bodies] for suffix, bodies in rules.items()}
 
 
+def isolate_rules(iface):
+    """Rules of <PREFIX>_FORWARD that keep the outside from routing into ``iface`` (a bridge):
+    a packet entering it from another interface passes only when its connection was DNATed (a
+    declared forward, or anyone's DNAT) or is established/related (replies to connections the
+    containers opened). Traffic within the bridge (-i iface -o iface, bridge netfilter), out of it,
+    and the host's own (INPUT/OUTPUT) is not matched.
+
+    Two rules, not one ``! --ctstate RELATED,ESTABLISHED,DNAT``: nft's listing of a negated
+    ``DNAT`` state drops the negation (it would read as "drop DNATed traffic"). The RETURN only
+    leaves the collection's chain (the built-in FORWARD and its policy still decide), and these
+    rules go after the forwards' ACCEPT rules, which it would otherwise skip.
+    """
+    into = ["!", "-i", iface, "-o", iface, "-m", "conntrack"]
+    comment = ["-m", "comment", "--comment", quote("isolate " + iface)]
+    return [" ".join(into + ["--ctstate", "DNAT"] + comment + ["-j", "RETURN"]),
+            " ".join(into + ["!", "--ctstate", "RELATED,ESTABLISHED"] + comment + ["-j", "DROP"])]
+
+
 def jump_body(prefix, builtin):
     return "-m comment --comment %s -j %s_%s" % (quote(JUMP_COMMENT), prefix, builtin)
 
 
-def desired_state(forwards, prefix, networks=()):
-    """State for resolved forwards. ``networks``: the host's attached networks (hairpin)."""
+def desired_state(forwards, prefix, networks=(), isolate=()):
+    """State for resolved forwards. ``networks``: the host's attached networks (hairpin);
+    ``isolate``: interfaces (from normalise_isolate) the outside may enter only through a forward."""
     chains = {(table, "%s_%s" % (prefix, builtin)): [] for table, builtin, _where in HOOKS}
     for fwd in forwards:
         if fwd.address is None:
@@ -251,6 +292,8 @@ def desired_state(forwards, prefix, networks=()):
         per_chain = forward_rules(fwd, hairpin_network(fwd.address, networks))
         for table, builtin, _where in HOOKS:
             chains[(table, "%s_%s" % (prefix, builtin))].extend(per_chain[builtin])
+    for iface in isolate:  # last: a RETURN before the forwards' ACCEPT rules would skip them
+        chains[("filter", "%s_FORWARD" % prefix)].extend(isolate_rules(iface))
     jumps = {(table, builtin): [jump_body(prefix, builtin)] for table, builtin, _where in HOOKS}
     return State(chains, jumps)
 

@@ -22,6 +22,12 @@ description:
     from the target's neighbours reaching the host's address (hairpin, masqueraded).
   - Forwarded traffic is accepted in C(FORWARD) (the jump goes first in that chain), so forwards
     work when its policy is C(DROP), as on a host with Docker.
+  - With O(isolate), the same chain, after those C(ACCEPT) rules, keeps the outside from routing
+    to a container's private address, as in a cloud. A packet going into an isolated interface
+    (the LXD bridge) from any other interface passes only when its connection was DNATed (a
+    declared forward) or is established or related (replies to connections the containers opened);
+    anything else is dropped. Traffic between the containers on the bridge, out of the bridge, and
+    to or from the host itself is not touched.
   - The desired chains are compared with C(iptables-save) output and, only when they differ,
     loaded with one C(iptables-restore --noflush); if that fails the previous rules are put back.
     Uses the backend (nft or legacy) that C(iptables) on the host uses.
@@ -84,6 +90,28 @@ options:
       comment:
         description: Written on each rule (C(-m comment)). No quotes, backslashes or newlines; at most 255 characters.
         type: str
+  isolate:
+    description:
+      - Network interfaces (usually the LXD bridge, V(lxdbr0)) that traffic from the outside may
+        enter B(only) through a forward. For each one, two rules at the end of
+        C(<chain_prefix>_FORWARD), written as C(iptables-save) prints them
+        (C(! -i IFACE -o IFACE -m conntrack --ctstate DNAT ... -j RETURN), then
+        C(! -i IFACE -o IFACE -m conntrack ! --ctstate RELATED,ESTABLISHED ... -j DROP)), so a
+        packet routed into IFACE from another interface is dropped unless its connection was
+        DNATed or is an established or related one (replies to what the containers opened).
+      - The verdict is C(DROP), not C(REJECT). As on a cloud's private network, an address that is
+        not forwarded does not answer at all (no reset or ICMP error telling a scanner it exists,
+        nothing sent back to a forged source), and a client sees a time-out.
+      - Container-to-container traffic on the bridge (C(-i IFACE -o IFACE), seen through bridge
+        netfilter), traffic leaving IFACE, and the host's own traffic (C(INPUT), C(OUTPUT)) are
+        not matched. The rules only drop; what they let pass still meets the rest of C(FORWARD).
+      - Names are 1-15 characters, letters, digits, C(_), C(.), C(@) or C(-), not starting with
+        C(-); no wildcard. The interface need not exist yet (the rules are loaded at boot, maybe
+        before LXD creates its bridge). The order of the list does not matter.
+      - Ignored with V(state=absent), which removes the rules with the chain.
+    type: list
+    elements: str
+    default: []
   state:
     description: V(absent) removes every forward, the collection's chains and jumps, and the saved files.
     type: str
@@ -140,6 +168,8 @@ EXAMPLES = r"""
       - {proto: udp, port: 51820, target: vpn}
       - {port: 27015-27030, target: game, source: [203.0.113.0/24]}
       - {port: 2222, target: 10.87.0.50, target_port: 22, host_address: 192.0.2.2}
+    # from outside, containers are reached only through the forwards above
+    isolate: [lxdbr0]
 
 - name: Remove every forward of the collection
   homelab.onebox.dnat:
@@ -160,6 +190,12 @@ forwards:
   sample:
     - {proto: tcp, port: "80", target: proxy, address: 10.87.0.10, target_port: "80",
        host_address: null, source: [], comment: http}
+isolate:
+  description: The isolated interfaces, sorted, without duplicates (empty with V(state=absent)).
+  returned: always
+  type: list
+  elements: str
+  sample: [lxdbr0]
 rules:
   description: The collection's rules after the run, as C(iptables-save) prints them.
   returned: always
@@ -169,6 +205,13 @@ rules:
     :ONEBOX_OUTPUT - [0:0]
     -A PREROUTING -m comment --comment "homelab.onebox" -j ONEBOX_PREROUTING
     -A ONEBOX_PREROUTING -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 80 -m comment --comment http -j DNAT --to-destination 10.87.0.10:80
+    COMMIT
+    *filter
+    :ONEBOX_FORWARD - [0:0]
+    -A FORWARD -m comment --comment "homelab.onebox" -j ONEBOX_FORWARD
+    -A ONEBOX_FORWARD -d 10.87.0.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT -m comment --comment http -j ACCEPT
+    -A ONEBOX_FORWARD ! -i lxdbr0 -o lxdbr0 -m conntrack --ctstate DNAT -m comment --comment "isolate lxdbr0" -j RETURN
+    -A ONEBOX_FORWARD ! -i lxdbr0 -o lxdbr0 -m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment "isolate lxdbr0" -j DROP
     COMMIT
 """
 
@@ -191,6 +234,7 @@ FORWARD_SPEC = dict(
 )
 ARGUMENT_SPEC = dict(
     forwards=dict(type="list", elements="dict", options=FORWARD_SPEC, default=[]),
+    isolate=dict(type="list", elements="str", default=[]),
     state=dict(type="str", choices=["present", "absent"], default="present"),
     chain_prefix=dict(type="str", default=_dnat.DEFAULT_PREFIX),
     backend=dict(type="str", choices=["auto", "nft", "legacy"], default="auto"),
@@ -216,11 +260,12 @@ class DnatManager:
         present = params["state"] == "present"
         # Everything the user gave is checked (and targets looked up) before anything changes.
         forwards = self.resolve(_dnat.normalise(params["forwards"])) if present else []
+        isolate = _dnat.normalise_isolate(params["isolate"]) if present else ()
         backend, iptables, save, restore = self.tools()
 
         current = _dnat.parse_save(self.command([save], "read the rules"), prefix)
         networks = self.networks() if forwards else []
-        desired = _dnat.desired_state(forwards, prefix, networks) if present else _dnat.empty_state()
+        desired = _dnat.desired_state(forwards, prefix, networks, isolate) if present else _dnat.empty_state()
         restore_text = _dnat.plan(current, desired)
         files = [f for f in self.files(desired, prefix, present, iptables, restore) if self.differs(*f)]
         ip_forward_off = present and params["ip_forward"] and self.read(IP_FORWARD).strip() == "0"
@@ -235,7 +280,7 @@ class DnatManager:
                 self.write_proc(IP_FORWARD, "1\n")
 
         result = dict(changed=changed, backend=backend, forwards=_dnat.summary(forwards),
-                      rules=_dnat.render(desired))
+                      isolate=list(isolate), rules=_dnat.render(desired))
         if self.module._diff:
             result["diff"] = [dict(before_header="iptables (%s_* chains and jumps)" % prefix,
                                    after_header="iptables (%s_* chains and jumps)" % prefix,

@@ -15,11 +15,12 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from conftest import RUN_PREFIX, delete_instance_quietly, run_module, run_playbook
-from netns import Netns
+from netns import Netns, free_subnet
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _dnat
 
@@ -147,7 +148,8 @@ def box(lxd):
             while not ask_from_host("tcp", ip[name], int(specs[0].split("/")[1]), 1).startswith(name):
                 assert time.monotonic() < deadline, "server in %s did not start" % name
                 time.sleep(0.2)
-        yield dict(a=a, b=b, ip=ip)
+        gateway = str(ipaddress.IPv4Interface(lxd.network(BRIDGE)["config"]["ipv4.address"]).ip)
+        yield dict(a=a, b=b, ip=ip, gateway=gateway)
     finally:
         for name in names:
             delete_instance_quietly(lxd, name)
@@ -303,7 +305,8 @@ def test_rules_are_written_as_iptables_save_prints_them(backend):
         {"proto": "udp", "port": "9000-9001", "target": "10.87.0.11", "host_address": "192.0.2.2"},
     ])
     networks = [ipaddress.IPv4Network("10.87.0.0/24")]
-    desired = _dnat.desired_state(forwards, "ONEBOX", networks)
+    desired = _dnat.desired_state(forwards, "ONEBOX", networks, _dnat.normalise_isolate(["lxdbr0", "br-x.1@a"]))
+    assert len(desired.chains[("filter", "ONEBOX_FORWARD")]) == 4 * 2 + 2 * 2
     with Netns("save") as ns:
         ns.run(["iptables-%s-restore" % backend, "--noflush"], input=_dnat.plan(_dnat.empty_state(), desired), check=True)
         current = _dnat.parse_save(ns.run(["iptables-%s-save" % backend], check=True).stdout, "ONEBOX")
@@ -401,6 +404,254 @@ def test_removing_forwards(box, client, user_rules, forwards, applied):
         assert run_module("dnat", applied)["changed"]  # back for the tests after this one
 
 
+# ---- isolate: from outside, a container is reached only through a forward -------------------
+# Two isolated interfaces: the LXD bridge with the box's containers (the real case), and a bridge
+# of the test's own with one namespace on it standing for a container. The box deployed on this
+# machine may isolate lxdbr0 itself, which closes the direct path to a and b whatever these tests
+# do; so the test's chain is checked to be what drops (its counters), and the test's own bridge,
+# which nothing else isolates, shows the path closing and opening again.
+ISO_PREFIX = PREFIX + "I"
+ISO_FORWARD = BASE + 9      # host port -> a:WEB_A
+NS_PORT = BASE + 600        # servers in the outside namespace and in the bridge's "container"
+ISO_FORWARD_LAN = BASE + 601  # host port -> the "container":NS_PORT
+BLOCKED = 2                 # seconds a connection that should not get through is given
+
+
+def _serve(ns_name, label):
+    return subprocess.Popen(["ip", "netns", "exec", ns_name, sys.executable, "-c", SERVER, label,
+                             "tcp/%d" % NS_PORT, "udp/%d" % NS_PORT],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop(server):
+    server.terminate()
+    try:
+        server.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=5)
+
+
+def _wait_for(ns, address, label, server):
+    deadline = time.monotonic() + 10
+    while not ask_from_ns(ns, "tcp", address, NS_PORT, 1).startswith(label):
+        assert time.monotonic() < deadline and server.poll() is None, "server %s did not start" % label
+        time.sleep(0.1)
+
+
+def probe_all(*probes):
+    """Run (function, args...) probes at once (blocked ones each wait BLOCKED seconds)."""
+    with ThreadPoolExecutor(len(probes)) as pool:
+        return [f.result() for f in [pool.submit(probe[0], *probe[1:]) for probe in probes]]
+
+
+def isolation_counts():
+    """{rule body: packets} of the test's FORWARD chain."""
+    out = subprocess.run(["iptables-save", "-c", "-t", "filter"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    found = (re.match(r"^\[(\d+):\d+\] -A %s_FORWARD (.*)$" % ISO_PREFIX, line) for line in out.splitlines())
+    return {m.group(2): int(m.group(1)) for m in found if m}
+
+
+class Lan:
+    """A bridge of the test's own on a free /30 (the host's end is the gateway) with one network
+    namespace on it, the "container", serving NS_PORT. Cleanup removes only what it made."""
+
+    def __init__(self):
+        tag = uuid.uuid4().hex[:6]
+        self.bridge, self.port, self.name = "obr%s" % tag, "obp%s" % tag, "onebox-lan-%s" % tag
+        self.address = self.gateway = self.server = None
+        self._made = []
+
+    def run(self, argv, timeout=10, check=False):
+        """Run argv inside the "container" (as Netns.run)."""
+        return subprocess.run(["ip", "netns", "exec", self.name] + list(argv),
+                              capture_output=True, text=True, timeout=timeout, check=check)
+
+    def __enter__(self):
+        def ip(*args):
+            subprocess.run(["ip"] + list(args), capture_output=True, check=True, timeout=10)
+        try:
+            self.gateway, self.address = [str(h) for h in free_subnet().hosts()]
+            ip("link", "add", self.bridge, "type", "bridge")
+            self._made.append(("link", self.bridge))
+            ip("addr", "add", "%s/30" % self.gateway, "dev", self.bridge)
+            ip("link", "set", self.bridge, "up")
+            ip("netns", "add", self.name)
+            self._made.append(("netns", self.name))
+            ip("link", "add", self.port, "master", self.bridge, "up", "type", "veth", "peer", "name", "eth0",
+               "netns", self.name)
+            self._made.append(("link", self.port))
+            for args in (("link", "set", "lo", "up"), ("addr", "add", "%s/30" % self.address, "dev", "eth0"),
+                         ("link", "set", "eth0", "up"), ("route", "add", "default", "via", self.gateway)):
+                ip("-n", self.name, *args)
+            self.server = _serve(self.name, "lan")
+            _wait_for(self, self.address, "lan", self.server)
+            return self
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc):
+        if self.server is not None:
+            _stop(self.server)
+            self.server = None
+        for kind, name in reversed(self._made):
+            subprocess.run(["ip", kind, "delete", name], capture_output=True, timeout=30, check=False)
+        self._made = []
+
+
+@pytest.fixture(scope="module")
+def outsider():
+    """A client of its own (not the one user_rules drops), serving NS_PORT for the containers."""
+    with Netns("iso") as ns:
+        server = _serve(ns.name, "outside")
+        try:
+            _wait_for(ns, ns.address, "outside", server)
+            yield ns
+        finally:
+            _stop(server)
+
+
+@pytest.fixture(scope="module")
+def lan():
+    with Lan() as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def isolation(box, outsider, lan, tmp_path_factory):
+    """A forward to a and one to the lan's container, with lxdbr0 and the lan's bridge isolated."""
+    a, ip_a = box["a"], box["ip"][box["a"]]
+    before = iptables_save()
+    # the problem isolate solves: the outside routes straight to a private address
+    assert ask_from_ns(outsider, "tcp", lan.address, NS_PORT) == "lan %d %s" % (NS_PORT, outsider.address)
+    lxd_open = ask_from_ns(outsider, "tcp", ip_a, WEB_A, BLOCKED) == "%s %d %s" % (a, WEB_A, outsider.address)
+    args = args_for(tmp_path_factory.mktemp("isolate"),
+                    [{"port": ISO_FORWARD, "target": a, "target_port": WEB_A},
+                     {"port": ISO_FORWARD_LAN, "target": lan.address, "target_port": NS_PORT},
+                     {"proto": "udp", "port": ISO_FORWARD_LAN, "target": lan.address, "target_port": NS_PORT}],
+                    chain_prefix=ISO_PREFIX, isolate=[BRIDGE, lan.bridge])
+    result = run_module("dnat", args, check=True, diff=True)
+    assert result["changed"], result
+    assert all(rule in result["diff"][0]["after"] for rule in _dnat.isolate_rules(BRIDGE) + _dnat.isolate_rules(lan.bridge))
+    assert iptables_save() == before  # check mode changed nothing
+    result = run_module("dnat", args)
+    assert result["changed"] and not result.get("failed"), result
+    assert result["isolate"] == sorted([BRIDGE, lan.bridge])
+    try:
+        yield dict(args=args, before=before, lxd_open=lxd_open)
+    finally:
+        result = run_module("dnat", dict(args, state="absent"))
+        assert not result.get("failed"), result
+
+
+def test_isolate_rules_in_place_after_the_accept_rules(lan, isolation):
+    args = isolation["args"]
+    bodies = [line.split(" ", 2)[2] for line in iptables_save() if line.startswith("-A %s_FORWARD " % ISO_PREFIX)]
+    assert len(bodies) == 3 * 2 + 2 * 2 and all(body.endswith("-j ACCEPT") for body in bodies[:6])
+    assert bodies[6:] == _dnat.isolate_rules(min(BRIDGE, lan.bridge)) + _dnat.isolate_rules(max(BRIDGE, lan.bridge))
+    # as iptables-save prints them: the next run (same list, other order, twice a name) is a no-op
+    assert run_module("dnat", dict(args, isolate=[lan.bridge, BRIDGE, BRIDGE]))["changed"] is False
+    with open(args["save_path"], encoding="utf-8") as handle:
+        saved = handle.read()
+    assert all("-A %s_FORWARD %s\n" % (ISO_PREFIX, body) in saved for body in bodies)
+
+
+def test_isolate_blocks_the_direct_path(box, outsider, lan, isolation):
+    ip_a, ip_b = box["ip"][box["a"]], box["ip"][box["b"]]
+    counts = isolation_counts()
+    started = time.monotonic()
+    answers = probe_all((ask_from_ns, outsider, "tcp", lan.address, NS_PORT, BLOCKED),
+                        (ask_from_ns, outsider, "udp", lan.address, NS_PORT, BLOCKED),
+                        (ask_from_ns, outsider, "tcp", ip_a, WEB_A, BLOCKED),
+                        (ask_from_ns, outsider, "udp", ip_a, UDP, BLOCKED),
+                        (ask_from_ns, outsider, "tcp", ip_b, WEB_B, BLOCKED),
+                        # a forwarded port too: a forward is the host's port, not the private address
+                        (ask_from_ns, outsider, "tcp", ip_a, ISO_FORWARD, BLOCKED))
+    assert answers == ["ERROR TimeoutError"] * 6
+    assert time.monotonic() - started < BLOCKED + 5
+    # dropped by the test's rules (the box's own chain, if it isolates lxdbr0 too, comes after them)
+    after = isolation_counts()
+    for iface, probes in ((lan.bridge, 2), (BRIDGE, 4)):
+        drop = _dnat.isolate_rules(iface)[1]
+        assert after[drop] - counts[drop] >= probes, (iface, counts, after)
+
+
+def test_isolate_keeps_the_declared_forwards(box, outsider, lan, isolation):
+    counts = isolation_counts()
+    assert probe_all((ask_from_ns, outsider, "tcp", outsider.host_address, ISO_FORWARD),
+                     (ask_from_ns, outsider, "tcp", outsider.host_address, ISO_FORWARD_LAN),
+                     (ask_from_ns, outsider, "udp", outsider.host_address, ISO_FORWARD_LAN)) == [
+        "%s %d %s" % (box["a"], WEB_A, outsider.address),
+        "lan %d %s" % (NS_PORT, outsider.address), "lan %d %s ping" % (NS_PORT, outsider.address)]
+    # accepted before the isolation rules (which RETURN, so would skip the ACCEPTs if they came first)
+    after = isolation_counts()
+    assert all(after[body] > counts[body] for body in after if body.endswith("-j ACCEPT")), (counts, after)
+    assert all(after[body] == counts[body] for body in after if "isolate" in body), (counts, after)
+
+
+def test_isolate_lets_containers_reach_out_and_get_replies(box, lxd, outsider, lan, isolation):
+    # a and b are masqueraded by LXD's NAT (the namespace sees the host's end of its link); the
+    # lan's container is routed as it is
+    assert probe_all((ask_from_container, lxd, box["a"], "tcp", outsider.address, NS_PORT),
+                     (ask_from_container, lxd, box["b"], "udp", outsider.address, NS_PORT),
+                     (ask_from_ns, lan, "tcp", outsider.address, NS_PORT),
+                     (ask_from_ns, lan, "udp", outsider.address, NS_PORT)) == [
+        "outside %d %s" % (NS_PORT, outsider.host_address), "outside %d %s ping" % (NS_PORT, outsider.host_address),
+        "outside %d %s" % (NS_PORT, lan.address), "outside %d %s ping" % (NS_PORT, lan.address)]
+
+
+def test_isolate_keeps_container_to_container_and_host_traffic(box, lxd, lan, isolation):
+    a, b = box["a"], box["b"]
+    ip_a, ip_b = box["ip"][a], box["ip"][b]
+    assert probe_all((ask_from_container, lxd, b, "tcp", ip_a, C2C),
+                     (ask_from_container, lxd, b, "udp", ip_a, UDP),
+                     (ask_from_host, "tcp", ip_a, WEB_A),
+                     (ask_from_host, "tcp", ip_b, WEB_B),
+                     (ask_from_host, "tcp", lan.address, NS_PORT)) == [
+        "%s %d %s" % (a, C2C, ip_b), "%s %d %s ping" % (a, UDP, ip_b), "%s %d %s" % (a, WEB_A, box["gateway"]),
+        "%s %d %s" % (b, WEB_B, box["gateway"]), "lan %d %s" % (NS_PORT, lan.gateway)]
+
+
+def test_isolate_survives_a_reboot(outsider, lan, isolation):
+    args = isolation["args"]
+    applied_rules = iptables_save()
+    iptables("-t", "filter", "-F", "%s_FORWARD" % ISO_PREFIX)
+    assert ask_from_ns(outsider, "tcp", lan.address, NS_PORT).startswith("lan ")
+    subprocess.run(["sh", args["restore_script"]], capture_output=True, timeout=60, check=True)
+    assert iptables_save() == applied_rules
+    assert ask_from_ns(outsider, "tcp", lan.address, NS_PORT, BLOCKED) == "ERROR TimeoutError"
+
+
+def test_bad_isolate_fails_before_any_change(tmp_path):
+    before = iptables_save()
+    result = run_module("dnat", args_for(tmp_path, chain_prefix=ISO_PREFIX + "X", isolate=["lxdbr0", "br/0"]))
+    assert result.get("failed") and "isolate[1]" in result["msg"] and "'br/0'" in result["msg"], result
+    assert iptables_save() == before and list(tmp_path.iterdir()) == []
+
+
+def test_without_isolate_the_direct_path_is_back(box, outsider, lan, isolation):
+    """The last isolate test: it leaves the forwards off (the fixture's teardown is then a no-op)."""
+    a, ip_a = box["a"], box["ip"][box["a"]]
+    args = isolation["args"]
+    direct_lan, direct_a = "lan %d %s" % (NS_PORT, outsider.address), "%s %d %s" % (a, WEB_A, outsider.address)
+    result = run_module("dnat", dict(args, isolate=[]))
+    assert result["changed"] and result["isolate"] == []
+    assert not any("isolate" in line for line in iptables_save() if ISO_PREFIX in line)
+    with open(args["save_path"], encoding="utf-8") as handle:
+        assert "isolate" not in handle.read()
+    answers = probe_all((ask_from_ns, outsider, "tcp", lan.address, NS_PORT),
+                        (ask_from_ns, outsider, "tcp", outsider.host_address, ISO_FORWARD_LAN),
+                        (ask_from_ns, outsider, "tcp", ip_a, WEB_A, BLOCKED))
+    assert answers[:2] == [direct_lan, direct_lan]
+    assert answers[2] == (direct_a if isolation["lxd_open"] else "ERROR TimeoutError")
+    result = run_module("dnat", dict(args, state="absent"))
+    assert result["changed"] and not result.get("failed"), result
+    assert iptables_save() == isolation["before"]
+    assert ask_from_ns(outsider, "tcp", lan.address, NS_PORT) == direct_lan
+
+
 # ---- the role -----------------------------------------------------------------------------
 ROLE_PLAY = """
 - hosts: all
@@ -430,6 +681,9 @@ def test_port_forward_role(box, client, user_rules, tmp_path):
 
     try:
         assert converge() > 0
+        # the bridge isolated by default
+        assert ["-A %sR_FORWARD %s" % (PREFIX, body) for body in _dnat.isolate_rules(BRIDGE)] == \
+            [line for line in iptables_save() if line.startswith("-A %sR_FORWARD !" % PREFIX)]
         assert ask_from_ns(client, "tcp", client.host_address, UNDECLARED) == "%s %d %s" % (box["a"], WEB_A, client.address)
         assert ask_from_ns(client, "udp", client.host_address, UNDECLARED).startswith("%s %d " % (box["a"], UDP))
         unit = (tmp_path / "onebox-dnat.service").read_text()

@@ -268,3 +268,89 @@ def test_render_for_diff():
     text = _dnat.render(state(WEB))
     assert text.splitlines()[0] == "*nat" and "-A PREROUTING -m comment" in text
     assert _dnat.render(_dnat.empty_state()) == ""
+
+
+# ---- isolate -----------------------------------------------------------------------------------
+ISOLATE_LXDBR0 = [
+    '! -i lxdbr0 -o lxdbr0 -m conntrack --ctstate DNAT -m comment --comment "isolate lxdbr0" -j RETURN',
+    '! -i lxdbr0 -o lxdbr0 -m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment "isolate lxdbr0" -j DROP',
+]
+
+
+def test_isolate_rules_are_written_as_iptables_save_prints_them():
+    assert _dnat.isolate_rules("lxdbr0") == ISOLATE_LXDBR0
+
+
+def test_isolate_goes_after_the_forwards_accept_rules():
+    """The RETURN of DNATed traffic must not skip the ACCEPT rules (a DROP policy would drop it)."""
+    desired = _dnat.desired_state(_dnat.normalise([WEB]), "ONEBOX", NETWORKS, ("br-x", "lxdbr0"))
+    chain = desired.chains[("filter", "ONEBOX_FORWARD")]
+    assert chain[:2] == state(WEB).chains[("filter", "ONEBOX_FORWARD")]
+    assert chain[2:] == _dnat.isolate_rules("br-x") + ISOLATE_LXDBR0
+    # nothing else changes: no other chain, no other jump
+    plain = state(WEB)
+    assert {k: v for k, v in desired.chains.items() if k[1] != "ONEBOX_FORWARD"} == \
+        {k: v for k, v in plain.chains.items() if k[1] != "ONEBOX_FORWARD"}
+    assert desired.jumps == plain.jumps
+
+
+def test_isolate_without_forwards_and_its_round_trip():
+    desired = _dnat.desired_state([], "ONEBOX", (), _dnat.normalise_isolate(["lxdbr0"]))
+    assert desired.chains[("filter", "ONEBOX_FORWARD")] == ISOLATE_LXDBR0
+    assert desired.chains[("nat", "ONEBOX_PREROUTING")] == []
+    text = _dnat.render(desired)
+    assert "-A ONEBOX_FORWARD %s\n" % ISOLATE_LXDBR0[1] in text
+    # what iptables-save prints back is the same State: a second run changes nothing
+    saved = "*filter\n:FORWARD ACCEPT [0:0]\n" + text.split("*filter\n", 1)[1]
+    assert _dnat.parse_save(saved, "ONEBOX") == _dnat.State(
+        {("filter", "ONEBOX_FORWARD"): ISOLATE_LXDBR0}, {("filter", "FORWARD"): desired.jumps[("filter", "FORWARD")]})
+    # turning it off refills only the filter table's chain, without the isolation rules
+    current = _dnat.parse_save(_dnat.render(desired), "ONEBOX")
+    text = _dnat.plan(current, _dnat.desired_state([], "ONEBOX"))
+    assert text == "*filter\n:ONEBOX_FORWARD - [0:0]\nCOMMIT\n"
+    # and state absent removes the chain with its rules and the jump
+    removal = _dnat.plan(current, _dnat.empty_state())
+    assert "-X ONEBOX_FORWARD" in removal and "-D FORWARD -m comment" in removal
+
+
+def test_isolate_is_in_the_save_file():
+    saved = _dnat.save_file(_dnat.desired_state([], "ONEBOX", (), ("lxdbr0",)), "ONEBOX")
+    for body in ISOLATE_LXDBR0:
+        assert "-A ONEBOX_FORWARD %s\n" % body in saved
+
+
+def test_normalise_isolate():
+    assert _dnat.normalise_isolate(["lxdbr0", "br-lan", "lxdbr0"]) == ("br-lan", "lxdbr0")
+    assert _dnat.normalise_isolate(None) == ()
+    assert _dnat.normalise_isolate([]) == ()
+    assert _dnat.normalise_isolate("lxdbr0") == ("lxdbr0",)
+    assert _dnat.normalise_isolate(["a" * 15, "vlan.10", "veth@if3", "_x"]) == ("_x", "a" * 15, "veth@if3", "vlan.10")
+
+
+@pytest.mark.parametrize("items, field, value", [
+    (["lxdbr0", ""], "isolate[1]", ""),
+    (["a" * 16], "isolate[0]", "a" * 16),
+    (["br/0"], "isolate[0]", "br/0"),
+    (["br 0"], "isolate[0]", "br 0"),
+    (["br\t0"], "isolate[0]", "br\t0"),
+    (["lxdbr0\n"], "isolate[0]", "lxdbr0\n"),
+    (['br"0'], "isolate[0]", 'br"0'),
+    (["br'0"], "isolate[0]", "br'0"),
+    (["br;0"], "isolate[0]", "br;0"),
+    (["br:0"], "isolate[0]", "br:0"),
+    (["br$0"], "isolate[0]", "br$0"),
+    (["br\\0"], "isolate[0]", "br\\0"),
+    (["lxdbr+"], "isolate[0]", "lxdbr+"),
+    (["-o"], "isolate[0]", "-o"),
+    (["."], "isolate[0]", "."),
+    ([".."], "isolate[0]", ".."),
+    ([None], "isolate[0]", None),
+    ([7], "isolate[0]", 7),
+    ({"name": "lxdbr0"}, "isolate", {"name": "lxdbr0"}),
+])
+def test_bad_isolate_names_field_and_value(items, field, value):
+    with pytest.raises(ValidationError) as err:
+        _dnat.normalise_isolate(items)
+    assert err.value.field == field
+    assert err.value.value == value
+    assert field in err.value.msg and repr(value) in err.value.msg
