@@ -42,7 +42,7 @@ def http_get(ns, host, path="/", port=80):
     result = ns.run([sys.executable, "-c", HTTP, ns.host_address, str(port), host, path], timeout=15)
     if result.returncode != 0:
         return None, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
-    status, _, body = result.stdout.partition("\n")
+    status, body = result.stdout.split("\n", 1) if "\n" in result.stdout else (result.stdout, "")
     return int(status), body
 
 

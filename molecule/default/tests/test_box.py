@@ -60,7 +60,7 @@ def test_internal_db_reached_by_the_app_by_name_never_from_outside(client, lxd):
 
 def pool_members_seen(client, requests, host="pool.example.test", port=80):
     seen, failures = set(), 0
-    for _ in range(requests):
+    for _request in range(requests):
         status, body = http_get(client, host, port=port)
         if status == 200 and body.startswith("web "):
             seen.add(body.split()[1])
