@@ -372,45 +372,67 @@ def text(data):
 
 
 # ---- reading the container's state ----------------------------------------------------------------
-_STAT_FUNCTION = (
-    "st() { if [ -L \"$1\" ]; then echo link; elif [ -d \"$1\" ]; then echo dir; "
-    "elif [ -f \"$1\" ]; then echo \"file $(stat -c '%a %u %g' -- \"$1\") $(sha256sum < \"$1\" | cut -c1-64)\"; "
-    "elif [ -e \"$1\" ]; then echo other; else echo none; fi; }"
-)
-
-
 def parents(path):
     return path.rsplit("/", 1)[0] or "/"
 
 
+def words(values):
+    return " ".join(shlex.quote(value) for value in values)
+
+
 def id_lines(users, groups):
-    """Shell lines that print the passwd entry of each user and the group entry of each group."""
-    lines = ['echo "U%d $(getent passwd %s)"' % (i, shlex.quote(u)) for i, u in enumerate(users)]
-    lines += ['echo "G%d $(getent group %s)"' % (i, shlex.quote(g)) for i, g in enumerate(groups)]
+    """Shell lines printing the passwd entries of ``users`` and group entries of ``groups`` that
+    exist, one getent each (a missing name prints nothing)."""
+    lines = []
+    if users:
+        lines.append("getent passwd %s | sed 's/^/U /'" % words(users))
+    if groups:
+        lines.append("getent group %s | sed 's/^/G /'" % words(groups))
     return lines
 
 
 def state_script(spec):
-    """One ``sh -c`` script printing everything the plan needs about one container, tagged lines
-    in a fixed order, ``END`` last (so a lost or cut output is never taken for "nothing there")."""
-    lines = [_STAT_FUNCTION]
-    files = spec.all_files
-    lines += ['echo "F%d $(st %s)"' % (i, shlex.quote(f.path)) for i, f in enumerate(files)]
-    dirs = sorted({parents(f.path) for f in files if f.state == "present"})
-    lines += ['echo "D%d $(test -d %s && echo 1 || echo 0)"' % (i, shlex.quote(d)) for i, d in enumerate(dirs)]
+    """One ``sh -c`` script printing everything the plan needs about one container as tagged lines,
+    ``END`` last (so a lost or cut output is never taken for "nothing there"). A fixed number of
+    processes however many files: one stat, one sha256sum (of the regular files only: never
+    open a FIFO), one getent per database, one systemctl, one dpkg-query."""
+    lines = []
+    files = [f.path for f in spec.all_files]
+    if files:
+        lines.append("stat -c 'F %%F|%%a|%%u|%%g|%%n' -- %s 2>/dev/null" % words(files))
+        lines.append("for f in %s; do if [ -f \"$f\" ] && [ ! -L \"$f\" ]; then set -- \"$@\" \"$f\"; fi; done"
+                     % words(files))
+        lines.append("if [ $# -gt 0 ]; then sha256sum -- \"$@\" | sed 's/^/H /'; fi")
+    dirs = sorted({parents(f.path) for f in spec.all_files if f.state == "present"})
+    lines += ["if [ -d %s ]; then echo 'D 1 %s'; else echo 'D 0 %s'; fi" % (shlex.quote(d), i, i)
+              for i, d in enumerate(dirs)]
     lines += id_lines(spec.user_names(), spec.group_names())
     if spec.services:
         # A container started a moment ago may not have systemd listening yet: wait up to 10 s.
         lines.append("i=0; while [ ! -S /run/systemd/private ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done")
         # One systemctl for every unit: a block of properties per unit, in order, blank-line separated.
         lines.append("systemctl show -p LoadState -p UnitFileState -p ActiveState -- %s 2>&1 | sed 's/^/S /'"
-                     % " ".join(shlex.quote(svc.unit) for svc in spec.services))
+                     % words(svc.unit for svc in spec.services))
     if spec.packages:
         lines.append('echo "A $(ls /var/lib/apt/lists 2>/dev/null | grep -c _Packages)"')
         lines.append("dpkg-query -W -f='P ${Package} ${db:Status-Abbrev}\\n' -- %s 2>/dev/null"
-                     % " ".join(shlex.quote(p) for p in spec.packages))
+                     % words(spec.packages))
     lines.append("echo END")
     return "\n".join(lines) + "\n"
+
+
+_KINDS = {"regular file": "file", "regular empty file": "file", "directory": "dir", "symbolic link": "link"}
+
+
+def parse_digest(rest):
+    """A sha256sum line -> (path, digest); it escapes a name holding a backslash (or newline)."""
+    escaped = rest.startswith("\\")
+    if escaped:
+        rest = rest[1:]
+    digest, path = rest[:64], rest[66:]
+    if escaped:
+        path = re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), path)
+    return path, digest
 
 
 class FileState:
@@ -442,15 +464,16 @@ class State:
 
 
 def parse_ids(state, users, groups, lines):
+    """getent's output -> state.passwd and state.groups (None for a name it did not print)."""
+    state.passwd.update(dict.fromkeys(users))
+    state.groups.update(dict.fromkeys(groups))
     for line in lines:
         tag, _sep, rest = line.partition(" ")
-        if tag[:1] == "U" and tag[1:].isdigit() and int(tag[1:]) < len(users):
-            fields = rest.split(":")
-            state.passwd[users[int(tag[1:])]] = (
-                (int(fields[2]), int(fields[3]), fields[5]) if len(fields) >= 7 else None)
-        elif tag[:1] == "G" and tag[1:].isdigit() and int(tag[1:]) < len(groups):
-            fields = rest.split(":")
-            state.groups[groups[int(tag[1:])]] = int(fields[2]) if len(fields) >= 3 else None
+        fields = rest.split(":")
+        if tag == "U" and len(fields) >= 7 and fields[0] in state.passwd:
+            state.passwd[fields[0]] = (int(fields[2]), int(fields[3]), fields[5])
+        elif tag == "G" and len(fields) >= 3 and fields[0] in state.groups:
+            state.groups[fields[0]] = int(fields[2])
 
 
 def parse_units(lines, count):
@@ -477,21 +500,22 @@ def parse_state(spec, output, where="container"):
     if "END" not in lines:
         raise OneboxError("reading the state of %s: the output is missing or cut short: %r" % (where, output[-500:]))
     state = State()
-    files = spec.all_files
-    dirs = sorted({parents(f.path) for f in files if f.state == "present"})
-    state.files = [None] * len(files)
-    units = []
+    dirs = sorted({parents(f.path) for f in spec.all_files if f.state == "present"})
+    found, digests, units = {}, {}, []
     for line in lines:
         tag, _sep, rest = line.partition(" ")
-        index = int(tag[1:]) if tag[1:].isdigit() else None
-        if tag[:1] == "F" and index is not None and index < len(files):
-            words = rest.split()
-            if words and words[0] == "file" and len(words) == 5:
-                state.files[index] = FileState("file", int(words[1], 8), int(words[2]), int(words[3]), words[4])
-            else:
-                state.files[index] = FileState(words[0] if words else "none")
-        elif tag[:1] == "D" and index is not None and index < len(dirs):
-            state.dirs[dirs[index]] = rest.strip() == "1"
+        if tag == "F":
+            fields = rest.split("|", 4)
+            if len(fields) == 5:
+                found[fields[4]] = FileState(_KINDS.get(fields[0], "other"), int(fields[1], 8),
+                                             int(fields[2]), int(fields[3]))
+        elif tag == "H":
+            path, digest = parse_digest(rest)
+            digests[path] = digest
+        elif tag == "D":
+            exists, _sep, index = rest.partition(" ")
+            if index.isdigit() and int(index) < len(dirs):
+                state.dirs[dirs[int(index)]] = exists == "1"
         elif tag == "S":
             units.append(rest)
         elif tag == "A":
@@ -500,9 +524,11 @@ def parse_state(spec, output, where="container"):
             name, _sep, status = rest.partition(" ")
             if status.startswith("ii") or name not in state.packages:
                 state.packages[name] = status
+    for fspec in spec.all_files:
+        current = found.get(fspec.path, FileState("none"))
+        current.digest = digests.get(fspec.path)
+        state.files.append(current)
     parse_ids(state, spec.user_names(), spec.group_names(), lines)
-    if None in state.files:
-        raise OneboxError("reading the state of %s: the output is incomplete: %r" % (where, output[-500:]))
     state.units = parse_units(units, len(spec.services))
     if state.units is None:
         raise OneboxError("reading the state of %s: systemctl gave no state for the units %s (is systemd "

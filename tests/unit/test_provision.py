@@ -1,6 +1,7 @@
 """lxd_provision's pure logic: validation with field paths, rendering, the state script and its
 parser, the plan (what changes, what restarts)."""
 import hashlib
+import os
 import shlex
 import subprocess
 
@@ -226,16 +227,24 @@ def test_state_script_runs_in_sh(tmp_path):
     present.write_bytes(b"hello")
     link = tmp_path / "link"
     link.symlink_to(present)
+    odd = tmp_path / "odd \\ name|x"
+    odd.write_bytes(b"")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
     spec = spec_of({"name": "a", "files": [{"path": str(present), "content": "hello"},
                                            {"path": str(tmp_path / "missing" / "x"), "content": ""},
                                            {"path": str(link), "content": "hello"},
-                                           {"path": str(tmp_path), "state": "absent"}]})
-    output = subprocess.run(["sh", "-c", p.state_script(spec)], capture_output=True, text=True, check=True).stdout
+                                           {"path": str(tmp_path), "state": "absent"},
+                                           {"path": str(odd), "content": ""},
+                                           {"path": str(fifo), "state": "absent"}]})
+    output = subprocess.run(["sh", "-c", p.state_script(spec)], capture_output=True, text=True, check=True,
+                            timeout=10).stdout
     state = p.parse_state(spec, output)
     first = state.files[0]
     assert first.kind == "file" and first.digest == hashlib.sha256(b"hello").hexdigest()
     assert first.mode == present.stat().st_mode & 0o7777
-    assert [f.kind for f in state.files[1:]] == ["none", "link", "dir"]
+    assert [f.kind for f in state.files[1:]] == ["none", "link", "dir", "file", "other"]
+    assert state.files[4].digest == hashlib.sha256(b"").hexdigest()
     assert state.dirs == {str(tmp_path): True, str(tmp_path / "missing"): False}
     assert state.passwd["root"][0] == 0
 
@@ -243,24 +252,32 @@ def test_state_script_runs_in_sh(tmp_path):
 def test_parse_state_refuses_a_cut_output():
     spec = spec_of()
     with pytest.raises(OneboxError, match="missing or cut short"):
-        p.parse_state(spec, "F0 none\n")
-    with pytest.raises(OneboxError, match="incomplete"):
-        p.parse_state(spec, "F0 none\nEND\n")
+        p.parse_state(spec, "F regular file|644|0|0|/srv/app/app.py\n")
+
+
+def test_parse_digest_unescapes_what_sha256sum_escapes():
+    digest = "a" * 64
+    assert p.parse_digest("%s  /srv/a b" % digest) == ("/srv/a b", digest)
+    assert p.parse_digest("\\%s  /srv/back\\\\slash" % digest) == ("/srv/back\\slash", digest)
 
 
 def output_for(spec, files=None, users=None, groups=None, units=None, packages=None, dirs=None, lists=5):
-    """What the state script would print for a container in the given state."""
-    files = files or {}
+    """What the state script would print for a container in the given state. ``files``: path ->
+    "file MODE UID GID DIGEST" or a kind (link, dir)."""
     lines = []
-    for i, f in enumerate(spec.all_files):
-        lines.append("F%d %s" % (i, files.get(f.path, "none")))
+    for path, desc in (files or {}).items():
+        parts = desc.split()
+        kind = {"file": "regular file", "link": "symbolic link", "dir": "directory"}.get(parts[0], "fifo")
+        if parts[0] == "file":
+            lines.append("F %s|%s|%s|%s|%s" % (kind, parts[1], parts[2], parts[3], path))
+            lines.append("H %s  %s" % (parts[4], path))
+        else:
+            lines.append("F %s|777|0|0|%s" % (kind, path))
     for i, d in enumerate(sorted({p.parents(f.path) for f in spec.all_files if f.state == "present"})):
-        lines.append("D%d %s" % (i, 0 if d in (dirs or ()) else 1))
+        lines.append("D %d %d" % (0 if d in (dirs or ()) else 1, i))
     users = dict({"root": "root:x:0:0:root:/root:/bin/bash"}, **(users or {}))
-    for i, u in enumerate(spec.user_names()):
-        lines.append("U%d %s" % (i, users.get(u, "")))
-    for i, g in enumerate(spec.group_names()):
-        lines.append("G%d %s" % (i, (groups or {}).get(g, "")))
+    lines += ["U " + users[u] for u in spec.user_names() if u in users]
+    lines += ["G " + (groups or {})[g] for g in spec.group_names() if g in (groups or {})]
     for svc in spec.services:
         enabled, active = (units or {}).get(svc.unit, "|inactive").split("|")
         lines += ["S LoadState=%s" % ("loaded" if enabled else "not-found"), "S ActiveState=%s" % active,
