@@ -52,7 +52,7 @@ options:
   parallel:
     description: How many containers are worked on at once.
     type: int
-    default: 4
+    default: 8
 notes:
   - Runs on the LXD host (or anywhere with O(lxd_url) pointing at an LXD API). Needs pylxd there.
 """
@@ -201,8 +201,20 @@ class InstanceSetManager:
                                                  current=current.get(spec.name), pending=pending).run()
 
         with ThreadPoolExecutor(max_workers=module.params["parallel"]) as pool:
+            # A copy waits only for its own declared source, not for a whole wave: submitted in
+            # dependency order, a waiting copy never holds up the source it waits for.
+            futures = {}
+
+            def after_source(spec):
+                source = spec.copy_from.split("/")[0] if spec.copy_from else None
+                if source in futures and spec.state != "absent":
+                    futures[source].result()
+                return reconcile(spec)
+
             for wave in waves(self.specs):
-                results.update(pool.map(reconcile, wave))
+                for spec in wave:
+                    futures[spec.name] = pool.submit(after_source, spec)
+            results.update(future.result() for future in futures.values())
             pruned = []
             if module.params["prune"]:
                 doomed = [InstanceSpec(name, state="absent", force_stop=True) for name, inst in sorted(current.items())
@@ -231,7 +243,7 @@ def main():
             instances=dict(type="list", elements="dict", default=[]),
             owner=dict(type="str"),
             prune=dict(type="bool", default=False),
-            parallel=dict(type="int", default=4),
+            parallel=dict(type="int", default=8),
         ),
         supports_check_mode=True,
         lxd=True,

@@ -1,0 +1,228 @@
+"""The box's cost on this machine, as one table (not a test: it measures and prints).
+
+    tests/bench/run [--runs 3] [--scale 50] [--skip-scale]
+
+Figures (each the median of --runs runs, with min and max):
+- the reference box (inventory.example, base image present): cold converge from nothing,
+  no-change re-run, one-service change (the app's environment), teardown;
+- the floor: LXD alone creating and starting the same containers and handing them addresses,
+  through pylxd, all in parallel, measured in the same run;
+- scale: a generated box of --scale static services (one container, one site and two TCP
+  forwards each): cold, no-change, one change, and its floor;
+- exec round trip through _lxd.py (median of 200);
+- dnat with 200 forwards and nginx_site with 100 sites: the module's own time, no-change and
+  one change (python + module, without ansible's start-up).
+It tears down the example box first and leaves none of its own objects behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "integration"),
+                os.path.join(ROOT, "tests", "bench"), os.path.join(ROOT, ".collections")]
+
+from conftest import ansible_env, delete_instance_quietly  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient  # noqa: E402
+import dnat_bench  # noqa: E402
+import nginx_bench  # noqa: E402
+import nginx_env  # noqa: E402
+
+IMAGE = "onebox-debian12"
+ROWS = []
+
+
+def row(figure, samples, target=None, unit="s"):
+    scale = 1000.0 if unit == "ms" else 1.0
+    values = [s * scale for s in samples]
+    ROWS.append((figure, statistics.median(values), min(values), max(values), len(values), unit, target or ""))
+    print("  %-52s %8.2f %s" % (figure, statistics.median(values), unit), flush=True)
+
+
+def playbook(inventory, path, extra=None):
+    """(seconds, changed count) of one ansible-playbook run; fails loudly on a failed run."""
+    cmd = [os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), "-i", inventory, path]
+    if extra:
+        cmd += ["-e", json.dumps(extra)]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=ansible_env(), capture_output=True, text=True, check=False, timeout=1800)
+    elapsed = time.monotonic() - started
+    try:
+        stats = json.loads(proc.stdout)["stats"]["localhost"]
+    except (ValueError, KeyError):
+        raise SystemExit("%s gave no result:\n%s\n%s" % (path, proc.stdout[-3000:], proc.stderr[-3000:]))
+    if proc.returncode or stats["failures"]:
+        raise SystemExit("%s failed:\n%s" % (path, proc.stdout[-3000:]))
+    return elapsed, stats["changed"]
+
+
+def box_figures(label, inventory, runs, change_vars, targets):
+    """Cold, no-change, one change, teardown of the box an inventory describes."""
+    site, teardown = "site.yml", "playbooks/teardown.yml"
+    playbook(inventory, teardown)
+    cold, nochange, change, down = [], [], [], []
+    for run in range(runs):
+        cold.append(playbook(inventory, site)[0])
+        elapsed, changed = playbook(inventory, site)
+        assert changed == 0, "%s: second converge changed %d" % (label, changed)
+        nochange.append(elapsed)
+        elapsed, changed = playbook(inventory, site, change_vars(run))
+        assert changed >= 1, "%s: the one-service change changed nothing" % label
+        change.append(elapsed)
+        down.append(playbook(inventory, teardown)[0])
+    row("%s: cold converge" % label, cold, targets.get("cold"))
+    row("%s: no-change re-run" % label, nochange, targets.get("nochange"))
+    row("%s: one-service change" % label, change, targets.get("change"))
+    row("%s: teardown" % label, down, targets.get("teardown"))
+    return cold
+
+
+def floor(lxd, running, stopped, runs):
+    """LXD alone: create every container, start the running ones, wait for their addresses."""
+    samples = []
+    for _run in range(runs):
+        prefix = "floor-%s" % uuid.uuid4().hex[:4]
+        names = ["%s-%d" % (prefix, i) for i in range(running + stopped)]
+
+        def make(index_name):
+            index, name = index_name
+            lxd.create_instance({"name": name, "type": "container", "source": {"type": "image", "alias": IMAGE}})
+            if index < running:
+                lxd.change_state(name, "start")
+                lxd.wait_ipv4(name, timeout=120)
+
+        try:
+            started = time.monotonic()
+            with ThreadPoolExecutor(max_workers=len(names)) as pool:
+                list(pool.map(make, enumerate(names)))
+            samples.append(time.monotonic() - started)
+        finally:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(lambda name: delete_instance_quietly(lxd, name), names))
+    return samples
+
+
+def scale_inventory(tmp, count):
+    """A box of COUNT static services, each one container, one site and two TCP forwards."""
+    inventory = os.path.join(tmp, "inventory")
+    os.makedirs(os.path.join(inventory, "group_vars"))
+    with open(os.path.join(inventory, "hosts.yml"), "w") as handle:
+        json.dump({"all": {"hosts": {"localhost": {"ansible_connection": "local",
+                                                   "ansible_python_interpreter": sys.executable}}}}, handle)
+    services = [{"name": "sc%02d" % i, "kind": "static", "domains": ["sc%02d.bench.test" % i],
+                 "forwards": [{"port": 21000 + 2 * i, "target_port": 80}, {"port": 21001 + 2 * i, "target_port": 80}],
+                 "files": [{"path": "/var/www/html/index.html",
+                            "content": "sc%02d {{ bench_marker | default('a') }}\n" % i if i == 0 else "sc%02d\n" % i}]}
+                for i in range(count)]
+    with open(os.path.join(inventory, "group_vars", "all.yml"), "w") as handle:
+        json.dump({"onebox_owner": "onebox-bench", "onebox_proxy_instance": "bench-proxy",
+                   "onebox_services": services}, handle)
+    return inventory
+
+
+def module_figures(runs):
+    """dnat at 200 forwards and nginx_site at 100 sites: the module's own time."""
+    tmp = tempfile.mkdtemp()
+    try:
+        targets = dnat_bench.bridge_addresses(200)
+        forwards = [{"port": 30000 + i, "target": targets[i], "target_port": 80} for i in range(200)]
+        args = {"forwards": forwards, "chain_prefix": "OBBENCH", "save_path": os.path.join(tmp, "dnat.rules"),
+                "restore_script": os.path.join(tmp, "restore"), "sysctl_file": os.path.join(tmp, "sysctl.conf")}
+        dnat_bench.module_run(args)
+        nochange, change = [], []
+        for run in range(runs):
+            nochange.append(dnat_bench.module_run(args)[0])
+            forwards[7] = dict(forwards[7], target_port=81 + run)
+            change.append(dnat_bench.module_run(dict(args, forwards=forwards))[0])
+        dnat_bench.module_run(dict(args, state="absent"))
+        row("dnat, 200 forwards: no-change (module)", nochange, "< 1 s")
+        row("dnat, 200 forwards: one change (module)", change, "< 1 s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    env = nginx_env.HostEnv()
+    try:
+        base = env.module_args(prune=True)
+        nginx_bench.run_module_direct(dict(base, sites=nginx_bench.sites(env.listen)))
+        nochange, change = [], []
+        for run in range(runs):
+            nochange.append(nginx_bench.run_module_direct(dict(base, sites=nginx_bench.sites(env.listen)))[0])
+            change.append(nginx_bench.run_module_direct(dict(base, sites=nginx_bench.sites(env.listen, run)))[0])
+        row("nginx_site, 100 sites: no-change (module)", nochange, "< 2 s")
+        row("nginx_site, 100 sites: one change (module)", change)
+    finally:
+        env.close()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--scale", type=int, default=50)
+    parser.add_argument("--skip-scale", action="store_true")
+    args = parser.parse_args()
+    lxd = LxdClient(timeout=120)
+    env = lxd.server["environment"]
+    print("machine: %d cores, LXD %s, storage pool driver %s, load average at start %.2f"
+          % (os.cpu_count(), env["server_version"], env["storage"], os.getloadavg()[0]), flush=True)
+
+    reference = "inventory.example"
+    cold = box_figures("reference box", reference, args.runs,
+                       lambda run: {"onebox_example_greeting": "bench %d %s" % (run, uuid.uuid4().hex[:6])},
+                       {"cold": "<= 1.5 x floor", "nochange": "<= 3 s", "change": "<= 4 s", "teardown": "<= 5 s"})
+    # The example box: 11 running containers (2 sites, app, jenkins, 3 pool members, vpn, db, proxy)
+    # and one stopped (the pool's base).
+    base_floor = floor(lxd, 11, 1, args.runs)
+    row("floor: LXD alone, the reference box's 12 containers", base_floor)
+    ROWS.append(("reference box cold / floor", statistics.median(cold) / statistics.median(base_floor),
+                 0, 0, 1, "x", "<= 1.5"))
+
+    if not args.skip_scale:
+        tmp = tempfile.mkdtemp()
+        try:
+            inventory = scale_inventory(tmp, args.scale)
+            label = "%d services" % args.scale
+            box_figures(label, inventory, args.runs, lambda run: {"bench_marker": "r%d" % run},
+                        {"nochange": "<= 6 s"})
+            row("floor: LXD alone, %d containers" % (args.scale + 1), floor(lxd, args.scale + 1, 0, args.runs))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    name = "bench-exec-%s" % uuid.uuid4().hex[:4]
+    lxd.create_instance({"name": name, "type": "container", "source": {"type": "image", "alias": IMAGE}})
+    try:
+        lxd.change_state(name, "start")
+        lxd.wait_ipv4(name, timeout=60)
+        samples = []
+        for index in range(200):
+            started = time.monotonic()
+            assert lxd.exec(name, ["echo", str(index)], timeout=10).stdout == "%d\n" % index
+            samples.append(time.monotonic() - started)
+        row("exec round trip through _lxd.py (200)", samples, "<= 25 ms", unit="ms")
+    finally:
+        lxd.close()
+        delete_instance_quietly(lxd, name)
+
+    module_figures(args.runs)
+
+    print("\n| figure | median | min | max | runs | target |\n|---|---|---|---|---|---|")
+    for figure, median, low, high, count, unit, target in ROWS:
+        if unit == "x":
+            print("| %s | %.2f x | | | | %s |" % (figure, median, target))
+        else:
+            print("| %s | %.2f %s | %.2f | %.2f | %d | %s |" % (figure, median, unit, low, high, count, target))
+    print("\n%d cores, storage pool driver %s, load average at end %.2f"
+          % (os.cpu_count(), env["storage"], os.getloadavg()[0]))
+
+
+if __name__ == "__main__":
+    main()
