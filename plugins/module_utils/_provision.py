@@ -127,11 +127,6 @@ def env_file_path(service_name):
     return "%s/%s.env" % (ENV_DIR, service_name)
 
 
-def _field(where, exc):
-    """Re-raise a ValidationError from a nested check with the item's path in front."""
-    return ValidationError("%s.%s" % (where, exc.field), exc.value, exc.reason)
-
-
 def _list(value, field):
     if value is None:
         return []
