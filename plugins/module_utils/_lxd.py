@@ -300,16 +300,18 @@ class LxdClient:
         return response.content
 
     def push_file(self, name, path, data, mode=0o644, uid=0, gid=0):
+        """Write a file. LXD applies mode/uid/gid only when it creates the file: over an existing
+        one it keeps the old ones (change them with chmod/chown through exec)."""
         if isinstance(data, str):
             data = data.encode("utf-8")
-        headers = {"X-LXD-type": "file", "X-LXD-mode": "%04o" % mode, "X-LXD-uid": str(uid),
+        headers = {"X-LXD-type": "file", "X-LXD-mode": "0%o" % mode, "X-LXD-uid": str(uid),
                    "X-LXD-gid": str(gid), "X-LXD-write": "overwrite",
                    "Content-Type": "application/octet-stream"}
         self.request("post", self._files(name, path), "write %s in %s" % (path, name),
                      params={"path": path}, data=data, headers=headers)
 
     def make_directory(self, name, path, mode=0o755, uid=0, gid=0):
-        headers = {"X-LXD-type": "directory", "X-LXD-mode": "%04o" % mode,
+        headers = {"X-LXD-type": "directory", "X-LXD-mode": "0%o" % mode,
                    "X-LXD-uid": str(uid), "X-LXD-gid": str(gid)}
         self.request("post", self._files(name, path), "mkdir %s in %s" % (path, name),
                      params={"path": path}, headers=headers)

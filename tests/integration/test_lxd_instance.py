@@ -207,3 +207,7 @@ def test_push_pull_delete_file(lxd, shared):
     lxd.delete_file(shared, "/tmp/onebox-test")
     assert lxd.pull_file(shared, "/tmp/onebox-test") is None
     lxd.delete_file(shared, "/tmp/onebox-test")  # already gone: fine
+    # Special bits survive: the mode goes to LXD as octal ("04750"), not as "4750" (read as decimal).
+    lxd.push_file(shared, "/tmp/onebox-suid", b"x", mode=0o4750)
+    assert lxd.run(shared, ["stat", "-c", "%a", "/tmp/onebox-suid"], timeout=10).strip() == "4750"
+    lxd.delete_file(shared, "/tmp/onebox-suid")
