@@ -35,32 +35,10 @@ def ansible_env(**extra):
     return env
 
 
-def run_module(module, args, check=False, diff=False, timeout=300):
-    """Run homelab.onebox.<module> on localhost through ansible; return the task result dict."""
-    name = module if "." in module else "homelab.onebox.%s" % module
-    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-i", "localhost,",
-           "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
-           "-m", name, "-a", json.dumps(args)]
-    if check:
-        cmd.append("--check")
-    if diff:
-        cmd.append("--diff")
-    proc = subprocess.run(cmd, cwd=ROOT, env=ansible_env(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    try:
-        out = json.loads(proc.stdout)
-        return out["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    except (ValueError, KeyError, IndexError):
-        raise AssertionError("ansible gave no result (rc %s)\nstdout:\n%s\nstderr:\n%s"
-                             % (proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
-
-
-def run_playbook(playbook, extra_vars=None, check=False, diff=False, timeout=900, inventory="localhost,"):
-    """Run a playbook on localhost; return (rc, parsed json callback output)."""
-    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory,
-           "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable, playbook]
-    if extra_vars:
-        cmd += ["-e", json.dumps(extra_vars)]
+def _ansible(program, args, check, diff, timeout):
+    """Run an ansible program on localhost with the JSON callback; (returncode, parsed output)."""
+    cmd = [os.path.join(os.path.dirname(sys.executable), program), "-c", "local",
+           "-e", "ansible_python_interpreter=%s" % sys.executable] + list(args)
     if check:
         cmd.append("--check")
     if diff:
@@ -70,8 +48,25 @@ def run_playbook(playbook, extra_vars=None, check=False, diff=False, timeout=900
     try:
         return proc.returncode, json.loads(proc.stdout)
     except ValueError:
-        raise AssertionError("ansible-playbook gave no JSON (rc %s)\nstdout:\n%s\nstderr:\n%s"
-                             % (proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
+        raise AssertionError("%s gave no JSON (rc %s)\nstdout:\n%s\nstderr:\n%s"
+                             % (program, proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
+
+
+def run_module(module, args, check=False, diff=False, timeout=300):
+    """Run homelab.onebox.<module> on localhost through ansible; return the task result dict."""
+    name = module if "." in module else "homelab.onebox.%s" % module
+    returncode, out = _ansible("ansible", ["localhost", "-i", "localhost,", "-m", name, "-a", json.dumps(args)],
+                               check, diff, timeout)
+    try:
+        return out["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (KeyError, IndexError):
+        raise AssertionError("ansible gave no task result (rc %s): %s" % (returncode, json.dumps(out)[-4000:]))
+
+
+def run_playbook(playbook, extra_vars=None, check=False, diff=False, timeout=900, inventory="localhost,"):
+    """Run a playbook on localhost; return (rc, parsed json callback output)."""
+    args = ["-i", inventory, playbook] + (["-e", json.dumps(extra_vars)] if extra_vars else [])
+    return _ansible("ansible-playbook", args, check, diff, timeout)
 
 
 @pytest.fixture

@@ -33,14 +33,19 @@ def _text(value, field):
     return value
 
 
+def _matching(value, field, pattern, reason):
+    """The value when the whole of it matches ``pattern`` (never just a prefix, never with a
+    trailing newline), else a ValidationError giving ``reason``."""
+    _text(value, field)
+    if not pattern.fullmatch(value):
+        raise ValidationError(field, value, reason)
+    return value
+
+
 def instance_name(value, field="name"):
     """An LXD instance (or image alias, profile, pool) name."""
-    _text(value, field)
-    if not _INSTANCE_NAME.fullmatch(value):
-        raise ValidationError(
-            field, value,
-            "must be 1-63 letters, digits or hyphens, start with a letter and not end with a hyphen")
-    return value
+    return _matching(value, field, _INSTANCE_NAME,
+                     "must be 1-63 letters, digits or hyphens, start with a letter and not end with a hyphen")
 
 
 def domain(value, field="domain", wildcard=True):
@@ -214,17 +219,10 @@ def file_mode(value, field="mode"):
 def posix_name(value, field="name"):
     """A user or group name as useradd/groupadd accept it: lower-case letters, digits, ``_`` and
     ``-``, not starting with a digit or ``-``, at most 32 characters."""
-    _text(value, field)
-    if not _POSIX_NAME.fullmatch(value):
-        raise ValidationError(
-            field, value,
-            "must be 1-32 lower-case letters, digits, '_' or '-', starting with a letter or '_'")
-    return value
+    return _matching(value, field, _POSIX_NAME,
+                     "must be 1-32 lower-case letters, digits, '_' or '-', starting with a letter or '_'")
 
 
 def env_name(value, field="environment"):
     """An environment variable name that is a valid shell identifier."""
-    _text(value, field)
-    if not _ENV_NAME.fullmatch(value):
-        raise ValidationError(field, value, "must be a shell identifier (letters, digits, '_', not starting with a digit)")
-    return value
+    return _matching(value, field, _ENV_NAME, "must be a shell identifier (letters, digits, '_', not starting with a digit)")
