@@ -6,17 +6,19 @@ import os
 import sys
 import time
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, ".collections"))
 
-from netns import Netns  # noqa: E402  pylint: disable=wrong-import-position,unused-import
-from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient  # noqa: E402  pylint: disable=unused-import
+from netns import Netns  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient  # noqa: E402
 
 # Run inside the namespace with the host's Python: one HTTP GET, or one UDP/TCP exchange.
 HTTP = r"""
 import http.client, sys
-conn = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=5)
+conn = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=15)
 conn.request("GET", sys.argv[4], headers={"Host": sys.argv[3]})
 resp = conn.getresponse()
 print(resp.status)
@@ -38,8 +40,8 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3) as con
 
 
 def http_get(ns, host, path="/", port=80):
-    """(status, body) of one request from the namespace to the host's address."""
-    result = ns.run([sys.executable, "-c", HTTP, ns.host_address, str(port), host, path], timeout=15)
+    """(status, body) of one request from the namespace to the host's address (15 s at most)."""
+    result = ns.run([sys.executable, "-c", HTTP, ns.host_address, str(port), host, path], timeout=25)
     if result.returncode != 0:
         return None, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
     status, body = result.stdout.split("\n", 1) if "\n" in result.stdout else (result.stdout, "")
@@ -64,3 +66,15 @@ def wait_for(predicate, timeout, interval=0.5):
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """The outside client: a network namespace whose only way in is the host's address."""
+    with Netns("verify") as ns:
+        yield ns
+
+
+@pytest.fixture(scope="module")
+def lxd():
+    return LxdClient(timeout=60)

@@ -69,6 +69,7 @@ def test_sites_route_by_domain_and_path_with_pool_upstream():
     pool = sites["pool.example.test"]
     assert pool["upstreams"] == [{"name": "web", "method": "least_conn",
                                   "servers": ["10.1.0.21:80", "10.1.0.22:80", "10.1.0.23:80"]}]
+    assert pool["locations"][0]["proxy"] == {"connect_timeout": "1s"}  # a dead member costs ~1 s once
     assert sites["web-port8000"]["listen"] == ["8000"]
     assert sites["web-port8000"]["locations"][0]["backend"] == "http://web"
     assert "upstreams" not in sites["web-port8000"]  # nginx upstream names are global: defined once

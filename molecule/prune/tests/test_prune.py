@@ -3,21 +3,9 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
-from box_client import LxdClient, Netns, http_get, udp_echo  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def client():
-    with Netns("prune") as ns:
-        yield ns
-
-
-@pytest.fixture(scope="module")
-def lxd():
-    return LxdClient(timeout=60)
+from box_client import http_get, udp_echo  # noqa: E402
 
 
 def test_their_containers_are_gone(lxd):
