@@ -58,7 +58,8 @@ def fake(tmp_path):
 
     def run(packages=PACKAGES):
         env = dict(os.environ, FAKE_DIR=str(tmp_path), PATH="%s:%s" % (bindir, os.environ["PATH"]))
-        proc = subprocess.run(["sh", "-c", script(), "onebox-probe", "lxc", "default", "lxd.socket lxd.service"]
+        proc = subprocess.run(["sh", "-c", script(), "onebox-probe", "lxc", "default", "lxd.socket lxd.service",
+                               "fs.inotify.max_user_instances kernel.no_such_key"]
                               + list(packages), env=env, capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
@@ -72,6 +73,9 @@ def test_daemon_down_gives_nulls(fake):
     assert out["pools"] is None and out["networks"] is None and out["profile"] is None and out["aliases"] is None
     assert sorted(out["installed"]) == ["btrfs-progs", "lxd"]
     assert out["systemd"] is os.path.exists("/run/systemd/system")
+    # Kernel limits read from /proc/sys; a key the kernel lacks reads as 0 (below any wanted value).
+    with open("/proc/sys/fs/inotify/max_user_instances", encoding="ascii") as handle:
+        assert out["sysctl"] == {"fs.inotify.max_user_instances": handle.read().strip(), "kernel.no_such_key": "0"}
 
 
 def test_everything_answered(fake):
