@@ -71,15 +71,19 @@ def box_figures(label, inventory, runs, change_vars, targets):
     site, teardown = "site.yml", "playbooks/teardown.yml"
     playbook(inventory, teardown)
     cold, nochange, change, down = [], [], [], []
-    for run in range(runs):
-        cold.append(playbook(inventory, site)[0])
-        elapsed, changed = playbook(inventory, site)
-        assert changed == 0, "%s: second converge changed %d" % (label, changed)
-        nochange.append(elapsed)
-        elapsed, changed = playbook(inventory, site, change_vars(run))
-        assert changed >= 1, "%s: the one-service change changed nothing" % label
-        change.append(elapsed)
-        down.append(playbook(inventory, teardown)[0])
+    try:
+        for run in range(runs):
+            cold.append(playbook(inventory, site)[0])
+            elapsed, changed = playbook(inventory, site)
+            assert changed == 0, "%s: second converge changed %d" % (label, changed)
+            nochange.append(elapsed)
+            elapsed, changed = playbook(inventory, site, change_vars(run))
+            assert changed >= 1, "%s: the one-service change changed nothing" % label
+            change.append(elapsed)
+            down.append(playbook(inventory, teardown)[0])
+    except BaseException:
+        playbook(inventory, teardown)  # leave nothing behind, then report the failure
+        raise
     row("%s: cold converge" % label, cold, targets.get("cold"))
     row("%s: no-change re-run" % label, nochange, targets.get("nochange"))
     row("%s: one-service change" % label, change, targets.get("change"))
