@@ -36,7 +36,7 @@ DEFAULTS = {
     "proxy_name": "onebox-proxy",
     "proxy_memory": None,
     "proxy_cpus": None,
-    "proxy_priority": 0,
+    "proxy_priority": 90,
 }
 
 

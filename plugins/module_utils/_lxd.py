@@ -113,6 +113,7 @@ class LxdClient:
         self._pool = None
         self._cleanups = []
         self._lock = threading.Lock()
+        self._read_once = {}
 
     @classmethod
     def from_params(cls, params):
@@ -340,20 +341,32 @@ class LxdClient:
             return None
 
     def network(self, name):
-        try:
-            return self.metadata("get", self.api.networks[name], "network %s" % name)
-        except LxdNotFound:
-            return None
+        """A network's record, or None. Read once per client: a module run changes no network."""
+        return self._remembered("network", name, lambda: self.metadata("get", self.api.networks[name],
+                                                                         "network %s" % name))
 
     def network_leases(self, name):
         """DHCP leases (and the gateway) of a managed network, one request."""
         return self.metadata("get", self.api.networks[name].leases, "leases of network %s" % name)
 
     def profile(self, name):
+        """A profile's record, or None. Read once per client: a module run changes no profile."""
+        return self._remembered("profile", name, lambda: self.metadata("get", self.api.profiles[name],
+                                                                         "profile %s" % name))
+
+    def _remembered(self, kind, name, read):
+        # Every instance of a set asks for the same profile and network: one request each.
+        key = (kind, name)
+        with self._lock:
+            if key in self._read_once:
+                return self._read_once[key]
         try:
-            return self.metadata("get", self.api.profiles[name], "profile %s" % name)
+            value = read()
         except LxdNotFound:
-            return None
+            value = None
+        with self._lock:
+            self._read_once[key] = value
+        return value
 
 
 def to_lxd_value(value):
