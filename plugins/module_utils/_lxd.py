@@ -342,8 +342,8 @@ class LxdClient:
 
     def network(self, name):
         """A network's record, or None. Read once per client: a module run changes no network."""
-        return self._remembered("network", name, lambda: self.metadata("get", self.api.networks[name],
-                                                                         "network %s" % name))
+        node = self.api.networks[name]
+        return self._remembered("network", name, lambda: self.metadata("get", node, "network %s" % name))
 
     def network_leases(self, name):
         """DHCP leases (and the gateway) of a managed network, one request."""
@@ -351,8 +351,8 @@ class LxdClient:
 
     def profile(self, name):
         """A profile's record, or None. Read once per client: a module run changes no profile."""
-        return self._remembered("profile", name, lambda: self.metadata("get", self.api.profiles[name],
-                                                                         "profile %s" % name))
+        node = self.api.profiles[name]
+        return self._remembered("profile", name, lambda: self.metadata("get", node, "profile %s" % name))
 
     def _remembered(self, kind, name, read):
         # Every instance of a set asks for the same profile and network: one request each.
