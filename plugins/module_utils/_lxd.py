@@ -11,7 +11,6 @@ every wait has a timeout, and every LXD/pylxd/requests failure becomes an LxdErr
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import threading
 import time
@@ -111,7 +110,6 @@ class LxdClient:
         self.api = self._client.api
         self.server = self._client.host_info
         self._pool = None
-        self._cleanups = []
         self._lock = threading.Lock()
         self._read_once = {}
 
@@ -253,7 +251,8 @@ class LxdClient:
         # Both records at once; their deletion runs in the background and is awaited in close().
         reads = [self._workers().submit(self.request, "get", node, what, is_api=False) for node in nodes]
         stdout, stderr = (read.result().content.decode("utf-8", "replace") for read in reads)
-        self._cleanups.extend(self._workers().submit(self._forget_log, node) for node in nodes)
+        for node in nodes:
+            self._workers().submit(self._forget_log, node)
         return ExecResult(int(meta["return"]), stdout, stderr)
 
     def _workers(self):
@@ -275,7 +274,6 @@ class LxdClient:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-        self._cleanups = []
 
     def run(self, name, command, timeout=60, **kwargs):
         """exec that fails unless the command exits 0; returns stdout."""
@@ -286,14 +284,14 @@ class LxdClient:
                            rc=result.rc, stdout=result.stdout, stderr=result.stderr)
         return result.stdout
 
-    def _files(self, name, path):
+    def _files(self, name):
         return self.api.instances[name].files
 
     def pull_file(self, name, path):
         """The file's bytes, or None when it does not exist."""
         what = "read %s in %s" % (path, name)
         try:
-            response = self.request("get", self._files(name, path), what, params={"path": path}, is_api=False)
+            response = self.request("get", self._files(name), what, params={"path": path}, is_api=False)
         except LxdNotFound:
             return None
         if response.headers.get("X-LXD-type") == "directory":
@@ -309,19 +307,19 @@ class LxdClient:
         headers = {"X-LXD-type": "file", "X-LXD-mode": "0%o" % mode, "X-LXD-uid": str(uid),
                    "X-LXD-gid": str(gid), "X-LXD-write": "overwrite",
                    "Content-Type": "application/octet-stream"}
-        self.request("post", self._files(name, path), "write %s in %s" % (path, name),
+        self.request("post", self._files(name), "write %s in %s" % (path, name),
                      params={"path": path}, data=data, headers=headers)
 
     def make_directory(self, name, path, mode=0o755, uid=0, gid=0):
         headers = {"X-LXD-type": "directory", "X-LXD-mode": "0%o" % mode,
                    "X-LXD-uid": str(uid), "X-LXD-gid": str(gid)}
-        self.request("post", self._files(name, path), "mkdir %s in %s" % (path, name),
+        self.request("post", self._files(name), "mkdir %s in %s" % (path, name),
                      params={"path": path}, headers=headers)
 
     def delete_file(self, name, path):
         """Remove a file; a file already gone is not an error."""
         try:
-            self.request("delete", self._files(name, path), "delete %s in %s" % (path, name),
+            self.request("delete", self._files(name), "delete %s in %s" % (path, name),
                          params={"path": path})
         except LxdNotFound:
             pass
@@ -380,10 +378,6 @@ def to_lxd_value(value):
 
 def normalise_config(config):
     return {str(k): to_lxd_value(v) for k, v in (config or {}).items()}
-
-
-def dumps(data):
-    return json.dumps(data, sort_keys=True)
 
 
 # ---- declared instances: validation, create body, diff ------------------------------------
