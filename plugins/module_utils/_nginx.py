@@ -946,3 +946,48 @@ def _nginx_argv(binary, prefix, conf):
     if conf:
         argv += ["-c", conf]
     return argv
+
+
+# ---- the whole run (nginx_site, box) -----------------------------------------------------------
+def catch_all_site(name="000-default", listen=("80",), https_listen=("443",), sites=()):
+    """The default server: 404 for every name no site claims; when any of ``sites`` has TLS, it
+    also refuses TLS handshakes for unknown names (no certificate needed)."""
+    site = {"name": name, "server_names": ["_"], "default_server": True, "listen": list(listen),
+            "locations": [{"path": "/", "status": 404}]}
+    if any(s.get("tls") and s.get("state", "present") == "present" for s in sites):
+        site["tls"] = {"reject_handshake": True, "listen": list(https_listen)}
+    return site
+
+
+def converge(target, sites, prune=False, check_mode=False, diff=False, warn=None):
+    """Read ``target`` once, plan ``sites`` (normalised), diff, and outside check mode apply them
+    as one transaction. Returns the nginx_site result."""
+    current, leftovers = target.read()
+    changes = plan(current, sites, prune=prune)
+    result = dict(changed=bool(changes), reloaded=False, sites=_report(target, sites, changes))
+    if diff and changes:
+        result["diff"] = [dict(before=c["before"] or "", after=c["after"] or "",
+                               before_header=target.path(c["file"]) + ("" if c["before"] is not None else " (absent)"),
+                               after_header=target.path(c["file"]) + ("" if c["after"] is not None else " (absent)"))
+                          for c in changes]
+    if check_mode:
+        return result
+    output, reloaded = apply(target, changes, leftovers)
+    result["reloaded"] = reloaded
+    if changes:
+        result["nginx_output"] = output
+    for line in output.splitlines():
+        if "[warn]" in line and warn is not None:
+            warn(line)
+    return result
+
+
+def _report(target, sites, changes):
+    by_file = {c["file"]: c["action"] for c in changes}
+    report = []
+    for site in sites:
+        fname = file_name(site["name"])
+        report.append(dict(name=site["name"], file=target.path(fname), action=by_file.pop(fname, "unchanged")))
+    for fname, action in sorted(by_file.items()):
+        report.append(dict(name=fname[:-len(SUFFIX)], file=target.path(fname), action=action))
+    return report

@@ -119,122 +119,24 @@ pruned:
   sample: [web4]
 """
 
-from concurrent.futures import ThreadPoolExecutor
-
-from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-
-from ansible_collections.homelab.onebox.plugins.module_utils import _validate
-from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
-from ansible_collections.homelab.onebox.plugins.module_utils._lxd import InstanceReconciler, InstanceSpec, assign_addresses
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, item_specs
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
-
-OWNER_KEY = "user.onebox.owner"
-
-
-def item_specs(items, owner):
-    """Validate every item (types, defaults, then values) and return their InstanceSpecs."""
-    validator = ArgumentSpecValidator(InstanceSpec.argument_spec(),
-                                      mutually_exclusive=[("image", "copy_from")],
-                                      required_by={"memory_swap": "memory", "image_server": "image"})
-    specs, seen = [], {}
-    for index, item in enumerate(items):
-        where = "instances[%d]" % index
-        if not isinstance(item, dict):
-            raise ValidationError(where, item, "must be a dict of lxd_instance options")
-        checked = validator.validate(item)
-        if checked.error_messages:
-            raise OneboxError("%s (%s): %s" % (where, item.get("name"), "; ".join(checked.error_messages)))
-        try:
-            spec = InstanceSpec.from_params(checked.validated_parameters)
-        except ValidationError as exc:
-            raise ValidationError("%s.%s" % (where, exc.field), exc.value, exc.reason)
-        if spec.name in seen:
-            raise ValidationError(where + ".name", spec.name, "declared twice (also instances[%d])" % seen[spec.name])
-        seen[spec.name] = index
-        if owner is not None:
-            if spec.config.get(OWNER_KEY, owner) != owner:
-                raise ValidationError(where + ".config", OWNER_KEY, "is set by owner")
-            spec.config[OWNER_KEY] = owner
-        specs.append(spec)
-    return specs
-
-
-def waves(specs):
-    """Order the work so a copy runs after the declared container it copies from."""
-    declared = {spec.name for spec in specs}
-    done, remaining, order = set(), list(specs), []
-    while remaining:
-        ready = [s for s in remaining
-                 if not s.copy_from or s.copy_from.split("/")[0] not in declared - done or s.state == "absent"]
-        if not ready:
-            raise ValidationError("instances", [s.name for s in remaining], "copy_from forms a cycle")
-        order.append(ready)
-        done.update(s.name for s in ready)
-        remaining = [s for s in remaining if s not in ready]
-    return order
 
 
 class InstanceSetManager:
     def __init__(self, module):
         self.module = module
         params = module.params
-        self.owner = params["owner"]
-        if self.owner is not None:
-            _validate.instance_name(self.owner, "owner")
-        if params["prune"] and self.owner is None:
-            raise ValidationError("prune", True, "needs owner: only an owner's containers are pruned")
         if params["parallel"] < 1:
             raise ValidationError("parallel", params["parallel"], "must be at least 1")
-        self.specs = item_specs(params["instances"], self.owner)
+        self.specs = item_specs(params["instances"], params["owner"])
 
     def run(self):
-        module, lxd = self.module, self.module.lxd
-        current = {inst["name"]: inst for inst in lxd.instances()}
-        assign_addresses(lxd, self.specs, current)
-        declared = {spec.name for spec in self.specs}
-        # In check mode nothing is created, so a copy's declared source is taken as there.
-        pending = declared if module.check_mode else ()
-        results = {}
-
-        def reconcile(spec):
-            return spec.name, InstanceReconciler(lxd, spec, module.check_mode, module._diff,
-                                                 current=current.get(spec.name), pending=pending).run()
-
-        with ThreadPoolExecutor(max_workers=module.params["parallel"]) as pool:
-            # A copy waits only for its own declared source, not for a whole wave: submitted in
-            # dependency order, a waiting copy never holds up the source it waits for.
-            futures = {}
-
-            def after_source(spec):
-                source = spec.copy_from.split("/")[0] if spec.copy_from else None
-                if source in futures and spec.state != "absent":
-                    futures[source].result()
-                return reconcile(spec)
-
-            for wave in waves(self.specs):
-                for spec in wave:
-                    futures[spec.name] = pool.submit(after_source, spec)
-            results.update(future.result() for future in futures.values())
-            pruned = []
-            if module.params["prune"]:
-                doomed = [InstanceSpec(name, state="absent", force_stop=True) for name, inst in sorted(current.items())
-                          if name not in declared and (inst.get("config") or {}).get(OWNER_KEY) == self.owner]
-                results.update(pool.map(reconcile, doomed))
-                pruned = [spec.name for spec in doomed]
-
-        ordered = [dict(results[spec.name], name=spec.name) for spec in self.specs]
-        result = {
-            "changed": any(r["changed"] for r in results.values()),
-            "instances": ordered,
-            "addresses": {r["name"]: r["addresses"] for r in ordered},
-            "pruned": pruned,
-        }
-        if module._diff:
-            result["diff"] = {"before": {n: r["diff"]["before"] for n, r in sorted(results.items()) if r["changed"]},
-                              "after": {n: r["diff"]["after"] for n, r in sorted(results.items()) if r["changed"]}}
-        for entry in ordered:
-            entry.pop("diff", None)
-        return result
+        module = self.module
+        instance_set = InstanceSet(module.lxd, self.specs, owner=module.params["owner"], prune=module.params["prune"],
+                                   check_mode=module.check_mode, diff=module._diff)
+        return instance_set.run(module.params["parallel"])
 
 
 def main():

@@ -181,6 +181,27 @@ options:
       - Mutually exclusive with O(name) and the top-level site options.
     type: list
     elements: dict
+  catch_all:
+    description:
+      - With O(sites), add a default server (file C(<name>.conf)) that answers 404 to every
+        name no site claims; when any site has O(tls), it also refuses TLS handshakes for
+        unknown names (C(ssl_reject_handshake), no certificate needed).
+    type: dict
+    suboptions:
+      name:
+        description: Its site name.
+        type: str
+        default: 000-default
+      listen:
+        description: Its HTTP listen addresses.
+        type: list
+        elements: str
+        default: ["80"]
+      https_listen:
+        description: Its TLS listen addresses (used only when a site has TLS).
+        type: list
+        elements: str
+        default: ["443"]
   prune:
     description:
       - With O(sites), remove every file in O(conf_dir) that this module wrote and that is not
@@ -334,6 +355,11 @@ ARGUMENT_SPEC = dict(
     # Each site is validated by _nginx.normalise_site (unknown keys, types, values), with error
     # messages naming sites[N].field; the documented top-level options describe its keys.
     sites=dict(type="list", elements="dict"),
+    catch_all=dict(type="dict", options=dict(
+        name=dict(type="str", default="000-default"),
+        listen=dict(type="list", elements="str", default=["80"]),
+        https_listen=dict(type="list", elements="str", default=["443"]),
+    )),
     prune=dict(type="bool", default=False),
     log_dir=dict(type="path"),
     conf_dir=dict(type="path", default="/etc/nginx/conf.d"),
@@ -358,7 +384,12 @@ class NginxSiteManager:
             given = [key for key in _SITE_ONLY if p.get(key) not in (None, False, [])]
             if given:
                 raise ValidationError(given[0], p[given[0]], "cannot be combined with sites (put it in a site)")
-            return nginx.normalise_sites(p["sites"], log_dir=p["log_dir"])
+            sites = list(p["sites"])
+            if p["catch_all"]:
+                sites.insert(0, nginx.catch_all_site(sites=[s for s in sites if isinstance(s, dict)], **p["catch_all"]))
+            return nginx.normalise_sites(sites, log_dir=p["log_dir"])
+        if p["catch_all"]:
+            raise ValidationError("catch_all", p["catch_all"], "needs sites (it is added to the set)")
         if p["prune"]:
             raise ValidationError("prune", True, "needs sites (the whole set of sites to keep)")
         if not p["name"]:
@@ -379,35 +410,8 @@ class NginxSiteManager:
     def run(self):
         sites = self.desired()          # all validation first: nothing is read or written on bad input
         target = self.target()
-        current, leftovers = target.read()
-        changes = nginx.plan(current, sites, prune=self.params["prune"])
-        result = dict(changed=bool(changes), reloaded=False, sites=self._report(target, sites, changes))
-        if self.module._diff and changes:
-            result["diff"] = [dict(before=c["before"] or "", after=c["after"] or "",
-                                   before_header=target.path(c["file"]) + ("" if c["before"] is not None else " (absent)"),
-                                   after_header=target.path(c["file"]) + ("" if c["after"] is not None else " (absent)"))
-                              for c in changes]
-        if self.module.check_mode:
-            return result
-        output, reloaded = nginx.apply(target, changes, leftovers)
-        result["reloaded"] = reloaded
-        if changes:
-            result["nginx_output"] = output
-        for line in output.splitlines():
-            if "[warn]" in line:
-                self.module.warn(line)
-        return result
-
-    @staticmethod
-    def _report(target, sites, changes):
-        by_file = {c["file"]: c["action"] for c in changes}
-        report = []
-        for site in sites:
-            fname = nginx.file_name(site["name"])
-            report.append(dict(name=site["name"], file=target.path(fname), action=by_file.pop(fname, "unchanged")))
-        for fname, action in sorted(by_file.items()):
-            report.append(dict(name=fname[:-len(nginx.SUFFIX)], file=target.path(fname), action=action))
-        return report
+        return nginx.converge(target, sites, prune=self.params["prune"], check_mode=self.module.check_mode,
+                              diff=self.module._diff, warn=self.module.warn)
 
 
 def _spec(params):

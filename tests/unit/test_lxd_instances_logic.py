@@ -2,7 +2,7 @@
 import pytest
 
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
-from ansible_collections.homelab.onebox.plugins.modules.lxd_instances import OWNER_KEY, item_specs, waves
+from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import OWNER_KEY, item_specs, waves
 
 
 def test_items_get_defaults_and_owner_mark():

@@ -493,3 +493,15 @@ def test_lxd_target_uses_few_execs(tmp_path):
     converge(tgt, sites(*["s%02d" % i for i in range(20)]))
     # read, swap, test, remove backups (none: all new, so skipped), reload
     assert len(lxd.calls) <= 5, lxd.calls
+
+
+def test_catch_all_site_answers_404_and_rejects_tls_only_when_a_site_has_tls():
+    plain = n.catch_all_site(sites=[{"name": "a"}])
+    assert plain["server_names"] == ["_"] and plain["default_server"] is True and "tls" not in plain
+    assert plain["locations"] == [{"path": "/", "status": 404}]
+    text = n.render_site(n.normalise_site(plain))
+    assert "default_server" in text and "return 404" in text
+    with_tls = n.catch_all_site(https_listen=["8443"], sites=[{"name": "a", "tls": {"certificate": "/c", "key": "/k"}}])
+    assert with_tls["tls"] == {"reject_handshake": True, "listen": ["8443"]}
+    gone = n.catch_all_site(sites=[{"name": "a", "state": "absent", "tls": {"certificate": "/c"}}])
+    assert "tls" not in gone

@@ -1,0 +1,158 @@
+# -*- coding: utf-8 -*-
+# Copyright: homelab.onebox contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A declared set of LXD containers reconciled together (lxd_instances, box): every item validated
+first, one read of all instances, copies after their own source only, several at once, and the
+owner's undeclared containers pruned."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+from ansible_collections.homelab.onebox.plugins.module_utils import _validate
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._lxd import InstanceReconciler, InstanceSpec, assign_addresses
+
+OWNER_KEY = "user.onebox.owner"
+
+
+def item_specs(items, owner, field="instances"):
+    """Validate every item (types, defaults, then values) and return their InstanceSpecs."""
+    validator = ArgumentSpecValidator(InstanceSpec.argument_spec(),
+                                      mutually_exclusive=[("image", "copy_from")],
+                                      required_by={"memory_swap": "memory", "image_server": "image"})
+    specs, seen = [], {}
+    for index, item in enumerate(items):
+        where = "%s[%d]" % (field, index)
+        if not isinstance(item, dict):
+            raise ValidationError(where, item, "must be a dict of lxd_instance options")
+        checked = validator.validate(item)
+        if checked.error_messages:
+            raise OneboxError("%s (%s): %s" % (where, item.get("name"), "; ".join(checked.error_messages)))
+        try:
+            spec = InstanceSpec.from_params(checked.validated_parameters)
+        except ValidationError as exc:
+            raise ValidationError("%s.%s" % (where, exc.field), exc.value, exc.reason)
+        if spec.name in seen:
+            raise ValidationError(where + ".name", spec.name, "declared twice (also %s[%d])" % (field, seen[spec.name]))
+        seen[spec.name] = index
+        if owner is not None:
+            if spec.config.get(OWNER_KEY, owner) != owner:
+                raise ValidationError(where + ".config", OWNER_KEY, "is set by owner")
+            spec.config[OWNER_KEY] = owner
+        specs.append(spec)
+    return specs
+
+
+def waves(specs):
+    """Order the work so a copy runs after the declared container it copies from."""
+    declared = {spec.name for spec in specs}
+    done, remaining, order = set(), list(specs), []
+    while remaining:
+        ready = [s for s in remaining
+                 if not s.copy_from or s.copy_from.split("/")[0] not in declared - done or s.state == "absent"]
+        if not ready:
+            raise ValidationError("instances", [s.name for s in remaining], "copy_from forms a cycle")
+        order.append(ready)
+        done.update(s.name for s in ready)
+        remaining = [s for s in remaining if s not in ready]
+    return order
+
+
+class InstanceSet:
+    """Reconcile ``specs`` (validated by item_specs) against LXD in one pass.
+
+    ``read()`` reads every instance once and fixes the ``auto`` addresses, so the addresses are
+    known before anything is created. ``run(then)`` reconciles each container and, in the same
+    worker, calls ``then(spec, result)`` for a container that is not being deleted: work on a
+    container's inside starts as soon as that container is up, not after the whole set.
+    """
+
+    def __init__(self, lxd, specs, owner=None, prune=False, check_mode=False, diff=False):
+        if owner is not None:
+            _validate.instance_name(owner, "owner")
+        if prune and owner is None:
+            raise ValidationError("prune", True, "needs owner: only an owner's containers are pruned")
+        self.lxd, self.specs, self.owner, self.prune = lxd, specs, owner, prune
+        self.check_mode, self.diff = check_mode, diff
+        self.current = None
+        self.order = waves(specs)  # a copy_from cycle fails here, before any change
+
+    def read(self):
+        """Every instance in one request; ``auto`` addresses chosen. Returns name -> instance."""
+        self.current = {inst["name"]: inst for inst in self.lxd.instances()}
+        assign_addresses(self.lxd, self.specs, self.current)
+        return self.current
+
+    def static_addresses(self):
+        """name -> [IPv4] of each declared container with a static address (known before it exists)."""
+        return {spec.name: [spec.ipv4_address] for spec in self.specs
+                if spec.state != "absent" and spec.ipv4_address not in (None, "auto")}
+
+    def doomed(self):
+        """The owner's containers that are not declared (deleted when pruning)."""
+        if not self.prune:
+            return []
+        declared = {spec.name for spec in self.specs}
+        return [InstanceSpec(name, state="absent", force_stop=True) for name, inst in sorted(self.current.items())
+                if name not in declared and (inst.get("config") or {}).get(OWNER_KEY) == self.owner]
+
+    def reconcile(self, spec):
+        # In check mode nothing is created, so a copy's declared source is taken as there.
+        pending = {s.name for s in self.specs} if self.check_mode else ()
+        return InstanceReconciler(self.lxd, spec, self.check_mode, self.diff,
+                                  current=self.current.get(spec.name), pending=pending).run()
+
+    def run(self, parallel, then=None):
+        """Reconcile every spec and prune; returns the lxd_instances result (``then``'s errors raise)."""
+        if self.current is None:
+            self.read()
+        results = {}
+
+        def one(spec, source_future):
+            if source_future is not None and spec.state != "absent":
+                source_future.result()  # a copy waits for its own source only
+            result = self.reconcile(spec)
+            if then is not None and spec.state != "absent":
+                then(spec, result)
+            return result
+
+        doomed = self.doomed()
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            # Submitted in dependency order, a waiting copy never holds up the source it waits for.
+            futures = {}
+            for wave in self.order:
+                for spec in wave:
+                    source = spec.copy_from.split("/")[0] if spec.copy_from else None
+                    futures[spec.name] = pool.submit(one, spec, futures.get(source))
+            pruning = {spec.name: pool.submit(self.reconcile, spec) for spec in doomed}
+            errors = []
+            for name, future in list(futures.items()) + list(pruning.items()):
+                try:
+                    results[name] = future.result()
+                except OneboxError as exc:
+                    errors.append((name, exc))
+        if errors:
+            name, first = errors[0]
+            first.msg = "%s: %s" % (name, first.msg)
+            if len(errors) > 1:
+                first.msg += " (and %s)" % "; ".join("%s: %s" % (n, e.msg) for n, e in errors[1:])
+            first.details.setdefault("failed_instances", [n for n, _e in errors])
+            raise first
+        return self.result(results, [spec.name for spec in doomed])
+
+    def result(self, results, pruned):
+        ordered = [dict(results[spec.name], name=spec.name) for spec in self.specs]
+        result = {
+            "changed": any(r["changed"] for r in results.values()),
+            "instances": ordered,
+            "addresses": {r["name"]: r["addresses"] for r in ordered},
+            "pruned": pruned,
+        }
+        if self.diff:
+            result["diff"] = {"before": {n: r["diff"]["before"] for n, r in sorted(results.items()) if r["changed"]},
+                              "after": {n: r["diff"]["after"] for n, r in sorted(results.items()) if r["changed"]}}
+        for entry in ordered:
+            entry.pop("diff", None)
+        return result
