@@ -223,6 +223,16 @@ class Service:
         return "%s-base" % self.name if self.kind == "pool" else None
 
 
+def secret_values(services):
+    """Every service's environment values (secrets), from a description not yet validated."""
+    for service in services if isinstance(services, list) else ():
+        environment = service.get("environment") if isinstance(service, dict) else None
+        if isinstance(environment, dict):
+            for value in environment.values():
+                if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                    yield str(value)
+
+
 class BoxPlan:
     """The validated description and what it derives. ``addresses``: name -> [IPv4] once known."""
 

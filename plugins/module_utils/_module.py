@@ -8,6 +8,7 @@ from __future__ import annotations
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.parameters import remove_values
 
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
 
@@ -25,12 +26,31 @@ LXD_ARGUMENT_SPEC = dict(
 class OneboxModule(AnsibleModule):
     """AnsibleModule plus ``self.lxd`` (an LxdClient opened on first use) and ``run()``."""
 
-    def __init__(self, argument_spec, lxd=False, **kwargs):
+    def __init__(self, argument_spec, lxd=False, secrets=None, **kwargs):
+        """``secrets``: params -> secret values inside options that cannot be no_log as a whole
+        (Ansible would then mask every string of them, names included). They are kept out of the
+        log, the invocation and error messages; the result itself must not carry them."""
         spec = dict(argument_spec)
         if lxd:
             spec.update(LXD_ARGUMENT_SPEC)
-        super().__init__(argument_spec=spec, **kwargs)
+        self._secrets = secrets
+        self._secret_values = set()
         self._lxd_client = None
+        super().__init__(argument_spec=spec, **kwargs)
+
+    def _log_invocation(self):
+        # AnsibleModule logs the invocation from __init__, so this is where the secrets are first read.
+        if self._secrets is not None:
+            self._secret_values = {value for value in self._secrets(self.params) if value}
+        saved = set(self.no_log_values)
+        self.no_log_values.update(self._secret_values)
+        try:
+            super()._log_invocation()
+        finally:
+            self.no_log_values = saved
+
+    def _hide_secrets(self, value):
+        return remove_values(value, self._secret_values) if self._secret_values else value
 
     @property
     def lxd(self):
@@ -49,13 +69,14 @@ class OneboxModule(AnsibleModule):
             result = manager_factory(self).run()
         except OneboxError as exc:
             self._close_lxd()
-            self.fail_json(msg=exc.msg, **exc.details)
+            self.fail_json(**self._hide_secrets(dict(exc.details, msg=exc.msg,
+                                                     invocation={"module_args": self.params})))
         except Exception as exc:  # pylint: disable=broad-except
             self._close_lxd()
             # Unexpected: keep the traceback so a bug report has it.
             self.fail_json(msg="unexpected error: %s" % exc, exception=traceback.format_exc())
         self._close_lxd()
-        self.exit_json(**result)
+        self.exit_json(**dict(result, invocation={"module_args": self._hide_secrets(self.params)}))
 
     def _close_lxd(self):
         if self._lxd_client is not None:

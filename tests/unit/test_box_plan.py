@@ -131,3 +131,11 @@ def test_proxy_gets_nginx_without_debians_default_site():
     assert proxy["services"] == [{"name": "nginx"}]
     assert {"path": "/etc/nginx/sites-enabled/default", "state": "absent"} in proxy["files"]
     assert "onebox-proxy" not in {p["name"] for p in plan([VPN, DB])["provision"]}
+
+
+def test_secret_values_are_every_environment_value_even_of_a_bad_description():
+    from ansible_collections.homelab.onebox.plugins.module_utils._box import secret_values
+    services = [{"name": "a", "environment": {"TOKEN": "t0k", "PORT": 8000, "ON": True}}, "junk",
+                {"name": "b", "environment": ["not", "a", "dict"]}, {"name": "c"}]
+    assert sorted(secret_values(services)) == ["8000", "t0k"]
+    assert list(secret_values("not a list")) == []

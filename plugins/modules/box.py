@@ -1,0 +1,377 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: homelab.onebox contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: box
+short_description: The whole box from its description, in one call
+version_added: 0.1.0
+description:
+  - Brings the box described by O(services) to what it declares, in one module run - the
+    containers (as M(homelab.onebox.lxd_instances) with O(owner) and pruning), what runs inside
+    them (as M(homelab.onebox.lxd_provision)), the proxy's sites (as M(homelab.onebox.nginx_site)
+    in the proxy container, with a catch-all default server) and the host's forwards (as
+    M(homelab.onebox.dnat)).
+  - The description is the one of the P(homelab.onebox.box_plan#filter) filter; see its
+    documentation and C(docs/description.md) for every key.
+  - Everything is validated first (the description, every derived container, file, site and
+    forward), and LXD is read once, before anything changes. Containers get static addresses
+    before they exist, so the sites and forwards are known up front.
+  - The inside of a container is set up as soon as that container has its address, while others
+    are still being created. Sites are applied (one C(nginx -t), at most one reload) once every
+    container is done, then the forwards (one C(iptables-restore)).
+  - If a container fails, the others still finish, and neither sites nor forwards are changed;
+    the error names every failed container. A re-run continues from there.
+  - With O(state=absent), every container of O(owner) and the forwards go; nothing else is touched.
+  - One module task for the whole box, because each Ansible task costs a module start; a box of many
+    services costs the same few tasks as a box of one.
+author:
+  - homelab.onebox developers (@homelab)
+extends_documentation_fragment:
+  - homelab.onebox.lxd
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - A container that would be created is reported, but nothing inside it is compared; when the
+        proxy container would be created, the sites are not compared either.
+  diff_mode:
+    support: full
+    details:
+      - The containers' settings, the files inside containers (secrets masked), each site file and
+        the forwarding rules, before and after.
+  platform:
+    platforms: posix
+options:
+  services:
+    description:
+      - The box description, a list of services (name, kind, domains, routes, port, host_port,
+        forwards, count, method, memory, memory_swap, cpus, boot, files, packages, user, command,
+        environment, working_directory, proxy). See the P(homelab.onebox.box_plan#filter) filter.
+      - Values of each service's C(environment) are secrets; they are kept out of the output.
+    type: list
+    elements: dict
+    default: []
+  state:
+    description:
+      - V(present) builds the box; V(absent) removes the containers of O(owner) and the forwards.
+    type: str
+    choices: [present, absent]
+    default: present
+  owner:
+    description:
+      - Marks the box's containers (C(user.onebox.owner)). Containers of this owner that are not in
+        the description are deleted; containers of other owners or of none are never touched.
+    type: str
+    default: onebox
+  image:
+    description: Image alias (or fingerprint) of the containers that name none, and of the proxy.
+    type: str
+    default: onebox-debian12
+  parallel:
+    description: How many containers are worked on at once.
+    type: int
+    default: 8
+  timeout:
+    description: Seconds each command inside a container may take (package installs excepted).
+    type: int
+    default: 120
+  package_timeout:
+    description: Seconds a package install inside a container may take.
+    type: int
+    default: 600
+  proxy:
+    description: The proxy container, made when a service is served over HTTP.
+    type: dict
+    default: {}
+    suboptions:
+      name:
+        description: Its container name.
+        type: str
+        default: onebox-proxy
+      memory:
+        description: Its memory limit (as C(memory) of M(homelab.onebox.lxd_instance)).
+        type: str
+      cpus:
+        description: Its CPU limit (as C(cpus) of M(homelab.onebox.lxd_instance)).
+        type: str
+      autostart_priority:
+        description: Its boot priority (higher starts earlier); after the services by default.
+        type: int
+        default: 90
+      conf_dir:
+        description: The directory of the site files inside it.
+        type: path
+        default: /etc/nginx/conf.d
+      log_dir:
+        description: The directory of each site's access and error logs inside it.
+        type: path
+        default: /var/log/nginx
+      catch_all:
+        description: Whether a default server answers 404 to names no service claims.
+        type: bool
+        default: true
+  forwards:
+    description: How the host's forwards are kept (the forwards themselves come from O(services)).
+    type: dict
+    default: {}
+    suboptions:
+      extra:
+        description: More forwards, as O(homelab.onebox.dnat#module:forwards) items.
+        type: list
+        elements: dict
+        default: []
+      isolate:
+        description: As O(homelab.onebox.dnat#module:isolate), for example the box's bridge.
+        type: list
+        elements: str
+        default: []
+      chain_prefix:
+        description: As O(homelab.onebox.dnat#module:chain_prefix).
+        type: str
+        default: ONEBOX
+      backend:
+        description: As O(homelab.onebox.dnat#module:backend).
+        type: str
+        choices: [auto, nft, legacy]
+        default: auto
+      ip_forward:
+        description: As O(homelab.onebox.dnat#module:ip_forward).
+        type: bool
+        default: true
+      sysctl_file:
+        description: As O(homelab.onebox.dnat#module:sysctl_file).
+        type: path
+        default: /etc/sysctl.d/60-onebox-ip-forward.conf
+      save_path:
+        description: As O(homelab.onebox.dnat#module:save_path).
+        type: path
+        default: /etc/onebox/dnat.rules
+      restore_script:
+        description: As O(homelab.onebox.dnat#module:restore_script).
+        type: path
+        default: /usr/local/sbin/onebox-dnat-restore
+notes:
+  - Runs on the LXD host (it manages the host's iptables). Needs pylxd there.
+  - The boot-time unit that restores the forwards is the P(homelab.onebox.box#role) role's (it
+    needs systemd).
+seealso:
+  - module: homelab.onebox.lxd_instances
+  - module: homelab.onebox.lxd_provision
+  - module: homelab.onebox.nginx_site
+  - module: homelab.onebox.dnat
+"""
+
+EXAMPLES = r"""
+- name: A static site, an app behind the proxy, and a UDP service
+  homelab.onebox.box:
+    owner: mybox
+    services:
+      - name: www
+        domains: [www.example.org]
+        files:
+          - {path: /var/www/html/index.html, content: "<h1>hello</h1>\n"}
+      - name: api
+        domains: [api.example.org]
+        port: 8000
+        command: [/usr/bin/python3, -m, http.server, "8000"]
+        environment: {API_TOKEN: "{{ vault_api_token }}"}
+      - name: vpn
+        kind: plain
+        command: [/usr/local/bin/vpn-server]
+        forwards: [{proto: udp, port: 51820}]
+    forwards:
+      isolate: [lxdbr0]
+
+- name: The whole box gone
+  homelab.onebox.box:
+    owner: mybox
+    state: absent
+"""
+
+RETURN = r"""
+instances:
+  description: One result per container, as M(homelab.onebox.lxd_instances) returns them.
+  returned: always
+  type: list
+  elements: dict
+addresses:
+  description: IPv4 addresses by container name.
+  returned: always
+  type: dict
+  sample: {www: [10.87.0.10], onebox-proxy: [10.87.0.13]}
+pruned:
+  description: Containers of O(owner) deleted because they are no longer described.
+  returned: always
+  type: list
+  elements: str
+provision:
+  description: Per container, what was changed inside it (C(name), C(changed), C(actions)), as M(homelab.onebox.lxd_provision) returns it.
+  returned: always
+  type: list
+  elements: dict
+sites:
+  description: Each site file of the proxy and what happened to it (C(name), C(file), C(action)).
+  returned: when the box has a proxy and it could be compared
+  type: list
+  elements: dict
+reloaded:
+  description: Whether nginx in the proxy was reloaded.
+  returned: always
+  type: bool
+forwards:
+  description: The forwards in place, as M(homelab.onebox.dnat) returns them.
+  returned: always
+  type: list
+  elements: dict
+rules:
+  description: The collection's iptables rules, as M(homelab.onebox.dnat) returns them.
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+from ansible_collections.homelab.onebox.plugins.module_utils import _nginx as nginx
+from ansible_collections.homelab.onebox.plugins.module_utils import _provision
+from ansible_collections.homelab.onebox.plugins.module_utils._box import BoxPlan, secret_values
+from ansible_collections.homelab.onebox.plugins.module_utils._dnat_host import ARGUMENT_SPEC as DNAT_SPEC, DnatManager
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, item_specs
+from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
+
+# The dnat options a box passes through (its forwards come from the description).
+_DNAT_OPTIONS = ("isolate", "chain_prefix", "backend", "ip_forward", "sysctl_file", "save_path", "restore_script")
+
+ARGUMENT_SPEC = dict(
+    services=dict(type="list", elements="dict", default=[]),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    owner=dict(type="str", default="onebox"),
+    image=dict(type="str", default="onebox-debian12"),
+    parallel=dict(type="int", default=8),
+    timeout=dict(type="int", default=120),
+    package_timeout=dict(type="int", default=600),
+    proxy=dict(type="dict", default={}, apply_defaults=True, options=dict(
+        name=dict(type="str", default="onebox-proxy"),
+        memory=dict(type="str"),
+        cpus=dict(type="str"),
+        autostart_priority=dict(type="int", default=90),
+        conf_dir=dict(type="path", default="/etc/nginx/conf.d"),
+        log_dir=dict(type="path", default="/var/log/nginx"),
+        catch_all=dict(type="bool", default=True),
+    )),
+    forwards=dict(type="dict", default={}, apply_defaults=True, options=dict(
+        {key: DNAT_SPEC[key] for key in _DNAT_OPTIONS},
+        extra=dict(type="list", elements="dict", default=[]),
+    )),
+)
+
+
+class BoxManager:
+    """Validate and read everything, then containers (each provisioned once up), sites, forwards."""
+
+    def __init__(self, module):
+        self.module = module
+        params = module.params
+        for option in ("parallel", "timeout", "package_timeout"):
+            if params[option] < 1:
+                raise ValidationError(option, params[option], "must be at least 1")
+        self.present = params["state"] == "present"
+        proxy = params["proxy"]
+        self.plan = BoxPlan(params["services"] if self.present else [], dict(
+            owner=params["owner"], image=params["image"], proxy_name=proxy["name"], proxy_memory=proxy["memory"],
+            proxy_cpus=proxy["cpus"], proxy_priority=proxy["autostart_priority"]))
+        self.instance_specs = item_specs(self.plan.instances(), params["owner"])
+        self.provision_specs = {spec.name: spec for spec in _provision.instance_specs(self.plan.provision())}
+        self.forwards_params = self._dnat_params()
+
+    def _dnat_params(self):
+        given = self.module.params["forwards"]
+        params = {key: given[key] for key in _DNAT_OPTIONS}
+        params.update(state="present" if self.present else "absent",
+                      forwards=self.plan.forwards() + list(given["extra"]) if self.present else [])
+        checked = ArgumentSpecValidator(DNAT_SPEC).validate(params)
+        if checked.error_messages:
+            raise ValidationError("forwards", params["forwards"], "; ".join(checked.error_messages))
+        return checked.validated_parameters
+
+    def run(self):
+        module, params = self.module, self.module.params
+        lxd, check, diff = module.lxd, module.check_mode, module._diff
+        instance_set = InstanceSet(lxd, self.instance_specs, owner=params["owner"], prune=True,
+                                   check_mode=check, diff=diff)
+        instance_set.read()
+        # Static addresses are fixed now, so sites and forwards are known (and checked) before any change.
+        addresses = instance_set.static_addresses()
+        self.plan.addresses = addresses
+        sites = self._sites()
+        dnat = DnatManager(module, self.forwards_params)
+        dnat.forwards = [f if f.address or f.target not in addresses else f._replace(address=addresses[f.target][0])
+                         for f in dnat.forwards]
+
+        workers = {}
+
+        def provision(spec, result):
+            pspec = self.provision_specs.get(spec.name)
+            if pspec is None or (check and "create" in result["actions"]):
+                return  # a container that would be created has nothing inside to compare yet
+            worker = workers[spec.name] = _provision.Provisioner(lxd, pspec, params["timeout"], params["package_timeout"])
+            worker.read()
+            if worker.plan.changed:
+                if diff:
+                    worker.read_diff()
+                if not check:
+                    worker.apply()
+
+        result = instance_set.run(params["parallel"], then=provision)
+        changed_inside = [w for w in workers.values() if w.plan.changed]
+        result["provision"] = [workers[spec.name].result() for spec in self.instance_specs if spec.name in workers]
+        diffs = []
+        if diff:
+            diffs.append(dict(result.pop("diff"), before_header="containers", after_header="containers"))
+            diffs.append(dict(before={w.spec.name: w.diff["before"] for w in changed_inside},
+                              after={w.spec.name: w.diff["after"] for w in changed_inside},
+                              before_header="inside the containers", after_header="inside the containers"))
+        result["changed"] = result["changed"] or bool(changed_inside)
+        result["reloaded"] = False
+
+        proxy = self.plan.proxy
+        proxy_new = proxy and check and "create" in next(r["actions"] for r in result["instances"] if r["name"] == proxy)
+        if proxy and not proxy_new:
+            target = nginx.LxdTarget(lxd, proxy, params["proxy"]["conf_dir"], nginx.test_and_dump_command("nginx"),
+                                     nginx.reload_command("nginx"), timeout=max(params["lxd_timeout"] or 30, 30))
+            site_result = nginx.converge(target, sites, prune=True, check_mode=check, diff=diff, warn=module.warn)
+            result.update(sites=site_result["sites"], reloaded=site_result["reloaded"])
+            result["changed"] = result["changed"] or site_result["changed"]
+            diffs.extend(site_result.get("diff", []))
+
+        forward_result = dnat.run()
+        result.update(forwards=forward_result["forwards"], rules=forward_result["rules"])
+        result["changed"] = result["changed"] or forward_result["changed"]
+        diffs.extend(forward_result.get("diff", []))
+        if diff:
+            result["diff"] = diffs
+        return result
+
+    def _sites(self):
+        """The proxy's sites, normalised (checked) now, pointing at the containers' static addresses."""
+        if not self.plan.proxy:
+            return []
+        sites = self.plan.sites()
+        if self.module.params["proxy"]["catch_all"]:
+            sites.insert(0, nginx.catch_all_site(sites=sites))
+        return nginx.normalise_sites(sites, log_dir=self.module.params["proxy"]["log_dir"])
+
+
+def main():
+    # Environment values are secrets: out of the log and the result wherever they occur.
+    module = OneboxModule(ARGUMENT_SPEC, lxd=True, supports_check_mode=True,
+                          secrets=lambda params: secret_values(params["services"]))
+    module.run(BoxManager)
+
+
+if __name__ == "__main__":
+    main()
