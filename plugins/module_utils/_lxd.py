@@ -708,11 +708,38 @@ class InstanceReconciler:
         state = current.get("state")
         if state is None and current.get("status") == "Running" and not self.check_mode:
             state = lxd.instance_state(name)  # a listing without state: addresses need it
-        addresses = lxd.ipv4_addresses(state)
-        if (spec.state in ("started", "restarted") and spec.wait_for_ipv4
-                and not self.check_mode and not addresses):
-            addresses, state = lxd.wait_ipv4(name, timeout=spec.wait_timeout)
-        return self._result(before, spec.view(current), current, addresses)
+        if spec.state in ("started", "restarted") and spec.wait_for_ipv4:
+            state = self._settle_address(state)
+        return self._result(before, spec.view(current), current, lxd.ipv4_addresses(state))
+
+    def _settle_address(self, state):
+        """Wait for an IPv4 address; a declared static one must be the address eth0 holds.
+
+        A container can hold another lease than its reservation: one DHCP'd before the reservation
+        reached the bridge's DHCP server, or kept after the static address changed. It never moves
+        by itself before the lease runs out, so it is restarted once (a fresh DHCP request); a
+        forward or an upstream at the static address would otherwise point at nobody."""
+        lxd, spec, name = self.lxd, self.spec, self.spec.name
+        static = spec.ipv4_address if spec.ipv4_address not in (None, "auto") else None
+        nic = "eth0" if static else None
+        held = lxd.ipv4_addresses(state, nic)
+        if self.check_mode:
+            if static and held and static not in held:
+                self.actions.append("restart")  # what a real run would do
+            return state
+        if held and (not static or static in held):
+            return state
+        if not held:
+            held, state = lxd.wait_ipv4(name, nic=nic, timeout=spec.wait_timeout)
+        if static and static not in held:
+            self._act("restart", lambda: lxd.change_state(name, "restart", force=spec.force_stop,
+                                                          timeout=spec.wait_timeout))
+            held, state = lxd.wait_ipv4(name, nic=nic, timeout=spec.wait_timeout)
+            if static not in held:
+                raise LxdError("instance %s holds %s on eth0, not its static address %s, even after a restart "
+                               "(does another machine on the bridge hold a lease of %s?)"
+                               % (name, ", ".join(held), static, static))
+        return state
 
     def _run_state(self, current):
         lxd, spec, name = self.lxd, self.spec, self.spec.name

@@ -120,7 +120,11 @@ options:
     description: Whether LXD deletes the instance when it stops.
     type: bool
   wait_for_ipv4:
-    description: With O(state=started) or O(state=restarted), wait until the instance has a global IPv4 address.
+    description:
+      - With O(state=started) or O(state=restarted), wait until the instance has a global IPv4 address.
+      - With O(ipv4_address), that address on C(eth0). An instance that holds another lease (taken
+        before its reservation reached the bridge's DHCP server, or kept after the address changed)
+        is restarted once for a fresh lease, and the task fails if it still lacks its address.
     type: bool
     default: true
   wait_timeout:

@@ -52,6 +52,27 @@ def test_create_then_unchanged_with_static_address(lxd, instance_names, bridge_n
     assert instance(lxd, name)["config"].get("volatile.eth0.hwaddr") == current["config"]["volatile.eth0.hwaddr"]
 
 
+def test_moved_static_address_is_the_one_the_container_holds(lxd, instance_names, bridge_net):
+    """A running container keeps its DHCP lease when its reservation changes: the module restarts
+    it once for the new address, and check mode predicts that restart."""
+    free = bridge_net[2]
+    name = instance_names("move")
+    args = {"name": name, "image": IMAGE, "ipv4_address": free[1]}
+    assert run_module("lxd_instance", args)["addresses"] == [free[1]]
+    moved = dict(args, ipv4_address=free[2])
+
+    predicted = run_module("lxd_instance", moved, check=True)
+    assert predicted["changed"] is True and predicted["actions"] == ["update", "restart"]
+    assert lxd.ipv4_addresses(lxd.instance_state(name), "eth0") == [free[1]]
+
+    result = run_module("lxd_instance", moved)
+    assert result.get("failed") is not True, result
+    assert result["actions"] == ["update", "restart"] and result["addresses"] == [free[2]]
+    assert lxd.ipv4_addresses(lxd.instance_state(name), "eth0") == [free[2]]
+    again = run_module("lxd_instance", moved)
+    assert again["changed"] is False and again["actions"] == []
+
+
 def test_check_mode_creates_nothing(lxd, instance_names):
     name = instance_names("check")
     result = run_module("lxd_instance", {"name": name, "image": IMAGE}, check=True, diff=True)

@@ -78,8 +78,9 @@ def test_pool_keeps_answering_with_a_member_stopped_and_takes_it_back(client, lx
         assert slow <= 1, "%d of 15 requests were slow" % slow
         assert seen == POOL - {"web-2"}
     finally:
+        # Back with its address even when an assertion failed, so later tests see the whole box.
         lxd.change_state("web-2", "start", timeout=30)
-    lxd.wait_ipv4("web-2", timeout=30)
+        lxd.wait_ipv4("web-2", timeout=30)
     # nginx retries a failed member after fail_timeout (10 s): it must rejoin within a bound.
     back = wait_for(lambda: "web-2" in pool_members_seen(client, 6)[0], timeout=40)
     assert back, "web-2 did not rejoin the pool"
