@@ -19,6 +19,7 @@ from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
+from ansible_collections.homelab.onebox.plugins.module_utils import _dhcp
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
 
@@ -109,6 +110,8 @@ class LxdClient:
             raise LxdError("cannot connect to LXD at %s: %s" % (endpoint, describe_error(exc)))
         self.api = self._client.api
         self.server = self._client.host_info
+        # A local daemon's directory: its bridges' dnsmasq lease files are read there.
+        self.local_dir = os.path.dirname(endpoint) if endpoint.startswith("/") else None
         self._pool = None
         self._lock = threading.Lock()
         self._read_once = {}
@@ -346,6 +349,46 @@ class LxdClient:
     def network_leases(self, name):
         """DHCP leases (and the gateway) of a managed network, one request."""
         return self.metadata("get", self.api.networks[name].leases, "leases of network %s" % name)
+
+    def dnsmasq_leases(self, network):
+        """Every IPv4 lease the bridge's dnsmasq holds, with those of machines that are gone (which
+        network_leases does not list); [] for a daemon on another host."""
+        if self.local_dir is None:
+            return []
+        return _dhcp.read_leases(_dhcp.lease_file(self.local_dir, network))
+
+    def release_stale_lease(self, network, address, owner, timeout=5):
+        """Make dnsmasq drop its lease of ``address`` when that lease is of a MAC no instance has.
+
+        Returns whether a lease was released. A lease of ``owner`` (the instance the address is
+        for) is kept; a lease of another instance is an error naming it: that instance holds the
+        address, and releasing it would only hand it round."""
+        lease = next((l for l in self.dnsmasq_leases(network) if l.address == address), None)
+        if lease is None:
+            return False
+        for inst in self.instances():
+            macs = [value.lower() for key, value in (inst.get("config") or {}).items()
+                    if key.startswith("volatile.") and key.endswith(".hwaddr")]
+            macs += [(d.get("hwaddr") or "").lower() for d in (inst.get("devices") or {}).values()]
+            if lease.mac in macs and inst["name"] == owner:
+                return False
+            if lease.mac in macs:
+                raise LxdError("%s is leased by %s's DHCP server to instance %s (%s): give one of them "
+                               "another address" % (address, network, inst["name"], lease.mac))
+        gateway = (((self.network(network) or {}).get("config") or {}).get("ipv4.address") or "").split("/")[0]
+        if not gateway:
+            return False
+        try:
+            _dhcp.send_release(lease, network, gateway)
+        except OSError as exc:
+            raise LxdError("release the stale lease of %s on %s: %s" % (address, network, exc))
+        deadline = time.monotonic() + timeout
+        while any(l.address == address and l.mac == lease.mac for l in self.dnsmasq_leases(network)):
+            if time.monotonic() >= deadline:
+                raise LxdError("%s's DHCP server kept its lease of %s to %s (a machine no longer there) "
+                               "after a release" % (network, address, lease.mac))
+            time.sleep(0.1)
+        return True
 
     def profile(self, name):
         """A profile's record, or None. Read once per client: a module run changes no profile."""
@@ -704,21 +747,24 @@ class InstanceReconciler:
                 self._act("update", lambda: lxd.patch_instance(name, patch))
                 current = spec.predicted_after_patch(current, patch) if self.check_mode else lxd.instance(name)
 
+        if not self.check_mode and spec.state in ("started", "restarted") and current.get("status") != "Running":
+            self._release_stale_lease(current)  # before the container asks for its address
         current = self._run_state(current)
         state = current.get("state")
         if state is None and current.get("status") == "Running" and not self.check_mode:
             state = lxd.instance_state(name)  # a listing without state: addresses need it
         if spec.state in ("started", "restarted") and spec.wait_for_ipv4:
-            state = self._settle_address(state)
+            state = self._settle_address(current, state)
         return self._result(before, spec.view(current), current, lxd.ipv4_addresses(state))
 
-    def _settle_address(self, state):
+    def _settle_address(self, current, state):
         """Wait for an IPv4 address; a declared static one must be the address eth0 holds.
 
         A container can hold another lease than its reservation: one DHCP'd before the reservation
-        reached the bridge's DHCP server, or kept after the static address changed. It never moves
-        by itself before the lease runs out, so it is restarted once (a fresh DHCP request); a
-        forward or an upstream at the static address would otherwise point at nobody."""
+        reached the bridge's DHCP server, or kept after the static address changed; or the address
+        was still leased to a machine that is gone. It never moves by itself before the lease runs
+        out, so a stale lease of the address is released and the container restarted once (a fresh
+        DHCP request); a forward or an upstream at the static address would otherwise reach nobody."""
         lxd, spec, name = self.lxd, self.spec, self.spec.name
         static = spec.ipv4_address if spec.ipv4_address not in (None, "auto") else None
         nic = "eth0" if static else None
@@ -732,6 +778,7 @@ class InstanceReconciler:
         if not held:
             held, state = lxd.wait_ipv4(name, nic=nic, timeout=spec.wait_timeout)
         if static and static not in held:
+            self._release_stale_lease(current)
             self._act("restart", lambda: lxd.change_state(name, "restart", force=spec.force_stop,
                                                           timeout=spec.wait_timeout))
             held, state = lxd.wait_ipv4(name, nic=nic, timeout=spec.wait_timeout)
@@ -740,6 +787,14 @@ class InstanceReconciler:
                                "(does another machine on the bridge hold a lease of %s?)"
                                % (name, ", ".join(held), static, static))
         return state
+
+    def _release_stale_lease(self, current):
+        """A lease of the static address left by a machine that is gone would block it for the
+        lease time (an hour by default): released, so the container gets its address."""
+        static = self.spec.ipv4_address
+        network = ((current.get("devices") or {}).get("eth0") or {}).get("network")
+        if static not in (None, "auto") and network:
+            self.lxd.release_stale_lease(network, static, self.spec.name)
 
     def _run_state(self, current):
         lxd, spec, name = self.lxd, self.spec, self.spec.name
@@ -807,6 +862,8 @@ def assign_addresses(lxd, specs, current):
         if network not in taken:
             used = {str(ipaddress.ip_interface(cidr).ip)}
             used.update(lease["address"] for lease in lxd.network_leases(network) or [])
+            # dnsmasq gives nobody an address it still leases to a machine that is gone.
+            used.update(lease.address for lease in lxd.dnsmasq_leases(network))
             for other in current.values():
                 for device in (other.get("expanded_devices") or other.get("devices") or {}).values():
                     if device.get("type") == "nic" and device.get("ipv4.address"):

@@ -109,6 +109,11 @@ options:
       - V(auto) picks one, the address the instance already has statically, else the lowest free
         address of the network's subnet from its 10th host up (not the gateway, not leased, not
         reserved by another instance). It then stays the instance's address.
+      - On a local LXD, leases are also read from the bridge's dnsmasq lease file, which keeps the
+        leases of machines that are gone (LXD's API does not list them, and dnsmasq gives their
+        addresses to nobody until they run out). Before the instance starts, such a lease of its
+        address is released (a DHCPRELEASE from the host, as dnsmasq's C(dhcp_release) does); a
+        lease of another instance is an error naming it.
       - Sets device C(eth0) to a bridged NIC on O(network).
     type: str
   network:
@@ -124,7 +129,8 @@ options:
       - With O(state=started) or O(state=restarted), wait until the instance has a global IPv4 address.
       - With O(ipv4_address), that address on C(eth0). An instance that holds another lease (taken
         before its reservation reached the bridge's DHCP server, or kept after the address changed)
-        is restarted once for a fresh lease, and the task fails if it still lacks its address.
+        is restarted once for a fresh lease (after releasing a stale lease of the address), and the
+        task fails if it still lacks its address.
     type: bool
     default: true
   wait_timeout:

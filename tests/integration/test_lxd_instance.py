@@ -5,6 +5,7 @@ import time
 import pytest
 
 from conftest import run_module
+from netns import lease_of_a_machine_gone
 
 IMAGE = "onebox-debian12"
 
@@ -71,6 +72,38 @@ def test_moved_static_address_is_the_one_the_container_holds(lxd, instance_names
     assert lxd.ipv4_addresses(lxd.instance_state(name), "eth0") == [free[2]]
     again = run_module("lxd_instance", moved)
     assert again["changed"] is False and again["actions"] == []
+
+
+def leases(lxd, network):
+    return {(lease.address, lease.mac) for lease in lxd.dnsmasq_leases(network)}
+
+
+def test_static_address_leased_to_a_machine_gone_is_released_and_taken(lxd, instance_names, bridge_net):
+    """dnsmasq gives nobody an address it still leases to a machine that left (LXD's API no longer
+    lists such a lease): the module releases it before the container asks for its address."""
+    network = bridge_net[0]
+    address, mac = lease_of_a_machine_gone(network)
+    assert (address, mac) in leases(lxd, network)
+    assert address not in [lease["address"] for lease in lxd.network_leases(network)]
+
+    name = instance_names("gone")
+    result = run_module("lxd_instance", {"name": name, "image": IMAGE, "ipv4_address": address})
+    assert result.get("failed") is not True, result
+    assert result["actions"] == ["create", "start"] and result["addresses"] == [address]
+    assert lxd.ipv4_addresses(lxd.instance_state(name), "eth0") == [address]
+    assert (address, mac) not in leases(lxd, network)
+
+
+def test_static_address_leased_to_another_container_fails_naming_it(lxd, instance_names, bridge_net):
+    network = bridge_net[0]
+    holder = instance_names("holder")
+    held = run_module("lxd_instance", {"name": holder, "image": IMAGE})["addresses"]
+    assert len(held) == 1
+    name = instance_names("taker")
+    result = run_module("lxd_instance", {"name": name, "image": IMAGE, "ipv4_address": held[0]})
+    assert result.get("failed") is True
+    assert held[0] in result["msg"] and "instance %s" % holder in result["msg"], result["msg"]
+    assert lxd.ipv4_addresses(lxd.instance_state(holder)) == held  # the holder keeps it
 
 
 def test_check_mode_creates_nothing(lxd, instance_names):

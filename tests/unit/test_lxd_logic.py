@@ -1,6 +1,7 @@
 """Pure logic of _lxd.py: socket discovery, config normalisation, the instance diff."""
 import pytest
 
+from ansible_collections.homelab.onebox.plugins.module_utils._dhcp import Lease
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
 from ansible_collections.homelab.onebox.plugins.module_utils._lxd import (
     InstanceSpec, LxdClient, LxdError, endpoint_from_url, find_socket, normalise_config, own_config)
@@ -193,12 +194,17 @@ def test_predicted_after_patch_merges():
 
 
 class FakeNetworkLookups(FakeLookups):
-    def __init__(self, leases=()):
+    """``leases``: what LXD's API lists; ``left``: leases in dnsmasq's file of machines that are gone."""
+
+    def __init__(self, leases=(), left=()):
         super().__init__()
-        self.leases = list(leases)
+        self.leases, self.left = list(leases), list(left)
 
     def network_leases(self, name):
         return [{"address": "10.87.0.1", "type": "gateway"}] + [{"address": a, "type": "dynamic"} for a in self.leases]
+
+    def dnsmasq_leases(self, name):
+        return [Lease(0, "00:16:3e:00:00:%02x" % i, a, None, None) for i, a in enumerate(self.leases + self.left)]
 
 
 def test_auto_address_keeps_an_existing_static_one_and_skips_used_ones():
@@ -220,3 +226,11 @@ def test_auto_address_full_subnet_is_an_error():
     spec = InstanceSpec.from_params(params(name="late", ipv4_address="auto"))
     with pytest.raises(LxdError, match="no free address"):
         assign_addresses(FakeNetworkLookups(leases=leases), [spec], {})
+
+
+def test_auto_address_skips_a_lease_left_by_a_machine_that_is_gone():
+    # LXD's API no longer lists it, but dnsmasq gives the address to nobody until it runs out.
+    from ansible_collections.homelab.onebox.plugins.module_utils._lxd import assign_addresses
+    spec = InstanceSpec.from_params(params(name="new", ipv4_address="auto"))
+    assign_addresses(FakeNetworkLookups(left=["10.87.0.10", "10.87.0.11"]), [spec], {})
+    assert spec.ipv4_address == "10.87.0.12"
