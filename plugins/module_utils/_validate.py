@@ -226,3 +226,10 @@ def posix_name(value, field="name"):
 def env_name(value, field="environment"):
     """An environment variable name that is a valid shell identifier."""
     return _matching(value, field, _ENV_NAME, "must be a shell identifier (letters, digits, '_', not starting with a digit)")
+
+
+def at_least_one(params, names):
+    """Each of the integer options ``names`` of ``params`` is 1 or more (counts, timeouts)."""
+    for name in names:
+        if params[name] < 1:
+            raise ValidationError(name, params[name], "must be at least 1")

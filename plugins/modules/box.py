@@ -237,6 +237,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _nginx as nginx
 from ansible_collections.homelab.onebox.plugins.module_utils import _provision
+from ansible_collections.homelab.onebox.plugins.module_utils import _validate
 from ansible_collections.homelab.onebox.plugins.module_utils._box import BoxPlan, secret_values
 from ansible_collections.homelab.onebox.plugins.module_utils._dnat_host import ARGUMENT_SPEC as DNAT_SPEC, DnatManager
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
@@ -276,9 +277,7 @@ class BoxManager:
     def __init__(self, module):
         self.module = module
         params = module.params
-        for option in ("parallel", "timeout", "package_timeout"):
-            if params[option] < 1:
-                raise ValidationError(option, params[option], "must be at least 1")
+        _validate.at_least_one(params, ("parallel", "timeout", "package_timeout"))
         self.present = params["state"] == "present"
         proxy = params["proxy"]
         self.plan = BoxPlan(params["services"] if self.present else [], dict(

@@ -257,7 +257,8 @@ instances:
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _provision
-from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils import _validate
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
 
 ARGUMENT_SPEC = dict(
@@ -300,9 +301,7 @@ class ProvisionManager:
     def __init__(self, module):
         self.module = module
         params = module.params
-        for option in ("parallel", "timeout", "package_timeout"):
-            if params[option] < 1:
-                raise ValidationError(option, params[option], "must be at least 1")
+        _validate.at_least_one(params, ("parallel", "timeout", "package_timeout"))
         self.specs = _provision.instance_specs(params["instances"])
 
     def run(self):

@@ -114,3 +114,12 @@ def test_ipv4():
         v.ipv4_address("10.0.0.256", "ipv4_address")
     with pytest.raises(ValidationError):
         v.ipv4_network("nope", "network")
+
+
+@pytest.mark.parametrize("params,field", [({"parallel": 0, "timeout": 5}, "parallel"),
+                                          ({"parallel": 2, "timeout": -1}, "timeout")])
+def test_counts_and_timeouts_below_one_name_the_option(params, field):
+    with pytest.raises(ValidationError) as err:
+        v.at_least_one(params, ("parallel", "timeout"))
+    assert err.value.field == field and str(params[field]) in str(err.value)
+    v.at_least_one({"parallel": 1, "timeout": 30}, ("parallel", "timeout"))
