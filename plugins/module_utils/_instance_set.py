@@ -65,8 +65,8 @@ class InstanceSet:
 
     ``read()`` reads every instance once and fixes the ``auto`` addresses, so the addresses are
     known before anything is created. ``run(then)`` reconciles each container and, in the same
-    worker, calls ``then(spec, result)`` for a container that is not being deleted: work on a
-    container's inside starts as soon as that container is up, not after the whole set.
+    worker, calls ``then`` for a container that is not being deleted: work on a container's
+    inside starts as soon as that container runs, not after the whole set.
     """
 
     def __init__(self, lxd, specs, owner=None, prune=False, check_mode=False, diff=False):
@@ -98,14 +98,21 @@ class InstanceSet:
         return [InstanceSpec(name, state="absent", force_stop=True) for name, inst in sorted(self.current.items())
                 if name not in declared and (inst.get("config") or {}).get(OWNER_KEY) == self.owner]
 
-    def reconcile(self, spec):
+    def reconciler(self, spec):
         # In check mode nothing is created, so a copy's declared source is taken as there.
         pending = {s.name for s in self.specs} if self.check_mode else ()
         return InstanceReconciler(self.lxd, spec, self.check_mode, self.diff,
-                                  current=self.current.get(spec.name), pending=pending).run()
+                                  current=self.current.get(spec.name), pending=pending)
+
+    def reconcile(self, spec):
+        return self.reconciler(spec).run()
 
     def run(self, parallel, then=None):
-        """Reconcile every spec and prune; returns the lxd_instances result (``then``'s errors raise)."""
+        """Reconcile every spec and prune; returns the lxd_instances result (``then``'s errors raise).
+
+        ``then(spec, result, settle)`` runs once the container is there and running, before it
+        necessarily has its address (set-up inside overlaps its DHCP); ``settle()`` waits for the
+        address when the work needs the network, and returns the result with it."""
         if self.current is None:
             self.read()
         results = {}
@@ -113,10 +120,11 @@ class InstanceSet:
         def one(spec, source_future):
             if source_future is not None and spec.state != "absent":
                 source_future.result()  # a copy waits for its own source only
-            result = self.reconcile(spec)
-            if then is not None and spec.state != "absent":
-                then(spec, result)
-            return result
+            if then is None or spec.state == "absent":
+                return self.reconcile(spec)
+            reconciler = self.reconciler(spec)
+            then(spec, reconciler.run(settle=False), reconciler.settle)
+            return reconciler.settle()
 
         doomed = self.doomed()
         with ThreadPoolExecutor(max_workers=parallel) as pool:

@@ -251,9 +251,11 @@ class LxdClient:
         if "return" not in meta or "1" not in logs or "2" not in logs:
             raise LxdError("%s: LXD returned no exit code or output record: %r" % (what, meta))
         nodes = [self.api.instances[name].logs[logs[fd].rstrip("/").split("/")[-1]] for fd in ("1", "2")]
-        # Both records at once; their deletion runs in the background and is awaited in close().
-        reads = [self._workers().submit(self.request, "get", node, what, is_api=False) for node in nodes]
-        stdout, stderr = (read.result().content.decode("utf-8", "replace") for read in reads)
+        # Both records at once (stderr beside, stdout here); their deletion runs in the background
+        # and is awaited in close().
+        stderr_read = self._workers().submit(self.request, "get", nodes[1], what, is_api=False)
+        stdout = self.request("get", nodes[0], what, is_api=False).content.decode("utf-8", "replace")
+        stderr = stderr_read.result().content.decode("utf-8", "replace")
         for node in nodes:
             self._workers().submit(self._forget_log, node)
         return ExecResult(int(meta["return"]), stdout, stderr)
@@ -261,7 +263,9 @@ class LxdClient:
     def _workers(self):
         with self._lock:  # a set of instances execs from several threads
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=4)
+                # Enough for every exec of a set at once (box and lxd_instances work on up to
+                # ``parallel`` containers): a read queued behind others' clean-ups is a slow exec.
+                self._pool = ThreadPoolExecutor(max_workers=16)
             return self._pool
 
     @staticmethod
@@ -727,8 +731,12 @@ class InstanceReconciler:
         self.current = current
         self.pending = pending
         self.actions = []
+        self._reached = None  # (before, current, state) once run() has brought the instance there
+        self._settled = None
 
-    def run(self):
+    def run(self, settle=True):
+        """Reconcile; the result. With ``settle=False`` the wait for the address is left to
+        settle(), so work inside a just-started container can go on while it asks for its lease."""
         lxd, spec, name = self.lxd, self.spec, self.spec.name
         current = lxd.instance(name) if self.current is _UNREAD else self.current
         before = spec.view(current)
@@ -739,6 +747,8 @@ class InstanceReconciler:
 
         if current is None:
             body = spec.create_body(lxd, self.pending)  # fails on an unknown image or source first
+            if not self.check_mode:
+                self._release_stale_lease(body)  # or fails, before anything is made, on a holder
             self._act("create", lambda: lxd.create_instance(body, timeout=max(120, spec.wait_timeout)))
             current = spec.predicted(body) if self.check_mode else lxd.instance(name)
         else:
@@ -753,9 +763,19 @@ class InstanceReconciler:
         state = current.get("state")
         if state is None and current.get("status") == "Running" and not self.check_mode:
             state = lxd.instance_state(name)  # a listing without state: addresses need it
-        if spec.state in ("started", "restarted") and spec.wait_for_ipv4:
-            state = self._settle_address(current, state)
+        self._reached = (before, current, state)
+        if settle:
+            return self.settle()
         return self._result(before, spec.view(current), current, lxd.ipv4_addresses(state))
+
+    def settle(self):
+        """After run(): wait for the address (as wait_for_ipv4 says); the final result. Once."""
+        if self._settled is None:
+            before, current, state = self._reached
+            if self.spec.state in ("started", "restarted") and self.spec.wait_for_ipv4:
+                state = self._settle_address(current, state)
+            self._settled = self._result(before, self.spec.view(current), current, self.lxd.ipv4_addresses(state))
+        return self._settled
 
     def _settle_address(self, current, state):
         """Wait for an IPv4 address; a declared static one must be the address eth0 holds.
@@ -788,11 +808,12 @@ class InstanceReconciler:
                                % (name, ", ".join(held), static, static))
         return state
 
-    def _release_stale_lease(self, current):
+    def _release_stale_lease(self, instance):
         """A lease of the static address left by a machine that is gone would block it for the
-        lease time (an hour by default): released, so the container gets its address."""
+        lease time (an hour by default): released, so the container gets its address.
+        ``instance``: the instance, or the body that creates it (its eth0 names the network)."""
         static = self.spec.ipv4_address
-        network = ((current.get("devices") or {}).get("eth0") or {}).get("network")
+        network = ((instance.get("devices") or {}).get("eth0") or {}).get("network")
         if static not in (None, "auto") and network:
             self.lxd.release_stale_lease(network, static, self.spec.name)
 

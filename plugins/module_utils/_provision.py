@@ -647,6 +647,21 @@ def _plan_file(spec, state, fspec, current, declared_users, pending, result):
 
 
 # ---- one container, through the LXD API -------------------------------------------------------------
+def systemctl_script(todo):
+    """The systemctl steps of a plan as one shell script (one exec), or "" when there are none.
+
+    enable/disable get --no-reload: their implicit daemon-reload (seconds on a busy host) is not
+    needed for the symlinks they make, and a new or changed unit file gets one explicit reload."""
+    steps = []
+    if todo.daemon_reload:
+        steps.append("systemctl daemon-reload")
+    for verb, services in (("enable --no-reload", todo.enable), ("disable --no-reload", todo.disable),
+                           ("stop", todo.stop), ("restart", [svc for svc, _verb in todo.restart])):
+        if services:
+            steps.append("systemctl %s -- %s" % (verb, words(svc.unit for svc in services)))
+    return "set -e\n" + "\n".join(steps) if steps else ""
+
+
 class Provisioner:
     """Read, plan, diff and apply for one container."""
 
@@ -707,16 +722,9 @@ class Provisioner:
         self.systemctl(todo)
 
     def systemctl(self, todo):
-        name = self.spec.name
-        steps = []
-        if todo.daemon_reload:
-            steps.append(["systemctl", "daemon-reload"])
-        for verb, services in (("enable", todo.enable), ("disable", todo.disable), ("stop", todo.stop),
-                               ("restart", [svc for svc, _verb in todo.restart])):
-            if services:
-                steps.append(["systemctl", verb, "--"] + [svc.unit for svc in services])
-        for argv in steps:
-            self.lxd.run(name, argv, timeout=self.timeout)
+        script = systemctl_script(todo)
+        if script:
+            self.sh(script)
 
     def _gid(self, fspec):
         gid = self.state.gid(fspec.group, fspec.owner)

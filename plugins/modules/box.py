@@ -19,7 +19,8 @@ description:
   - Everything is validated first (the description, every derived container, file, site and
     forward), and LXD is read once, before anything changes. Containers get static addresses
     before they exist, so the sites and forwards are known up front.
-  - The inside of a container is set up as soon as that container has its address, while others
+  - The inside of a container is set up as soon as that container runs (while it is still getting
+    its address, unless packages must be installed first), while others
     are still being created. Sites are applied (one C(nginx -t), at most one reload) once every
     container is done, then the forwards (one C(iptables-restore)).
   - If a container fails, the others still finish, and neither sites nor forwards are changed;
@@ -313,12 +314,14 @@ class BoxManager:
 
         workers = {}
 
-        def provision(spec, result):
+        def provision(spec, result, settle):
             pspec = self.provision_specs.get(spec.name)
             if pspec is None or (check and "create" in result["actions"]):
                 return  # a container that would be created has nothing inside to compare yet
             worker = workers[spec.name] = _provision.Provisioner(lxd, pspec, params["timeout"], params["package_timeout"])
             worker.read()
+            if worker.plan.packages:
+                settle()  # packages come through the network: the container needs its address first
             if worker.plan.changed:
                 if diff:
                     worker.read_diff()

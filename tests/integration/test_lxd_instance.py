@@ -103,6 +103,7 @@ def test_static_address_leased_to_another_container_fails_naming_it(lxd, instanc
     result = run_module("lxd_instance", {"name": name, "image": IMAGE, "ipv4_address": held[0]})
     assert result.get("failed") is True
     assert held[0] in result["msg"] and "instance %s" % holder in result["msg"], result["msg"]
+    assert lxd.instance(name) is None  # refused before anything was made
     assert lxd.ipv4_addresses(lxd.instance_state(holder)) == held  # the holder keeps it
 
 

@@ -316,6 +316,16 @@ def test_first_run_plans_everything_in_order():
     assert todo.removals == ["/etc/nginx/sites-enabled/default"]
 
 
+def test_systemctl_steps_are_one_script_with_one_reload():
+    spec = spec_of()
+    todo = plan_for(spec, packages={"procps": "ii "}, units={"nginx.service": "disabled|inactive"})
+    assert p.systemctl_script(todo).splitlines() == [
+        "set -e", "systemctl daemon-reload",
+        "systemctl enable --no-reload -- onebox-app.service nginx.service",
+        "systemctl restart -- onebox-app.service nginx.service"]
+    assert p.systemctl_script(plan_for(spec, **converged(spec))) == ""
+
+
 def test_converged_container_plans_nothing():
     spec = spec_of()
     assert plan_for(spec, **converged(spec)).actions == []
