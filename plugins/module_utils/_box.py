@@ -217,11 +217,6 @@ class Service:
             return ["%s-%d" % (self.name, i) for i in range(1, self.count + 1)]
         return [self.name]
 
-    @property
-    def base(self):
-        """The stopped container a pool's members are copied from."""
-        return "%s-base" % self.name if self.kind == "pool" else None
-
 
 def secret_values(services):
     """Every service's environment values (secrets), from a description not yet validated."""
@@ -255,7 +250,7 @@ class BoxPlan:
         if self.proxy:
             owners[self.proxy] = (-1, "proxy_name")
         for service in self.services:
-            for name in [service.name] + service.members + ([service.base] if service.base else []):
+            for name in [service.name] + service.members:
                 if name in owners and owners[name][0] != service.index:
                     raise ValidationError(service.where("name"), service.name, "container name %s is also used by %s"
                                           % (name, owners[name][1] if owners[name][0] < 0 else "services[%d]" % owners[name][0]))
@@ -306,12 +301,10 @@ class BoxPlan:
         items = []
         for service in self.services:
             common = dict(service.limits, **service.boot)
-            if service.kind == "pool":
-                items.append(dict(service.limits, name=service.base, image=service.image, state="stopped",
-                                  wait_for_ipv4=False, autostart=False))
-                items.extend(dict(common, name=m, copy_from=service.base, ipv4_address="auto") for m in service.members)
-            else:
-                items.append(dict(common, name=service.name, image=service.image, ipv4_address="auto"))
+            # A pool's members come from the service's image like any container, all at once: a
+            # stopped base container copied N times would only add a copy (slower than a new
+            # container from the image) behind a wait for the base.
+            items.extend(dict(common, name=m, image=service.image, ipv4_address="auto") for m in service.members)
         if self.proxy:
             proxy = {"name": self.proxy, "image": self.options["image"], "ipv4_address": "auto", "autostart": True,
                      "autostart_priority": self.options["proxy_priority"]}
@@ -428,7 +421,7 @@ class BoxPlan:
         return {
             "owner": self.options["owner"],
             "proxy": self.proxy,
-            "containers": [m for s in self.services for m in ([s.base] if s.base else []) + s.members]
+            "containers": [m for s in self.services for m in s.members]
             + ([self.proxy] if self.proxy else []),
             "instances": self.instances(),
             "provision": self.provision(),

@@ -29,14 +29,15 @@ def error(services, **options):
     return err.value
 
 
-def test_containers_pool_members_copied_from_a_stopped_base():
+def test_containers_pool_members_made_from_the_image_all_at_once():
     result = plan()
-    assert result["containers"] == ["site-a", "app", "jenkins", "web-base", "web-1", "web-2", "web-3", "vpn", "db",
+    assert result["containers"] == ["site-a", "app", "jenkins", "web-1", "web-2", "web-3", "vpn", "db",
                                     "onebox-proxy"]
     items = {i["name"]: i for i in result["instances"]}
-    assert items["web-base"]["state"] == "stopped" and items["web-base"]["autostart"] is False
-    assert all(items["web-%d" % n]["copy_from"] == "web-base" for n in (1, 2, 3))
-    assert all(i.get("ipv4_address") == "auto" for n, i in items.items() if n != "web-base")
+    # No base container to copy: every member comes from the image, none waits for another.
+    assert all(items["web-%d" % n]["image"] == "onebox-debian12" and "copy_from" not in items["web-%d" % n]
+               for n in (1, 2, 3))
+    assert all(i.get("ipv4_address") == "auto" and i.get("state", "started") == "started" for i in items.values())
 
 
 def test_limits_and_boot_order_reach_the_container():
