@@ -161,11 +161,12 @@ class LxdClient:
                 raise LxdError("%s: did not finish within %s s" % (what, timeout))
 
     # ---- instances ----------------------------------------------------------------------
-    def instance(self, name):
-        """The instance with its state (one round trip, recursion=1), or None when absent."""
+    def instance(self, name, state=True):
+        """The instance with its state (one round trip, recursion=1), or None when absent.
+        ``state=False``: without it, which spares LXD collecting it (it enters the container)."""
         try:
             return self.metadata("get", self.api.instances[name], "instance %s" % name,
-                                 params={"recursion": 1})
+                                 params={"recursion": 1 if state else 0})
         except LxdNotFound:
             return None
 
@@ -750,28 +751,29 @@ class InstanceReconciler:
             if not self.check_mode:
                 self._release_stale_lease(body)  # or fails, before anything is made, on a holder
             self._act("create", lambda: lxd.create_instance(body, timeout=max(120, spec.wait_timeout)))
-            current = spec.predicted(body) if self.check_mode else lxd.instance(name)
+            current = spec.predicted(body) if self.check_mode else lxd.instance(name, state=False)
         else:
             patch = spec.patch_body(current, lxd)
             if patch:
                 self._act("update", lambda: lxd.patch_instance(name, patch))
-                current = spec.predicted_after_patch(current, patch) if self.check_mode else lxd.instance(name)
+                current = (spec.predicted_after_patch(current, patch) if self.check_mode
+                           else lxd.instance(name, state=False))
 
         if not self.check_mode and spec.state in ("started", "restarted") and current.get("status") != "Running":
             self._release_stale_lease(current)  # before the container asks for its address
         current = self._run_state(current)
-        state = current.get("state")
-        if state is None and current.get("status") == "Running" and not self.check_mode:
-            state = lxd.instance_state(name)  # a listing without state: addresses need it
-        self._reached = (before, current, state)
+        self._reached = (before, current)
         if settle:
             return self.settle()
-        return self._result(before, spec.view(current), current, lxd.ipv4_addresses(state))
+        return self._result(before, spec.view(current), current, lxd.ipv4_addresses(current.get("state")))
 
     def settle(self):
         """After run(): wait for the address (as wait_for_ipv4 says); the final result. Once."""
         if self._settled is None:
-            before, current, state = self._reached
+            before, current = self._reached
+            state = current.get("state")
+            if state is None and current.get("status") == "Running" and "create" not in self.actions:
+                state = self.lxd.instance_state(self.spec.name)  # read without state: addresses need it
             if self.spec.state in ("started", "restarted") and self.spec.wait_for_ipv4:
                 state = self._settle_address(current, state)
             self._settled = self._result(before, self.spec.view(current), current, self.lxd.ipv4_addresses(state))
@@ -831,7 +833,7 @@ class InstanceReconciler:
             return current
         if self.check_mode:
             return dict(current, status="Stopped" if spec.state == "stopped" else "Running")
-        return lxd.instance(name)
+        return lxd.instance(name, state=False)
 
     def _delete(self, current):
         if current.get("status") == "Running":

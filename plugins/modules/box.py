@@ -73,9 +73,12 @@ options:
     type: str
     default: onebox-debian12
   parallel:
-    description: How many containers are worked on at once.
+    description:
+      - How many containers are worked on at once (created, started, set up inside).
+      - A container waiting for a free worker starts late and is then the last to finish; LXD itself
+        takes every container of a box at once, so the default covers a box of up to 16.
     type: int
-    default: 8
+    default: 16
   timeout:
     description: Seconds each command inside a container may take (package installs excepted).
     type: int
@@ -253,7 +256,7 @@ ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["present", "absent"], default="present"),
     owner=dict(type="str", default="onebox"),
     image=dict(type="str", default="onebox-debian12"),
-    parallel=dict(type="int", default=8),
+    parallel=dict(type="int", default=16),
     timeout=dict(type="int", default=120),
     package_timeout=dict(type="int", default=600),
     proxy=dict(type="dict", default={}, apply_defaults=True, options=dict(
