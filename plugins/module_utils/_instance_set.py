@@ -87,8 +87,8 @@ class InstanceSet:
 
     def static_addresses(self):
         """name -> [IPv4] of each declared container with a static address (known before it exists)."""
-        return {spec.name: [spec.ipv4_address] for spec in self.specs
-                if spec.state != "absent" and spec.ipv4_address not in (None, "auto")}
+        return {spec.name: [spec.static_ipv4] for spec in self.specs
+                if spec.state != "absent" and spec.static_ipv4}
 
     def doomed(self):
         """The owner's containers that are not declared (deleted when pruning)."""

@@ -583,6 +583,11 @@ class InstanceSpec:
             return "lxc.cgroup2.memory.swap.max = %d" % (total - ram)
         return "lxc.cgroup.memory.memsw.limit_in_bytes = %d" % total
 
+    @property
+    def static_ipv4(self):
+        """The declared static address once ``auto`` is resolved, else None."""
+        return self.ipv4_address if self.ipv4_address not in (None, "auto") else None
+
     # ---- comparing -------------------------------------------------------------------------
     def eth0_network(self, lxd, profiles):
         """(name, record) of the network for the static address: declared, or the profiles' eth0's."""
@@ -732,7 +737,7 @@ class InstanceReconciler:
         self.current = current
         self.pending = pending
         self.actions = []
-        self._reached = None  # (before, current, state) once run() has brought the instance there
+        self._reached = None  # (before, current) once run() has brought the instance there
         self._settled = None
 
     def run(self, settle=True):
@@ -759,8 +764,10 @@ class InstanceReconciler:
                 current = (spec.predicted_after_patch(current, patch) if self.check_mode
                            else lxd.instance(name, state=False))
 
-        if not self.check_mode and spec.state in ("started", "restarted") and current.get("status") != "Running":
-            self._release_stale_lease(current)  # before the container asks for its address
+        # Before the container asks for its address (a new one was seen to before it was made).
+        if (not self.check_mode and "create" not in self.actions
+                and spec.state in ("started", "restarted") and current.get("status") != "Running"):
+            self._release_stale_lease(current)
         current = self._run_state(current)
         self._reached = (before, current)
         if settle:
@@ -788,7 +795,7 @@ class InstanceReconciler:
         out, so a stale lease of the address is released and the container restarted once (a fresh
         DHCP request); a forward or an upstream at the static address would otherwise reach nobody."""
         lxd, spec, name = self.lxd, self.spec, self.spec.name
-        static = spec.ipv4_address if spec.ipv4_address not in (None, "auto") else None
+        static = spec.static_ipv4
         nic = "eth0" if static else None
         held = lxd.ipv4_addresses(state, nic)
         if self.check_mode:
@@ -814,9 +821,9 @@ class InstanceReconciler:
         """A lease of the static address left by a machine that is gone would block it for the
         lease time (an hour by default): released, so the container gets its address.
         ``instance``: the instance, or the body that creates it (its eth0 names the network)."""
-        static = self.spec.ipv4_address
+        static = self.spec.static_ipv4
         network = ((instance.get("devices") or {}).get("eth0") or {}).get("network")
-        if static not in (None, "auto") and network:
+        if static and network:
             self.lxd.release_stale_lease(network, static, self.spec.name)
 
     def _run_state(self, current):
@@ -891,7 +898,7 @@ def assign_addresses(lxd, specs, current):
                 for device in (other.get("expanded_devices") or other.get("devices") or {}).values():
                     if device.get("type") == "nic" and device.get("ipv4.address"):
                         used.add(device["ipv4.address"])
-            used.update(s.ipv4_address for s in specs if s.ipv4_address not in (None, "auto"))
+            used.update(s.static_ipv4 for s in specs if s.static_ipv4)
             taken[network] = used
         for host in subnet.hosts():
             if int(host) - int(subnet.network_address) >= AUTO_ADDRESS_OFFSET and str(host) not in taken[network]:
