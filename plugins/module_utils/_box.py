@@ -18,10 +18,10 @@ METHODS = ("round_robin", "least_conn", "ip_hash")
 SERVICE_KEYS = {
     "name", "kind", "description", "image", "domains", "routes", "port", "host_port", "forwards",
     "count", "method", "memory", "memory_swap", "cpus", "boot", "files", "packages", "user",
-    "command", "environment", "working_directory", "proxy",
+    "command", "environment", "working_directory", "proxy", "adopt", "allow_host_listener",
 }
 ROUTE_KEYS = {"domain", "path", "strip_prefix"}
-FORWARD_KEYS = {"proto", "port", "target_port", "source", "host_address", "comment"}
+FORWARD_KEYS = {"proto", "port", "target_port", "source", "host_address", "comment", "allow_host_listener"}
 # A stopped pool member is found out by the connect timing out (its address stops answering
 # ARP): on the bridge a connect takes well under a millisecond, so 1 s bounds what that first
 # failed try costs the client before nginx moves on to the next member.
@@ -33,7 +33,7 @@ HTTP_PORT = 80
 DEFAULTS = {
     "owner": "onebox",
     "image": "onebox-debian12",
-    "proxy_name": "onebox-proxy",
+    "proxy_name": None,  # OWNER-proxy: boxes of two owners never share (or take) one proxy
     "proxy_memory": None,
     "proxy_cpus": None,
     "proxy_priority": 90,
@@ -115,6 +115,18 @@ class Service:
         self.proxy = raw.get("proxy") or {}
         if not isinstance(self.proxy, dict):
             raise ValidationError(where("proxy"), self.proxy, "must be a dict of nginx_site proxy settings")
+        # Explicit words for what is otherwise refused: taking over a container that exists without
+        # the owner's mark, and forwarding a port the host itself listens on.
+        self.adopt = self._flag("adopt")
+        self.allow_host_listener = self._flag("allow_host_listener")
+        if self.allow_host_listener and not (self.forwards or self.host_port):
+            raise ValidationError(where("allow_host_listener"), True, "this service forwards no host port")
+
+    def _flag(self, key):
+        value = self.raw.get(key, False)
+        if not isinstance(value, bool):
+            raise ValidationError(self.where(key), value, "must be true or false")
+        return value
 
     def where(self, key=None):
         return _where(self.index, self.raw, key)
@@ -234,6 +246,8 @@ class BoxPlan:
     def __init__(self, services, options=None, addresses=None):
         self.options = dict(DEFAULTS, **{k: val for k, val in (options or {}).items() if val is not None})
         v.instance_name(self.options["owner"], "owner")
+        if self.options["proxy_name"] is None:
+            self.options["proxy_name"] = "%s-proxy" % self.options["owner"]
         v.instance_name(self.options["proxy_name"], "proxy_name")
         if not isinstance(services, list):
             raise ValidationError("services", services, "must be a list of services")
@@ -304,6 +318,8 @@ class BoxPlan:
             # A pool's members come from the service's image like any container, all at once: a
             # stopped base container copied N times would only add a copy (slower than a new
             # container from the image) behind a wait for the base.
+            if service.adopt:
+                common["adopt"] = True
             items.extend(dict(common, name=m, image=service.image, ipv4_address="auto") for m in service.members)
         if self.proxy:
             proxy = {"name": self.proxy, "image": self.options["image"], "ipv4_address": "auto", "autostart": True,
@@ -313,6 +329,13 @@ class BoxPlan:
                     proxy[key] = self.options["proxy_" + key]
             items.append(proxy)
         return items
+
+    def field_of(self, container):
+        """How an error about a container names it: its service (services[web]), or proxy_name."""
+        for service in self.services:
+            if container in service.members:
+                return service.where()
+        return "proxy_name" if container == self.proxy else container
 
     def provision(self):
         """Items for homelab.onebox.lxd_provision: what goes inside each container."""
@@ -407,12 +430,13 @@ class BoxPlan:
         if self.proxy and any(s.domains or s.routes for s in self.services):
             out.append({"proto": "tcp", "port": HTTP_PORT, "target": self.proxy, "comment": "onebox proxy http"})
         for service in self.services:
+            said = {"allow_host_listener": True} if service.allow_host_listener else {}
             if service.host_port:
-                out.append({"proto": "tcp", "port": service.host_port, "target": self.proxy,
-                            "comment": "onebox %s" % service.name})
+                out.append(dict(said, proto="tcp", port=service.host_port, target=self.proxy,
+                                comment="onebox %s" % service.name))
             for forward in service.forwards:
-                item = dict({"comment": "onebox %s" % service.name},
-                            **{k: val for k, val in forward.items() if not k.startswith("_")})
+                item = dict({"comment": "onebox %s" % service.name}, **said)
+                item.update((k, val) for k, val in forward.items() if not k.startswith("_"))
                 item["target"] = service.name
                 out.append(item)
         return out
