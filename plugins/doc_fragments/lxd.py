@@ -36,6 +36,14 @@ options:
     description: Seconds to wait for one LXD API request or operation before failing.
     type: int
     default: 30
+  lock_timeout:
+    description:
+      - Seconds to wait for another homelab.onebox run on the same LXD daemon to finish. Every
+        module holds the daemon's run lock (a file under C(/run/lock) on the host where the
+        module runs) from after its input is checked to its end, so two converges never race.
+      - At the timeout the run fails naming the process that holds the lock; nothing changed.
+    type: int
+    default: 300
 requirements:
   - pylxd >= 2.3 (on the host that runs the module)
 """

@@ -10,7 +10,8 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.parameters import remove_values
 
-from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._lock import RunLock
 
 # Options every module that talks to LXD accepts (documented in doc_fragments/lxd.py).
 LXD_ARGUMENT_SPEC = dict(
@@ -20,6 +21,7 @@ LXD_ARGUMENT_SPEC = dict(
     lxd_verify=dict(type="raw", default=True),
     lxd_project=dict(type="str"),
     lxd_timeout=dict(type="int", default=30),
+    lock_timeout=dict(type="int", default=300),
 )
 
 
@@ -64,9 +66,14 @@ class OneboxModule(AnsibleModule):
         return self._lxd_client
 
     def run(self, manager_factory):
-        """Build the manager, run it, exit with its result; any OneboxError becomes fail_json."""
+        """Build the manager (it checks the input), then run it holding the daemon's run lock;
+        exit with its result. Any OneboxError becomes fail_json."""
         try:
-            result = manager_factory(self).run()
+            manager = manager_factory(self)
+            with self._run_lock() as lock:
+                result = manager.run()
+            if lock is not None and lock.note():
+                self.warn(lock.note())
         except OneboxError as exc:
             self._close_lxd()
             self.fail_json(**self._hide_secrets(dict(exc.details, msg=exc.msg,
@@ -78,6 +85,27 @@ class OneboxModule(AnsibleModule):
         self._close_lxd()
         self.exit_json(**dict(result, invocation={"module_args": self._hide_secrets(self.params)}))
 
+    def _run_lock(self):
+        """The lock of the LXD daemon this run talks to (one converge at a time per daemon)."""
+        if "lock_timeout" not in self.params:
+            return _NoLock()
+        if self.params["lock_timeout"] < 0:
+            raise ValidationError("lock_timeout", self.params["lock_timeout"], "must be 0 or more seconds")
+        from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdError, endpoint_from_url
+        try:
+            key = endpoint_from_url(self.params.get("lxd_url"))
+        except LxdError:
+            key = "(none on this host)"  # dnat without LXD: still one run at a time on this host
+        return RunLock(key, self.params["lock_timeout"], "module %s" % getattr(self, "_name", "?"))
+
     def _close_lxd(self):
         if self._lxd_client is not None:
             self._lxd_client.close()
+
+
+class _NoLock:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc_info):
+        return False
