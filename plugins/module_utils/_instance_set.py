@@ -18,8 +18,14 @@ OWNER_KEY = "user.onebox.owner"
 
 
 def item_specs(items, owner, field="instances"):
-    """Validate every item (types, defaults, then values) and return their InstanceSpecs."""
-    validator = ArgumentSpecValidator(InstanceSpec.argument_spec(),
+    """Validate every item (types, defaults, then values) and return their InstanceSpecs.
+
+    An item of an owned set also takes ``adopt``: that container may be taken over when it exists
+    without this owner's mark."""
+    argument_spec = InstanceSpec.argument_spec()
+    if owner is not None:
+        argument_spec["adopt"] = dict(type="bool", default=False)
+    validator = ArgumentSpecValidator(argument_spec,
                                       mutually_exclusive=[("image", "copy_from")],
                                       required_by={"memory_swap": "memory", "image_server": "image"})
     specs, seen = [], {}
@@ -37,6 +43,7 @@ def item_specs(items, owner, field="instances"):
         if spec.name in seen:
             raise ValidationError(where + ".name", spec.name, "declared twice (also %s[%d])" % (field, seen[spec.name]))
         seen[spec.name] = index
+        spec.field = where
         if owner is not None:
             if spec.config.get(OWNER_KEY, owner) != owner:
                 raise ValidationError(where + ".config", OWNER_KEY, "is set by owner")
@@ -60,6 +67,14 @@ def waves(specs):
     return order
 
 
+def warn_pruned(module, instance_set):
+    """Name the containers a prune deletes (or, in check mode, would delete) in the run's output."""
+    if instance_set.doomed:
+        module.warn("%s the containers of owner %s that are no longer declared: %s" % (
+            "would delete" if instance_set.check_mode else "deleting", instance_set.owner,
+            ", ".join(spec.name for spec in instance_set.doomed)))
+
+
 class InstanceSet:
     """Reconcile ``specs`` (validated by item_specs) against LXD in one pass.
 
@@ -69,34 +84,93 @@ class InstanceSet:
     inside starts as soon as that container runs, not after the whole set.
     """
 
-    def __init__(self, lxd, specs, owner=None, prune=False, check_mode=False, diff=False):
+    def __init__(self, lxd, specs, owner=None, prune=False, check_mode=False, diff=False,
+                 prune_max=None, prune_confirm=False):
         if owner is not None:
             _validate.instance_name(owner, "owner")
         if prune and owner is None:
             raise ValidationError("prune", True, "needs owner: only an owner's containers are pruned")
+        if prune_max is not None and prune_max < 0:
+            raise ValidationError("prune_max", prune_max, "must be 0 or more")
         self.lxd, self.specs, self.owner, self.prune = lxd, specs, owner, prune
+        self.prune_max, self.prune_confirm = prune_max, prune_confirm
         self.check_mode, self.diff = check_mode, diff
         self.current = None
+        self.doomed = []
         self.order = waves(specs)  # a copy_from cycle fails here, before any change
 
     def read(self):
-        """Every instance in one request; ``auto`` addresses chosen. Returns name -> instance."""
+        """Every instance in one request, then every check that needs the daemon (owners, CPUs,
+        what a prune would delete), all before any change; ``auto`` addresses chosen.
+        Returns name -> instance."""
         self.current = {inst["name"]: inst for inst in self.lxd.instances()}
+        self._check_owners()
+        self._check_cpus()
+        self.doomed = self._doomed()
+        self._check_prune()
         assign_addresses(self.lxd, self.specs, self.current)
         return self.current
+
+    def _mark(self, name):
+        return ((self.current.get(name) or {}).get("config") or {}).get(OWNER_KEY)
+
+    def _check_owners(self):
+        """An owned set never takes over, nor deletes, a container without its mark (made by hand,
+        by another tool, or another owner's) unless that item says ``adopt``."""
+        if self.owner is None:
+            return
+        for spec in self.specs:
+            mark = self._mark(spec.name)
+            if spec.name not in self.current or mark == self.owner or spec.adopt:
+                continue
+            whose = "belongs to owner %s" % mark if mark else "carries no owner mark (made by hand or by another tool)"
+            raise ValidationError(
+                "%s.name" % spec.field, spec.name,
+                "container %s already exists and %s; it is never taken over silently: give this one another "
+                "name, or set adopt: true on it to take that container over as owner %s" % (spec.name, whose, self.owner))
+
+    def _check_cpus(self):
+        """limits.cpu naming more CPUs than the daemon's host has would never be met."""
+        wanted = [spec for spec in self.specs if spec.state != "absent" and "limits.cpu" in spec.config]
+        if not wanted:
+            return
+        host_cpus = self.lxd.host_cpus()
+        for spec in wanted:
+            _validate.cpus(spec.config["limits.cpu"], "%s.cpus" % spec.field, host_cpus=host_cpus)
+
+    def _doomed(self):
+        """The owner's containers that are not declared (deleted when pruning)."""
+        if not self.prune:
+            return []
+        declared = {spec.name for spec in self.specs}
+        return [InstanceSpec(name, state="absent", force_stop=True) for name in sorted(self.current)
+                if name not in declared and self._mark(name) == self.owner]
+
+    def _check_prune(self):
+        """Deleting many of the owner's containers at once is what a typo in the description looks
+        like (a service list renamed, or cut short): above the limit, only with prune_confirm.
+        The default limit: more than one container and more than half of the owner's."""
+        if not self.doomed or self.prune_confirm:
+            return
+        owned = sum(1 for name in self.current if self._mark(name) == self.owner)
+        count = len(self.doomed)
+        if self.prune_max is not None:
+            too_many, limit = count > self.prune_max, "prune_max %d" % self.prune_max
+        else:
+            too_many, limit = count > 1 and count * 2 > owned, "more than one and more than half"
+        if too_many:
+            raise ValidationError(
+                "prune", [spec.name for spec in self.doomed],
+                "this run would delete %d of the %d containers of owner %s (%s), which is over the limit (%s); "
+                "nothing was changed. Check the description; if these containers are to go, confirm it with "
+                "prune_confirm: true (variable onebox_prune_confirm), or raise prune_max (onebox_prune_max); "
+                "a whole box is removed with playbooks/teardown.yml"
+                % (count, owned, self.owner, ", ".join(spec.name for spec in self.doomed), limit))
 
     def static_addresses(self):
         """name -> [IPv4] of each declared container with a static address (known before it exists)."""
         return {spec.name: [spec.static_ipv4] for spec in self.specs
                 if spec.state != "absent" and spec.static_ipv4}
-
-    def doomed(self):
-        """The owner's containers that are not declared (deleted when pruning)."""
-        if not self.prune:
-            return []
-        declared = {spec.name for spec in self.specs}
-        return [InstanceSpec(name, state="absent", force_stop=True) for name, inst in sorted(self.current.items())
-                if name not in declared and (inst.get("config") or {}).get(OWNER_KEY) == self.owner]
 
     def reconciler(self, spec):
         # In check mode nothing is created, so a copy's declared source is taken as there.
@@ -126,7 +200,7 @@ class InstanceSet:
             then(spec, reconciler.run(settle=False), reconciler.settle)
             return reconciler.settle()
 
-        doomed = self.doomed()
+        doomed = self.doomed
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             # Submitted in dependency order, a waiting copy never holds up the source it waits for.
             futures = {}

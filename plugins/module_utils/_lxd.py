@@ -178,6 +178,11 @@ class LxdClient:
         return [url.rstrip("/").split("/")[-1]
                 for url in self.metadata("get", self.api.instances, "list instances")]
 
+    def host_cpus(self):
+        """How many CPUs the daemon's host has (limits.cpu beyond them cannot be met)."""
+        return self._remembered("resources", "cpu", lambda: int(
+            self.metadata("get", self.api.resources, "host resources")["cpu"]["total"]))
+
     def instance_state(self, name):
         return self.metadata("get", self.api.instances[name].state, "state of instance %s" % name)
 
@@ -477,7 +482,7 @@ class InstanceSpec:
     def __init__(self, name, config=None, devices=None, profiles=None, ephemeral=None, image=None,
                  image_server=None, image_protocol="simplestreams", copy_from=None,
                  ipv4_address=None, network=None, state="started", wait_for_ipv4=True,
-                 wait_timeout=60, force_stop=False):
+                 wait_timeout=60, force_stop=False, adopt=False):
         self.name = name
         self.config = config or {}
         self.devices = devices or {}
@@ -493,6 +498,8 @@ class InstanceSpec:
         self.wait_for_ipv4 = wait_for_ipv4
         self.wait_timeout = wait_timeout
         self.force_stop = force_stop
+        self.adopt = adopt  # an owned set may take this container over from another owner, or none
+        self.field = name   # how an error names it: instances[2], services[web]
 
     @classmethod
     def from_params(cls, params, cgroup2=None):
@@ -567,7 +574,7 @@ class InstanceSpec:
                    params.get("image_server"), params.get("image_protocol") or "simplestreams",
                    params.get("copy_from"), ipv4, network, params.get("state") or "started",
                    params.get("wait_for_ipv4", True), params.get("wait_timeout") or 60,
-                   bool(params.get("force_stop")))
+                   bool(params.get("force_stop")), bool(params.get("adopt")))
 
     @staticmethod
     def _swap_raw_lxc(params, cgroup2):

@@ -53,9 +53,26 @@ options:
         forwards, count, method, memory, memory_swap, cpus, boot, files, packages, user, command,
         environment, working_directory, proxy). See the P(homelab.onebox.box_plan#filter) filter.
       - Values of each service's C(environment) are secrets; they are kept out of the output.
+      - Required with O(state=present). An empty list would delete every container of O(owner):
+        it is refused unless O(allow_empty=true). A box is removed with O(state=absent) (the
+        C(playbooks/teardown.yml) playbook).
     type: list
     elements: dict
-    default: []
+  allow_empty:
+    description:
+      - Converge an empty O(services) (every container of O(owner) goes, within O(prune_max)).
+    type: bool
+    default: false
+  prune_max:
+    description:
+      - How many of the owner's containers one run may delete (those no longer described) without
+        O(prune_confirm). When omitted, more than one container and more than half of the owner's
+        containers at once need O(prune_confirm). Those it deletes are named in a warning, in check mode too.
+    type: int
+  prune_confirm:
+    description: Delete however many of the owner's containers are no longer described.
+    type: bool
+    default: false
   state:
     description:
       - V(present) builds the box; V(absent) removes the containers of O(owner) and the forwards.
@@ -66,6 +83,10 @@ options:
     description:
       - Marks the box's containers (C(user.onebox.owner)). Containers of this owner that are not in
         the description are deleted; containers of other owners or of none are never touched.
+      - A described container that exists without this mark (made by hand, or another owner's) fails
+        the run before anything changes, unless its service says C(adopt=true).
+      - Names the box's forwards too (their chains, saved rules, restore script), so boxes of
+        different owners live side by side on one host.
     type: str
     default: onebox
   image:
@@ -93,9 +114,8 @@ options:
     default: {}
     suboptions:
       name:
-        description: Its container name.
+        description: Its container name. Default C(OWNER-proxy) (C(onebox-proxy) for the default owner).
         type: str
-        default: onebox-proxy
       memory:
         description: Its memory limit (as C(memory) of M(homelab.onebox.lxd_instance)).
         type: str
@@ -245,14 +265,17 @@ from ansible_collections.homelab.onebox.plugins.module_utils import _validate
 from ansible_collections.homelab.onebox.plugins.module_utils._box import BoxPlan, secret_values
 from ansible_collections.homelab.onebox.plugins.module_utils._dnat_host import ARGUMENT_SPEC as DNAT_SPEC, DnatManager
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
-from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, item_specs
+from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, item_specs, warn_pruned
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
 
 # The dnat options a box passes through (its forwards come from the description).
 _DNAT_OPTIONS = ("isolate", "chain_prefix", "backend", "ip_forward", "sysctl_file", "save_path", "restore_script")
 
 ARGUMENT_SPEC = dict(
-    services=dict(type="list", elements="dict", default=[]),
+    services=dict(type="list", elements="dict"),
+    allow_empty=dict(type="bool", default=False),
+    prune_max=dict(type="int"),
+    prune_confirm=dict(type="bool", default=False),
     state=dict(type="str", choices=["present", "absent"], default="present"),
     owner=dict(type="str", default="onebox"),
     image=dict(type="str", default="onebox-debian12"),
@@ -260,7 +283,7 @@ ARGUMENT_SPEC = dict(
     timeout=dict(type="int", default=120),
     package_timeout=dict(type="int", default=600),
     proxy=dict(type="dict", default={}, apply_defaults=True, options=dict(
-        name=dict(type="str", default="onebox-proxy"),
+        name=dict(type="str"),
         memory=dict(type="str"),
         cpus=dict(type="str"),
         autostart_priority=dict(type="int", default=90),
@@ -283,11 +306,18 @@ class BoxManager:
         params = module.params
         _validate.at_least_one(params, ("parallel", "timeout", "package_timeout"))
         self.present = params["state"] == "present"
+        if self.present and not params["services"] and not params["allow_empty"]:
+            raise ValidationError("services", params["services"],
+                                  "an empty description would delete every container of owner %s; a box is removed "
+                                  "with state: absent (playbooks/teardown.yml), and an empty one is converged only "
+                                  "with allow_empty: true (onebox_allow_empty)" % params["owner"])
         proxy = params["proxy"]
         self.plan = BoxPlan(params["services"] if self.present else [], dict(
             owner=params["owner"], image=params["image"], proxy_name=proxy["name"], proxy_memory=proxy["memory"],
             proxy_cpus=proxy["cpus"], proxy_priority=proxy["autostart_priority"]))
         self.instance_specs = item_specs(self.plan.instances(), params["owner"])
+        for spec in self.instance_specs:
+            spec.field = self.plan.field_of(spec.name)
         self.provision_specs = {spec.name: spec for spec in _provision.instance_specs(self.plan.provision())}
         self.forwards_params = self._dnat_params()
 
@@ -305,8 +335,11 @@ class BoxManager:
         module, params = self.module, self.module.params
         lxd, check, diff = module.lxd, module.check_mode, module._diff
         instance_set = InstanceSet(lxd, self.instance_specs, owner=params["owner"], prune=True,
-                                   check_mode=check, diff=diff)
+                                   check_mode=check, diff=diff, prune_max=params["prune_max"],
+                                   # A teardown deletes the whole box: that is what it is for.
+                                   prune_confirm=params["prune_confirm"] or not self.present)
         instance_set.read()
+        warn_pruned(module, instance_set)
         # Static addresses are fixed now, so sites and forwards are known (and checked) before any change.
         addresses = instance_set.static_addresses()
         self.plan.addresses = addresses
@@ -374,6 +407,7 @@ class BoxManager:
 def main():
     # Environment values are secrets: out of the log and the result wherever they occur.
     module = OneboxModule(ARGUMENT_SPEC, lxd=True, supports_check_mode=True,
+                          required_if=[("state", "present", ["services"])],
                           secrets=lambda params: secret_values(params["services"]))
     module.run(BoxManager)
 

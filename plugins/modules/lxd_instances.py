@@ -37,6 +37,10 @@ options:
         C(ipv4_address) (including V(auto)), C(network), C(ephemeral), C(wait_for_ipv4), C(wait_timeout),
         C(force_stop)), with the same defaults.
       - An item may copy from another item of the list (its C(copy_from)); it is created after it.
+      - With O(owner), an item also takes C(adopt) (bool, default V(false)). A container of that name
+        that exists without this owner's mark (made by hand, or another owner's) fails the run
+        before anything changes, unless its item says C(adopt=true): the mark is then written and
+        reported as a change.
     type: list
     elements: dict
     default: []
@@ -46,7 +50,21 @@ options:
       - Letters, digits and hyphens.
     type: str
   prune:
-    description: Delete the containers of O(owner) that are not in O(instances).
+    description:
+      - Delete the containers of O(owner) that are not in O(instances). They are named in the
+        result (RV(pruned)) and in a warning, in check mode too.
+      - A run that would delete more than O(prune_max) of them fails before anything changes,
+        unless O(prune_confirm) says it is meant.
+    type: bool
+    default: false
+  prune_max:
+    description:
+      - How many containers a prune may delete without O(prune_confirm).
+      - When omitted, more than one container and more than half of the owner's containers at once
+        need O(prune_confirm) (what a typo in the list looks like).
+    type: int
+  prune_confirm:
+    description: Delete however many containers the prune finds (after reading them in the result of a check run).
     type: bool
     default: false
   parallel:
@@ -119,8 +137,8 @@ pruned:
   sample: [web4]
 """
 
-from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
-from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, item_specs
+from ansible_collections.homelab.onebox.plugins.module_utils import _validate
+from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, item_specs, warn_pruned
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
 
 
@@ -128,15 +146,18 @@ class InstanceSetManager:
     def __init__(self, module):
         self.module = module
         params = module.params
-        if params["parallel"] < 1:
-            raise ValidationError("parallel", params["parallel"], "must be at least 1")
+        _validate.at_least_one(params, ("parallel",))
         self.specs = item_specs(params["instances"], params["owner"])
 
     def run(self):
         module = self.module
-        instance_set = InstanceSet(module.lxd, self.specs, owner=module.params["owner"], prune=module.params["prune"],
-                                   check_mode=module.check_mode, diff=module._diff)
-        return instance_set.run(module.params["parallel"])
+        params = module.params
+        instance_set = InstanceSet(module.lxd, self.specs, owner=params["owner"], prune=params["prune"],
+                                   check_mode=module.check_mode, diff=module._diff,
+                                   prune_max=params["prune_max"], prune_confirm=params["prune_confirm"])
+        instance_set.read()
+        warn_pruned(module, instance_set)
+        return instance_set.run(params["parallel"])
 
 
 def main():
@@ -145,6 +166,8 @@ def main():
             instances=dict(type="list", elements="dict", default=[]),
             owner=dict(type="str"),
             prune=dict(type="bool", default=False),
+            prune_max=dict(type="int"),
+            prune_confirm=dict(type="bool", default=False),
             parallel=dict(type="int", default=8),
         ),
         supports_check_mode=True,

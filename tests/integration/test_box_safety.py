@@ -1,0 +1,194 @@
+"""No single mistake destroys a box (homelab.onebox.box against the real LXD, iptables and nginx):
+an empty or missing description, a container the box does not own, a prune that would delete
+most of the box, two runs at once. Each refusal leaves `lxc list`, `iptables-save` and the proxy's
+`nginx -T` as they were. The box: a static site on a random host port and three internal
+containers, under an owner, chain prefix and files of its own."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import RUN_PREFIX, ansible_env, delete_instance_quietly, run_module
+from netns import Netns
+from ansible_collections.homelab.onebox.plugins.module_utils._lock import RunLock
+from ansible_collections.homelab.onebox.plugins.module_utils._lxd import endpoint_from_url
+
+OWNER = "%s-sf" % RUN_PREFIX
+WEB = "%s-sf-web" % RUN_PREFIX
+INSIDE = ["%s-sf-c%d" % (RUN_PREFIX, i) for i in range(1, 4)]
+PORT = random.randrange(40000, 45000, 10)
+IMAGE = "onebox-debian12"
+
+
+def services(page="safe page\n", inside=INSIDE, **web):
+    out = [dict({"name": WEB, "kind": "static", "host_port": PORT,
+                 "files": [{"path": "/var/www/html/index.html", "content": page}]}, **web)]
+    return out + [{"name": name, "kind": "internal"} for name in inside]
+
+
+def iptables_save():
+    out = subprocess.run(["iptables-save"], capture_output=True, text=True, timeout=30, check=True).stdout
+    return [line.split(" [")[0] for line in out.splitlines() if not line.startswith("#")]
+
+
+def listing(lxd):
+    """This test's containers (others may come and go on a shared machine), as LXD lists them."""
+    return sorted((i["name"], i["status"], json.dumps(i.get("config"), sort_keys=True), json.dumps(i.get("devices"), sort_keys=True))
+                  for i in lxd.instances() if i["name"].startswith(OWNER))
+
+
+@pytest.fixture(scope="module")
+def args(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("safety")
+    return {"owner": OWNER, "services": services(),
+            "forwards": {"save_path": str(tmp / "dnat.rules"), "restore_script": str(tmp / "restore"),
+                         "sysctl_file": str(tmp / "ip_forward.conf")}}
+
+
+@pytest.fixture(scope="module")
+def box(lxd, args):
+    result = run_module("box", args, timeout=600)
+    assert not result.get("failed") and result["changed"], result
+    try:
+        yield result
+    finally:
+        gone = run_module("box", dict(args, state="absent"))
+        assert not gone.get("failed"), gone
+
+
+@pytest.fixture(scope="module")
+def client():
+    with Netns("safe") as ns:
+        yield ns
+
+
+def ask(client):
+    return client.run(["curl", "-s", "--max-time", "5", "http://%s:%d/" % (client.host_address, PORT)],
+                      timeout=20).stdout
+
+
+@pytest.fixture
+def unchanged(lxd, box):
+    """Asserts, after the test, that LXD, iptables and the proxy's nginx are as they were."""
+    proxy = "%s-proxy" % OWNER
+
+    def state():
+        return listing(lxd), iptables_save(), lxd.run(proxy, ["nginx", "-T"], timeout=30)
+
+    before = state()
+    yield
+    assert state() == before
+
+
+def test_the_box_serves(box, client):
+    assert ask(client) == "safe page\n"
+
+
+def test_an_empty_description_is_refused(args, unchanged):
+    result = run_module("box", dict(args, services=[]))
+    assert result.get("failed") and "services" in result["msg"] and "allow_empty" in result["msg"], result
+    assert "teardown" in result["msg"]
+
+
+def test_no_description_is_refused(args, unchanged):
+    result = run_module("box", {k: v for k, v in args.items() if k != "services"})
+    assert result.get("failed") and "services" in result["msg"], result
+
+
+def test_a_prune_of_most_of_the_box_is_refused_naming_them(args, unchanged):
+    for check in (True, False):
+        result = run_module("box", dict(args, services=services(inside=[])), check=check)
+        assert result.get("failed"), result
+        assert "prune" in result["msg"] and all(name in result["msg"] for name in INSIDE), result["msg"]
+        assert "prune_confirm" in result["msg"]
+
+
+@pytest.fixture
+def stranger(lxd):
+    """A container made by hand, with a file of the user's inside, named like the next service."""
+    name = "%s-sf-hand" % RUN_PREFIX
+    lxd.create_instance({"name": name, "type": "container", "source": {"type": "image", "alias": IMAGE},
+                         "config": {}, "devices": {}})
+    lxd.change_state(name, "start")
+    lxd.push_file(name, "/root/mine.txt", b"the user's own file\n")
+    try:
+        yield name
+    finally:
+        delete_instance_quietly(lxd, name)
+
+
+@pytest.mark.parametrize("mark", [None, "%s-other" % RUN_PREFIX])
+def test_a_container_the_box_does_not_own_is_never_adopted(lxd, args, stranger, mark):
+    if mark:
+        lxd.patch_instance(stranger, {"config": {"user.onebox.owner": mark}})
+    before = (listing(lxd), iptables_save())
+    result = run_module("box", dict(args, services=services() + [{"name": stranger, "kind": "internal"}]))
+    assert result.get("failed"), result
+    assert "services[%s].name" % stranger in result["msg"] and stranger in result["msg"]
+    assert ("belongs to owner %s" % mark if mark else "no owner mark") in result["msg"]
+    assert (listing(lxd), iptables_save()) == before
+    assert lxd.pull_file(stranger, "/root/mine.txt") == b"the user's own file\n"
+
+
+def test_adopt_takes_a_container_over_as_a_change(lxd, args, stranger):
+    described = dict(args, services=services() + [{"name": stranger, "kind": "internal", "adopt": True}])
+    result = run_module("box", described)
+    assert result["changed"] and not result.get("failed"), result
+    assert "update" in next(r["actions"] for r in result["instances"] if r["name"] == stranger)
+    assert lxd.instance(stranger, state=False)["config"]["user.onebox.owner"] == OWNER
+    assert lxd.pull_file(stranger, "/root/mine.txt") == b"the user's own file\n"
+    again = run_module("box", described, diff=True)
+    assert again["changed"] is False, json.dumps(again.get("diff"))[:3000]
+    # Now the box's own: dropping it from the description deletes it (one container: no confirm).
+    dropped = run_module("box", args)
+    assert dropped["pruned"] == [stranger] and lxd.instance(stranger) is None, dropped
+    assert any(stranger in w for w in dropped.get("warnings", [])), dropped
+
+
+def _ansible_box(args):
+    """A box module run as its own process, for runs at once; (Popen, its args file)."""
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-i", "localhost,", "-c", "local",
+           "-e", "ansible_python_interpreter=%s" % sys.executable, "-m", "homelab.onebox.box", "-a", json.dumps(args)]
+    return subprocess.Popen(cmd, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc):
+    out, err = proc.communicate(timeout=600)
+    try:
+        return json.loads(out)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (ValueError, KeyError, IndexError):
+        raise AssertionError("no result (rc %s): %s %s" % (proc.returncode, out[-2000:], err[-2000:]))
+
+
+def test_two_runs_at_once_take_turns(lxd, args, box, client):
+    """The test holds the daemon's lock while two runs with different pages start: both wait, then
+    run one after the other; neither sees LXD's "busy"; the box ends as the later one says."""
+    key = endpoint_from_url(None)
+    with RunLock(key, 10, "the test"):
+        first = _ansible_box(dict(args, services=services(page="first\n")))
+        time.sleep(1.5)
+        second = _ansible_box(dict(args, services=services(page="second\n")))
+        time.sleep(2)
+    results = [_result(first), _result(second)]
+    for result in results:
+        assert not result.get("failed") and result["changed"], result
+        assert "busy" not in json.dumps(result).lower()
+        assert any("waited" in w for w in result.get("warnings", [])), result
+    assert ask(client) in ("first\n", "second\n")
+    back = run_module("box", args)
+    assert back["changed"] and ask(client) == "safe page\n"
+
+
+def test_a_run_that_cannot_get_the_lock_fails_naming_the_holder(args, unchanged):
+    with RunLock(endpoint_from_url(None), 10, "the test holding it"):
+        started = time.monotonic()
+        result = run_module("box", dict(args, services=services(page="never\n"), lock_timeout=2))
+        assert time.monotonic() - started < 60
+    assert result.get("failed"), result
+    assert "lock" in result["msg"] and "the test holding it" in result["msg"], result["msg"]
