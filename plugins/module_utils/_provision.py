@@ -386,12 +386,110 @@ def id_lines(users, groups):
     return lines
 
 
-def state_script(spec):
+# A container just started (or restarted) is still in its init's early boot: first systemctl gets
+# no answer at all ("Failed to connect to bus"), then the units before basic.target (mounts,
+# tmpfiles, sysusers) are still making the files and users a read would compare. So the read of
+# a container with services waits for basic.target. Not for the end of boot
+# (`systemctl is-system-running --wait`): that includes ifupdown's networking.service (DHCP,
+# 3-6 s), which the set-up inside is meant to overlap. On onebox-debian12, basic.target does not
+# wait for networking.service: the latter has DefaultDependencies=no and is ordered only Before
+# network.target, network-online.target and shutdown.target, and no network unit is in
+# basic.target's After= closure (`systemctl list-dependencies --after --all basic.target`).
+INIT_READY = "basic.target"
+INIT_POLL = "0.15"   # seconds between two questions to a booting systemd (sleep's argument)
+
+
+def init_wait_seconds(timeout):
+    """How long a script waits for init inside an exec of ``timeout`` seconds: a little less
+    (a fifth of it, between 0.5 and 10 s, is left), so the script can still say what init was
+    doing before LXD's own timeout cuts it off with nothing to show."""
+    return max(0.1, timeout - min(10.0, max(0.5, timeout * 0.2)))
+
+
+def init_wait_lines(seconds, ready):
+    """Shell lines that run the shell command ``ready`` until it succeeds, for at most ``seconds``.
+    Ready at once: one run of it, nothing else. Still not ready when the time is up: they print
+    ``I`` lines (centiseconds waited; systemd's word for its state, empty when it gives no answer;
+    PID 1's program; how many jobs are queued, and the running ones), then ``END``, and end the script;
+    init_not_ready() turns those lines into the error. The clock is /proc/uptime, read by the
+    shell itself (no process; monotonic), in centiseconds."""
+    now = "read -r up rest < /proc/uptime; now=$(( ${up%.*} * 100 + 1${up#*.} - 100 ))"
+    return [
+        now, "t0=$now",
+        "until %s; do" % ready,
+        "  " + now,
+        "  if [ $((now - t0)) -ge %d ]; then" % int(round(seconds * 100)),
+        '    echo "I waited $((now - t0))"',
+        '    echo "I state $(systemctl is-system-running 2>/dev/null)"',
+        '    echo "I init $(readlink /proc/1/exe 2>/dev/null)"',
+        # What boot is busy with: how many jobs are queued, and the running ones (the rest wait for them).
+        "    jobs=$(systemctl list-jobs --no-legend 2>/dev/null)",
+        "    echo \"I queued $(printf '%s\\n' \"$jobs\" | grep -c ' ')\"",
+        "    printf '%s\\n' \"$jobs\" | grep ' running' | head -n 5 | sed 's/^/I job /'",
+        "    echo END; exit 0",
+        "  fi",
+        "  sleep %s" % INIT_POLL,
+        "done",
+    ]
+
+
+def init_not_ready(where, lines):
+    """The OneboxError for the ``I`` lines of init_wait_lines() (None when there are none). Tolerant:
+    a line missing or odd leaves its part of the message out, never hides the failure."""
+    found = {"waited": "", "state": "", "init": "", "queued": ""}
+    jobs, seen = [], False
+    for line in lines:
+        tag, _sep, rest = line.partition(" ")
+        if tag != "I":
+            continue
+        seen = True
+        key, _sep, value = rest.partition(" ")
+        if key == "job":   # "ID UNIT TYPE running": the unit and what it does
+            fields = value.split()
+            jobs.append(" ".join(fields[1:3]) if len(fields) >= 3 else " ".join(fields))
+        elif key in found:
+            found[key] = value.strip()
+    if not seen:
+        return None
+    waited = int(found["waited"]) / 100.0 if found["waited"].isdigit() else None
+    state = found["state"] or None
+    msg = "reading the state of %s: its init was not ready after %s s (%s not reached): %s" % (
+        where, "%.1f" % waited if waited is not None else "?", INIT_READY,
+        "systemd says %r" % state if state else "no answer from systemd (not started yet, or not the container's init)")
+    if found["init"]:
+        msg += "; PID 1 is %s" % found["init"]
+    queued = int(found["queued"]) if found["queued"].isdigit() else None
+    if queued is not None:
+        msg += "; %d jobs queued" % queued
+    if jobs:
+        msg += ", running: %s" % ", ".join(jobs)
+    msg += " (a busy host boots its containers slowly: a larger timeout waits longer)"
+    return OneboxError(msg, instance=where, waited=waited, init_state=state or "no answer from systemd",
+                       queued=queued, jobs=jobs)
+
+
+def state_script(spec, timeout=120):
     """One ``sh -c`` script printing everything the plan needs about one container as tagged lines,
     ``END`` last (so a lost or cut output is never taken for "nothing there"). A fixed number of
     processes however many files: one stat, one sha256sum (of the regular files only: never
-    open a FIFO), one getent per database, one systemctl, one dpkg-query."""
+    open a FIFO), one getent per database, one systemctl, one dpkg-query.
+
+    With services, it first waits for the container's init (init_wait_lines(), within an exec of
+    ``timeout`` seconds); the systemctl that asks whether init is ready also reads the units, so a
+    container that is up pays no extra process and no extra round trip."""
     lines = []
+    if spec.services:
+        # basic.target's block first, then one block of properties per unit, in order, blank-line
+        # separated; only the units' blocks are printed once basic.target is active.
+        lines += ["nl='\n'",
+                  "ready() {",
+                  "  units=$(systemctl show -p LoadState -p UnitFileState -p ActiveState -- %s 2>&1)"
+                  % words([INIT_READY] + [svc.unit for svc in spec.services]),
+                  "  first=${units#*ActiveState=}",
+                  '  [ "${first%%"$nl"*}" = active ]',
+                  "}"]
+        lines += init_wait_lines(init_wait_seconds(timeout), "ready")
+        lines.append('printf \'%s\\n\' "${units#*"$nl$nl"}" | sed \'s/^/S /\'')
     files = [f.path for f in spec.all_files]
     if files:
         lines.append("stat -c 'F %%F|%%a|%%u|%%g|%%n' -- %s 2>/dev/null" % words(files))
@@ -402,12 +500,6 @@ def state_script(spec):
     lines += ["if [ -d %s ]; then echo 'D 1 %s'; else echo 'D 0 %s'; fi" % (shlex.quote(d), i, i)
               for i, d in enumerate(dirs)]
     lines += id_lines(spec.user_names(), spec.group_names())
-    if spec.services:
-        # A container started a moment ago may not have systemd listening yet: wait up to 10 s.
-        lines.append("i=0; while [ ! -S /run/systemd/private ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done")
-        # One systemctl for every unit: a block of properties per unit, in order, blank-line separated.
-        lines.append("systemctl show -p LoadState -p UnitFileState -p ActiveState -- %s 2>&1 | sed 's/^/S /'"
-                     % words(svc.unit for svc in spec.services))
     if spec.packages:
         lines.append('echo "A $(ls /var/lib/apt/lists 2>/dev/null | grep -c _Packages)"')
         lines.append("dpkg-query -W -f='P ${Package} ${db:Status-Abbrev}\\n' -- %s 2>/dev/null"
@@ -492,6 +584,9 @@ def parse_units(lines, count):
 
 def parse_state(spec, output, where="container"):
     lines = output.splitlines()
+    not_ready = init_not_ready(where, lines)
+    if not_ready is not None:
+        raise not_ready
     if "END" not in lines:
         raise OneboxError("reading the state of %s: the output is missing or cut short: %r" % (where, output[-500:]))
     state = State()
@@ -676,7 +771,7 @@ class Provisioner:
         return self.lxd.run(self.spec.name, ["sh", "-c", script], timeout=timeout or self.timeout, **kwargs)
 
     def read(self):
-        output = self.sh(state_script(self.spec))
+        output = self.sh(state_script(self.spec, self.timeout))
         self.state = parse_state(self.spec, output, self.spec.name)
         self.plan = plan(self.spec, self.state)
         return self.plan

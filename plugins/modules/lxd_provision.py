@@ -15,8 +15,11 @@ description:
     connection into it.
   - Reads each container's state in one exec (files by size-independent SHA-256 and
     owner/mode, users with C(getent), packages with C(dpkg-query), units with
-    C(systemctl is-enabled)/C(is-active)), compares, and changes only what differs. The
-    containers are worked on in parallel (O(parallel)).
+    C(systemctl show)), compares, and changes only what differs. The containers are worked on
+    in parallel (O(parallel)).
+  - A container that declares services is read once its systemd has reached C(basic.target) (not
+    the end of boot, which waits for DHCP): one just started or restarted is waited for, within
+    O(timeout); a container that is up costs no extra exec.
   - "Order inside a container: packages, users, parent directories, removals, files (owner and
     mode set before content), unit and environment files, one C(systemctl daemon-reload) if a
     unit changed, C(enable)/C(disable), C(stop), then C(restart) or C(start)."
@@ -171,7 +174,10 @@ options:
     type: int
     default: 4
   timeout:
-    description: Seconds each exec in a container may take (reads, file operations, C(systemctl)).
+    description:
+      - Seconds each exec in a container may take (reads, file operations, C(systemctl)).
+      - The read of a container that is still booting waits for its systemd within this time (a
+        little less, so the failure can say what systemd was doing).
     type: int
     default: 120
   package_timeout:
