@@ -318,7 +318,9 @@ class BoxManager:
         self.instance_specs = item_specs(self.plan.instances(), params["owner"])
         for spec in self.instance_specs:
             spec.field = self.plan.field_of(spec.name)
-        self.provision_specs = {spec.name: spec for spec in _provision.instance_specs(self.plan.provision())}
+        # Named after the service they come from (services[web].files[0].mode), as the user wrote it.
+        self.provision_specs = {item["name"]: _provision.instance_spec(item, self.plan.field_of(item["name"]))
+                                for item in self.plan.provision()}
         self.forwards_params = self._dnat_params()
 
     def _dnat_params(self):
