@@ -1,18 +1,22 @@
 """The box's cost on this machine, as one table (not a test: it measures and prints).
 
-    tests/bench/run [--runs 3] [--scale 50] [--skip-scale]
+    tests/bench/run [--runs 3] [--scale 50 [--scale 150] | --scale 50,150] [--skip-scale | --only-scale]
 
 Figures (each the median of --runs runs, with min and max):
 - the reference box (inventory.example, base image present): cold converge from nothing,
   no-change re-run, one-service change (the app's environment), teardown;
 - the floor: LXD alone creating and starting the same containers and handing them addresses,
-  through pylxd, all in parallel, measured in the same run;
-- scale: a generated box of --scale static services (one container, one site and two TCP
-  forwards each): cold, no-change, one change, and its floor;
+  measured the way the box works (through LxdClient, as many at once as the box module's
+  ``parallel``), in the same run;
+- scale, for each --scale N: a generated box of N static services (one container, one site and
+  two TCP forwards each, plus the proxy): cold, no-change, one change, teardown, and the floor of
+  its N + 1 containers;
 - exec round trip through _lxd.py (median of 200);
 - dnat with 200 forwards and nginx_site with 100 sites: the module's own time, no-change and
   one change (python + module, without ansible's start-up).
-It tears down the example box first and leaves none of its own objects behind.
+It tears down the example box first and leaves none of its own objects behind. With --only-scale
+it measures the scale rows only and leaves the example box (and any other box) alone: the scale
+box has its own owner, proxy, chains and files.
 """
 from __future__ import annotations
 
@@ -34,11 +38,16 @@ sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "integr
 
 from conftest import ansible_env, delete_instance_quietly  # noqa: E402  pylint: disable=wrong-import-position
 from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient  # noqa: E402
+from ansible_collections.homelab.onebox.plugins.modules.box import ARGUMENT_SPEC as BOX_SPEC  # noqa: E402
 import dnat_bench  # noqa: E402
 import nginx_bench  # noqa: E402
 import nginx_env  # noqa: E402
 
 IMAGE = "onebox-debian12"
+# How many containers the box module works on at once; the floor does the same, so cold / floor
+# compares the box's work with LXD's alone, not with a different schedule (LXD given all of them
+# at once is another measurement).
+PARALLEL = BOX_SPEC["parallel"]["default"]
 ROWS = []
 
 
@@ -92,7 +101,9 @@ def box_figures(label, inventory, runs, change_vars, targets):
 
 
 def floor(lxd, running, stopped, runs):
-    """LXD alone: create every container, start the running ones, wait for their addresses."""
+    """LXD alone: create every container, start the running ones, wait for their addresses;
+    through LxdClient (the box's API client), PARALLEL at once (each worker holds its container
+    until it has its address, as a worker of the box does)."""
     samples = []
     for _run in range(runs):
         prefix = "floor-%s" % uuid.uuid4().hex[:4]
@@ -107,7 +118,7 @@ def floor(lxd, running, stopped, runs):
 
         try:
             started = time.monotonic()
-            with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
                 list(pool.map(make, enumerate(names)))
             samples.append(time.monotonic() - started)
         finally:
@@ -117,7 +128,9 @@ def floor(lxd, running, stopped, runs):
 
 
 def scale_inventory(tmp, count):
-    """A box of COUNT static services, each one container, one site and two TCP forwards."""
+    """A box of COUNT static services, each one container, one site and two TCP forwards. Its own
+    owner, proxy, forward chains and files (in ``tmp``), so it lives beside another box on the
+    host (the example box, a developer's) without touching it."""
     inventory = os.path.join(tmp, "inventory")
     os.makedirs(os.path.join(inventory, "group_vars"))
     with open(os.path.join(inventory, "hosts.yml"), "w") as handle:
@@ -130,7 +143,12 @@ def scale_inventory(tmp, count):
                 for i in range(count)]
     with open(os.path.join(inventory, "group_vars", "all.yml"), "w") as handle:
         json.dump({"onebox_owner": "onebox-bench", "onebox_proxy_instance": "bench-proxy",
-                   "onebox_services": services}, handle)
+                   "onebox_services": services, "onebox_box_parallel": PARALLEL,
+                   "port_forward_chain_prefix": "OBSCALE",
+                   "port_forward_save_path": os.path.join(tmp, "dnat.rules"),
+                   "port_forward_restore_script": os.path.join(tmp, "dnat-restore"),
+                   "port_forward_sysctl_file": os.path.join(tmp, "ip-forward.conf"),
+                   "port_forward_systemd": False}, handle)
     return inventory
 
 
@@ -168,54 +186,79 @@ def module_figures(runs):
         env.close()
 
 
+def scale_figures(lxd, count, runs):
+    """The rows of a box of COUNT services, then the floor of its COUNT + 1 containers (the proxy)."""
+    tmp = tempfile.mkdtemp()
+    try:
+        label = "%d services" % count
+        cold = box_figures(label, scale_inventory(tmp, count), runs, lambda run: {"bench_marker": "r%d" % run},
+                           {"nochange": "<= 6 s"} if count <= 50 else {})
+        samples = floor(lxd, count + 1, 0, runs)
+        row("floor: LXD alone, %d containers, %d at once" % (count + 1, PARALLEL), samples)
+        ROWS.append(("%s cold / floor" % label, statistics.median(cold) / statistics.median(samples), 0, 0, 1, "x", ""))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scale_counts(text):
+    """--scale's value: one count or several, comma-separated ("50,150")."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r: a number of services, or several separated by commas" % text)
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("%r: at least one service" % text)
+    return counts
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--scale", type=int, default=50)
-    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--scale", type=scale_counts, action="append",
+                        help="services of the generated box (default 50); repeat it or give a list (50,150)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--skip-scale", action="store_true")
+    which.add_argument("--only-scale", action="store_true",
+                       help="the scale rows only: the example box and the host's other objects are left alone")
     args = parser.parse_args()
+    scales = [count for counts in args.scale or [[50]] for count in counts]
     lxd = LxdClient(timeout=120)
     env = lxd.server["environment"]
-    print("machine: %d cores, LXD %s, storage pool driver %s, load average at start %.2f"
-          % (os.cpu_count(), env["server_version"], env["storage"], os.getloadavg()[0]), flush=True)
+    print("machine: %d cores, LXD %s, storage pool driver %s, load average at start %.2f; the box and the floor "
+          "work on %d containers at once"
+          % (os.cpu_count(), env["server_version"], env["storage"], os.getloadavg()[0], PARALLEL), flush=True)
 
-    reference = "inventory.example"
-    cold = box_figures("reference box", reference, args.runs,
-                       lambda run: {"onebox_example_greeting": "bench %d %s" % (run, uuid.uuid4().hex[:6])},
-                       {"cold": "<= 1.5 x floor", "nochange": "<= 3 s", "change": "<= 4 s", "teardown": "<= 5 s"})
-    # The example box: 10 running containers (2 sites, app, jenkins, 3 pool members, vpn, db, proxy).
-    base_floor = floor(lxd, 10, 0, args.runs)
-    row("floor: LXD alone, the reference box's 10 containers", base_floor)
-    ROWS.append(("reference box cold / floor", statistics.median(cold) / statistics.median(base_floor),
-                 0, 0, 1, "x", "<= 1.5"))
+    if not args.only_scale:
+        reference = "inventory.example"
+        cold = box_figures("reference box", reference, args.runs,
+                           lambda run: {"onebox_example_greeting": "bench %d %s" % (run, uuid.uuid4().hex[:6])},
+                           {"cold": "<= 1.5 x floor", "nochange": "<= 3 s", "change": "<= 4 s", "teardown": "<= 5 s"})
+        # The example box: 10 running containers (2 sites, app, jenkins, 3 pool members, vpn, db, proxy).
+        base_floor = floor(lxd, 10, 0, args.runs)
+        row("floor: LXD alone, the reference box's 10 containers", base_floor)
+        ROWS.append(("reference box cold / floor", statistics.median(cold) / statistics.median(base_floor),
+                     0, 0, 1, "x", "<= 1.5"))
 
     if not args.skip_scale:
-        tmp = tempfile.mkdtemp()
+        for count in scales:
+            scale_figures(lxd, count, args.runs)
+
+    if not args.only_scale:
+        name = "bench-exec-%s" % uuid.uuid4().hex[:4]
+        lxd.create_instance({"name": name, "type": "container", "source": {"type": "image", "alias": IMAGE}})
         try:
-            inventory = scale_inventory(tmp, args.scale)
-            label = "%d services" % args.scale
-            box_figures(label, inventory, args.runs, lambda run: {"bench_marker": "r%d" % run},
-                        {"nochange": "<= 6 s"})
-            row("floor: LXD alone, %d containers" % (args.scale + 1), floor(lxd, args.scale + 1, 0, args.runs))
+            lxd.change_state(name, "start")
+            lxd.wait_ipv4(name, timeout=60)
+            samples = []
+            for index in range(200):
+                started = time.monotonic()
+                assert lxd.exec(name, ["echo", str(index)], timeout=10).stdout == "%d\n" % index
+                samples.append(time.monotonic() - started)
+            row("exec round trip through _lxd.py (200)", samples, "<= 25 ms", unit="ms")
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    name = "bench-exec-%s" % uuid.uuid4().hex[:4]
-    lxd.create_instance({"name": name, "type": "container", "source": {"type": "image", "alias": IMAGE}})
-    try:
-        lxd.change_state(name, "start")
-        lxd.wait_ipv4(name, timeout=60)
-        samples = []
-        for index in range(200):
-            started = time.monotonic()
-            assert lxd.exec(name, ["echo", str(index)], timeout=10).stdout == "%d\n" % index
-            samples.append(time.monotonic() - started)
-        row("exec round trip through _lxd.py (200)", samples, "<= 25 ms", unit="ms")
-    finally:
-        lxd.close()
-        delete_instance_quietly(lxd, name)
-
-    module_figures(args.runs)
+            delete_instance_quietly(lxd, name)
+        module_figures(args.runs)
+    lxd.close()
 
     print("\n| figure | median | min | max | runs | target |\n|---|---|---|---|---|---|")
     for figure, median, low, high, count, unit, target in ROWS:
