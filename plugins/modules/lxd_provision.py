@@ -18,7 +18,7 @@ description:
     C(systemctl show)), compares, and changes only what differs. The containers are worked on
     in parallel (O(parallel)).
   - A container that declares services is read once its systemd has reached C(basic.target) (not
-    the end of boot, which waits for DHCP): one just started or restarted is waited for, within
+    the end of boot, which waits for DHCP). One just started or restarted is waited for, within
     O(timeout); a container that is up costs no extra exec.
   - "Order inside a container: packages, users, parent directories, removals, files (owner and
     mode set before content), unit and environment files, one C(systemctl daemon-reload) if a
