@@ -34,6 +34,17 @@ description:
   - Turns IPv4 forwarding on, now and across reboots (O(sysctl_file)).
   - Saves the chains to O(save_path) and writes O(restore_script), which loads them again at boot;
     the P(homelab.onebox.port_forward#role) role installs a systemd unit that runs it.
+  - Several boxes can share a host, each with its own O(owner). An owner's forwards live in chains
+    and files of its own (derived from the owner unless given), and the jumps to its chains carry
+    the comment C(homelab.onebox owner=NAME), which says whose they are.
+  - Refused before anything changes (in check mode too) - chains of the prefix whose jumps name
+    another owner; a file to write or delete whose first line names another owner; a forward
+    whose protocol, port and listen address meet a forward of another owner (the C(DNAT) rules
+    of its C(<prefix>_PREROUTING) chain); a forward over a port the host itself listens on (TCP
+    C(LISTEN) or unconnected UDP sockets of C(/proc/net/tcp), C(tcp6), C(udp), C(udp6)) on an
+    address the forward catches, unless it says O(forwards[].allow_host_listener=true). The
+    message names the field, the value and the other owner or what listens. V(state=absent)
+    checks only the owner of the chains and files.
 author:
   - homelab.onebox developers (@homelab)
 extends_documentation_fragment:
@@ -90,6 +101,20 @@ options:
       comment:
         description: Written on each rule (C(-m comment)). No quotes, backslashes or newlines; at most 255 characters.
         type: str
+      allow_host_listener:
+        description:
+          - Forward this port even though the host itself listens on it. Without it, a forward
+            whose protocol and port range cover a socket the host listens on, on an address the
+            forward catches, is refused, because the forward would take that port's traffic from
+            the host's service (a forward of port 22 locks the owner out of SSH).
+          - An address the forward catches - C(0.0.0.0) or C(::) always; without
+            O(forwards[].host_address) any address but loopback; with it, that address. Sockets on
+            loopback only (C(127.0.0.0/8), C(::1)) never meet a forward and are not in the way;
+            nor are sockets on other IPv6 addresses (the forwards are IPv4).
+          - LXD's C(dnsmasq) listens on the bridge's address (UDP and TCP 53, UDP 67), so a
+            forward of port 53 is refused.
+        type: bool
+        default: false
   isolate:
     description:
       - Network interfaces (usually the LXD bridge, V(lxdbr0)) that traffic from the outside may
@@ -113,14 +138,40 @@ options:
     elements: str
     default: []
   state:
-    description: V(absent) removes every forward, the collection's chains and jumps, and the saved files.
+    description:
+      - V(absent) removes every forward of the owner, its chains and jumps, and its saved files.
+        Another owner's chains and files are never touched.
     type: str
     choices: [present, absent]
     default: present
-  chain_prefix:
-    description: Names the chains the module owns (C(<prefix>_PREROUTING)...). Upper case, at most 16 characters.
+  owner:
+    description:
+      - Whose forwards these are - the box's owner (as O(homelab.onebox.box#module:owner)). An LXD
+        style name - 1-63 letters, digits or hyphens, starting with a letter.
+      - Written on the jumps to the owner's chains (C(homelab.onebox owner=NAME)) and on the first
+        line of its files. A run refuses chains and files that name another owner. Chains
+        written without owner (by version 0.1, or by a run without O(owner)) are taken over by the
+        first run of an owner with that prefix.
+      - Gives the defaults of O(chain_prefix), O(save_path), O(restore_script) and O(sysctl_file).
+        The default owner V(onebox) has the names of version 0.1 - chains C(ONEBOX_*),
+        C(/etc/onebox/dnat.rules), C(/usr/local/sbin/onebox-dnat-restore),
+        C(/etc/sysctl.d/60-onebox-ip-forward.conf), and the unit name C(onebox-dnat.service). Any
+        other owner NAME has C(/etc/onebox/dnat-NAME.rules), C(/usr/local/sbin/onebox-dnat-restore-NAME),
+        C(/etc/sysctl.d/60-onebox-ip-forward-NAME.conf) and C(onebox-dnat-NAME.service), so a
+        teardown of one box never deletes a file of another.
+      - Without it, the module behaves as version 0.1 - the defaults of V(onebox), a plain
+        C(homelab.onebox) comment - but it still refuses chains and files of a named owner.
     type: str
-    default: ONEBOX
+  chain_prefix:
+    description:
+      - Names the chains the module owns (C(<prefix>_PREROUTING)...). Upper case, at most 16 characters.
+      - Default - derived from O(owner). The owner upper-cased with C(-) as C(_) when that fits (V(web-2)
+        gives C(WEB_2), V(onebox) and no owner give C(ONEBOX)); for an owner longer than 16
+        characters or with upper-case letters, its first 10 characters so written, C(_) and 5
+        base32 characters of its SHA-256 (V(my-very-long-box-name) gives C(MY_VERY_LO_44RGX), V(MyBox)
+        C(MYBOX_A5EZ3)).
+      - A given value wins, as long as its chains are not another owner's.
+    type: str
   backend:
     description: Which iptables to use. V(auto) uses the backend of C(iptables) on the host (C(iptables -V)).
     type: str
@@ -133,21 +184,22 @@ options:
     type: bool
     default: true
   sysctl_file:
-    description: File that keeps IPv4 forwarding on across reboots.
+    description:
+      - File that keeps IPv4 forwarding on across reboots. Default - the owner's (see O(owner)).
+        An empty value keeps none.
     type: path
-    default: /etc/sysctl.d/60-onebox-ip-forward.conf
   save_path:
     description:
-      - Where the chains are saved for O(restore_script). An empty value saves nothing (and writes no script).
+      - Where the chains are saved for O(restore_script). Default - the owner's (see O(owner)). An
+        empty value saves nothing (and writes no script).
     type: path
-    default: /etc/onebox/dnat.rules
   restore_script:
     description:
       - A shell script that loads O(save_path) with C(iptables-restore --noflush) and adds the
         missing jumps; run it at boot (the P(homelab.onebox.port_forward#role) role's systemd unit
         does) or by hand on a host without systemd. Safe to run more than once.
+      - Default - the owner's (see O(owner)). An empty value writes none.
     type: path
-    default: /usr/local/sbin/onebox-dnat-restore
 notes:
   - IPv4 only.
   - A UDP flow that was already tracked before a change keeps its old destination until its
@@ -161,6 +213,7 @@ seealso:
 EXAMPLES = r"""
 - name: The box's forwards (the whole set)
   homelab.onebox.dnat:
+    owner: mybox              # chains MYBOX_*, /etc/onebox/dnat-mybox.rules, ...
     forwards:
       - {port: 80, target: proxy, comment: http}
       - {port: 443, target: proxy, comment: https}
@@ -168,11 +221,14 @@ EXAMPLES = r"""
       - {proto: udp, port: 51820, target: vpn}
       - {port: 27015-27030, target: game, source: [203.0.113.0/24]}
       - {port: 2222, target: 10.87.0.50, target_port: 22, host_address: 192.0.2.2}
+      # the host's own SSH stays on 22; this port is the host's too, and meant
+      - {port: 8022, target: 10.87.0.50, target_port: 22, allow_host_listener: true}
     # from outside, containers are reached only through the forwards above
     isolate: [lxdbr0]
 
-- name: Remove every forward of the collection
+- name: Remove every forward of that box (another owner's stay)
   homelab.onebox.dnat:
+    owner: mybox
     state: absent
 """
 
@@ -182,6 +238,38 @@ backend:
   returned: always
   type: str
   sample: nft
+owner:
+  description: The owner of the forwards (null without O(owner)).
+  returned: always
+  type: str
+  sample: mybox
+chain_prefix:
+  description: The prefix of the chains used (given, or derived from the owner).
+  returned: always
+  type: str
+  sample: MYBOX
+save_path:
+  description: The saved rules' file (given, or the owner's); null when none is kept.
+  returned: always
+  type: str
+  sample: /etc/onebox/dnat-mybox.rules
+restore_script:
+  description: The boot-time restore script (given, or the owner's); null when none is written.
+  returned: always
+  type: str
+  sample: /usr/local/sbin/onebox-dnat-restore-mybox
+sysctl_file:
+  description: The file keeping IPv4 forwarding on (given, or the owner's); null when none is kept.
+  returned: always
+  type: str
+  sample: /etc/sysctl.d/60-onebox-ip-forward-mybox.conf
+unit_name:
+  description:
+    - The name of the owner's systemd unit that runs O(restore_script) at boot (the module does
+      not write it; the P(homelab.onebox.port_forward#role) role does, from this result).
+  returned: always
+  type: str
+  sample: onebox-dnat-mybox.service
 forwards:
   description: The forwards as applied, targets resolved to addresses, in the order the rules are written.
   returned: always
@@ -189,7 +277,7 @@ forwards:
   elements: dict
   sample:
     - {proto: tcp, port: "80", target: proxy, address: 10.87.0.10, target_port: "80",
-       host_address: null, source: [], comment: http}
+       host_address: null, source: [], comment: http, allow_host_listener: false}
 isolate:
   description: The isolated interfaces, sorted, without duplicates (empty with V(state=absent)).
   returned: always
@@ -203,12 +291,12 @@ rules:
   sample: |
     *nat
     :ONEBOX_OUTPUT - [0:0]
-    -A PREROUTING -m comment --comment "homelab.onebox" -j ONEBOX_PREROUTING
+    -A PREROUTING -m comment --comment "homelab.onebox owner=onebox" -j ONEBOX_PREROUTING
     -A ONEBOX_PREROUTING -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 80 -m comment --comment http -j DNAT --to-destination 10.87.0.10:80
     COMMIT
     *filter
     :ONEBOX_FORWARD - [0:0]
-    -A FORWARD -m comment --comment "homelab.onebox" -j ONEBOX_FORWARD
+    -A FORWARD -m comment --comment "homelab.onebox owner=onebox" -j ONEBOX_FORWARD
     -A ONEBOX_FORWARD -d 10.87.0.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT -m comment --comment http -j ACCEPT
     -A ONEBOX_FORWARD ! -i lxdbr0 -o lxdbr0 -m conntrack --ctstate DNAT -m comment --comment "isolate lxdbr0" -j RETURN
     -A ONEBOX_FORWARD ! -i lxdbr0 -o lxdbr0 -m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment "isolate lxdbr0" -j DROP

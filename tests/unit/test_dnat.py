@@ -1,6 +1,8 @@
 """Pure logic of the port forwards: validation, rules, iptables-save parsing, the restore plan."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _dnat, _validate
@@ -354,3 +356,337 @@ def test_bad_isolate_names_field_and_value(items, field, value):
     assert err.value.field == field
     assert err.value.value == value
     assert field in err.value.msg and repr(value) in err.value.msg
+
+
+# ---- owners ------------------------------------------------------------------------------------
+def test_owner_prefix_of_the_default_owner_is_that_of_0_1():
+    assert _dnat.owner_prefix("onebox") == _dnat.owner_prefix(None) == "ONEBOX" == _dnat.DEFAULT_PREFIX
+
+
+@pytest.mark.parametrize("owner, prefix", [
+    ("web-2", "WEB_2"),
+    ("a", "A"),
+    ("onebox-example", "ONEBOX_EXAMPLE"),
+    ("abcdefghij-klmno", "ABCDEFGHIJ_KLMNO"),  # 16 characters: still the plain form
+    ("my-very-long-box-name", "MY_VERY_LO_44RGX"),  # the documented examples
+    ("MyBox", "MYBOX_A5EZ3"),
+])
+def test_owner_prefix_examples(owner, prefix):
+    assert _dnat.owner_prefix(owner) == prefix
+
+
+@pytest.mark.parametrize("owner", ["abcdefghij-klmnop", "my-very-long-box-name", "x" * 63, "MyBox", "ONEBOX",
+                                   "a-----------------b"])
+def test_owner_prefix_of_a_long_or_capitalised_owner_is_short_readable_and_valid(owner):
+    prefix = _dnat.owner_prefix(owner)
+    assert _dnat.check_prefix(prefix) == prefix and len(prefix) <= 16
+    head, digest = prefix.rsplit("_", 1)
+    assert len(digest) == 5 and re.fullmatch("[A-Z2-7]{5}", digest)
+    assert owner.upper().replace("-", "_").startswith(head)  # readable: the owner's start
+    assert _dnat.owner_prefix(owner) == prefix  # the same every run
+
+
+def test_owner_prefix_tells_owners_apart():
+    # many long names with the same start: the hash tells them apart
+    owners = (["box-%d" % i for i in range(500)] + ["a-long-box-name-number-%d" % i for i in range(2000)]
+              + ["mybox", "MyBox", "MYBOX", "Mybox", "onebox", "Onebox"])
+    prefixes = [_dnat.owner_prefix(owner) for owner in owners]
+    assert len(set(prefixes)) == len(owners)
+    assert _dnat.owner_prefix("mybox") == "MYBOX" and _dnat.owner_prefix("MyBox") != "MYBOX"
+    assert all(_dnat.check_prefix(p) for p in prefixes)
+
+
+def test_owner_defaults():
+    legacy = {"chain_prefix": "ONEBOX", "save_path": "/etc/onebox/dnat.rules",
+              "restore_script": "/usr/local/sbin/onebox-dnat-restore",
+              "sysctl_file": "/etc/sysctl.d/60-onebox-ip-forward.conf", "unit_name": "onebox-dnat.service"}
+    assert _dnat.owner_defaults(None) == legacy
+    assert _dnat.owner_defaults("onebox") == legacy
+    web = _dnat.owner_defaults("web-2")
+    assert web == {"chain_prefix": "WEB_2", "save_path": "/etc/onebox/dnat-web-2.rules",
+                   "restore_script": "/usr/local/sbin/onebox-dnat-restore-web-2",
+                   "sysctl_file": "/etc/sysctl.d/60-onebox-ip-forward-web-2.conf",
+                   "unit_name": "onebox-dnat-web-2.service"}
+    # no two owners share a chain prefix, a file or a unit
+    values = [_dnat.owner_defaults(owner) for owner in ("onebox", "web-2", "web", "Web", "restore")]
+    for key in legacy:
+        assert len({v[key] for v in values}) == len(values), key
+
+
+@pytest.mark.parametrize("owner", ["", "-box", "my box", "box_1", "a" * 64, 7, "box-"])
+def test_bad_owner_is_refused_by_name(owner):
+    with pytest.raises(ValidationError) as err:
+        _dnat.check_owner_name(owner)
+    assert err.value.field == "owner"
+
+
+def test_owner_is_written_on_the_jumps_the_files_and_the_script():
+    desired = _dnat.desired_state(_dnat.normalise([WEB]), "WEB_2", NETWORKS, owner="web-2")
+    assert desired.jumps[("nat", "PREROUTING")] == ['-m comment --comment "homelab.onebox owner=web-2" -j WEB_2_PREROUTING']
+    assert state(WEB).jumps[("nat", "PREROUTING")] == ['-m comment --comment "homelab.onebox" -j ONEBOX_PREROUTING']
+    # what iptables-save prints back (both backends quote a comment with a space the same way)
+    assert _dnat.parse_save(_dnat.render(desired), "WEB_2") == desired
+    script = _dnat.restore_script("/r", "/ipt", "/iptr", "WEB_2", owner="web-2")
+    assert "-m comment --comment 'homelab.onebox owner=web-2' -j WEB_2_FORWARD" in script
+    for text in (_dnat.save_file(desired, "WEB_2", "web-2"), script, _dnat.sysctl_text("web-2")):
+        assert _dnat.file_owner(text) == "web-2"
+    for text in (_dnat.save_file(desired, "WEB_2"), _dnat.restore_script("/r", "/i", "/ir", "X"), _dnat.sysctl_text(),
+                 None, "", "net.ipv4.ip_forward = 1\n"):
+        assert _dnat.file_owner(text) is None
+    # a run without owner writes what 0.1 wrote
+    assert _dnat.sysctl_text() == "# homelab.onebox.dnat: port forwards need IPv4 forwarding.\nnet.ipv4.ip_forward = 1\n"
+    assert "the collection's port forwards (chains X_*)" in _dnat.restore_script("/r", "/i", "/ir", "X")
+
+
+# What iptables-save printed with three boxes on one host: ONEBOX of 0.1 (no owner on its jumps),
+# owner web-2 (chains WEB_2) and owner game (chains GAME, one forward on one address only), plus
+# Docker's chains and a user's rule commented like the collection but jumping elsewhere.
+HOST = """# Generated by iptables-nft-save v1.8.9 (nf_tables)
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:GAME_FORWARD - [0:0]
+:ONEBOX_FORWARD - [0:0]
+:WEB_2_FORWARD - [0:0]
+-A FORWARD -m comment --comment "homelab.onebox owner=game" -j GAME_FORWARD
+-A FORWARD -m comment --comment "homelab.onebox owner=web-2" -j WEB_2_FORWARD
+-A FORWARD -m comment --comment "homelab.onebox" -j ONEBOX_FORWARD
+-A FORWARD -j DOCKER-USER
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+:GAME_PREROUTING - [0:0]
+:ONEBOX_PREROUTING - [0:0]
+:WEB_2_PREROUTING - [0:0]
+:STRAY_PREROUTING - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A PREROUTING -m comment --comment "homelab.onebox" -j ONEBOX_PREROUTING
+-A PREROUTING -m comment --comment "homelab.onebox owner=web-2" -j WEB_2_PREROUTING
+-A PREROUTING -m comment --comment "homelab.onebox owner=game" -j GAME_PREROUTING
+-A PREROUTING -m comment --comment "homelab.onebox-like" -j STRAY_PREROUTING
+-A DOCKER -p tcp -m tcp --dport 9999 -j DNAT --to-destination 172.17.0.2:9999
+-A GAME_PREROUTING -d 192.0.2.2/32 -p udp -m udp --dport 27015:27030 -j DNAT --to-destination 10.87.0.30:27015-27030
+-A ONEBOX_PREROUTING -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 80 -m comment --comment "onebox proxy http" -j DNAT --to-destination 10.87.0.19:80
+-A STRAY_PREROUTING -p tcp -m tcp --dport 7777 -j DNAT --to-destination 10.87.0.77:7777
+-A WEB_2_PREROUTING -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 8080 -m comment --comment web -j DNAT --to-destination 10.87.0.20:80
+-A WEB_2_PREROUTING -s 203.0.113.0/24 -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 7000:7010 -j DNAT --to-destination 10.87.0.21:7000-7010
+COMMIT
+"""
+
+
+def test_collection_owners_are_read_from_the_jumps():
+    assert _dnat.collection_owners(HOST) == {"ONEBOX": None, "WEB_2": "web-2", "GAME": "game"}
+    assert _dnat.collection_owners(SAVED) == {"ONEBOX": None}
+    assert _dnat.collection_owners("") == {}
+    # a jump that names the owner wins over one of 0.1 (a box half way through its first run)
+    mixed = HOST.replace('"homelab.onebox" -j ONEBOX_FORWARD', '"homelab.onebox owner=onebox" -j ONEBOX_FORWARD')
+    assert _dnat.collection_owners(mixed)["ONEBOX"] == "onebox"
+
+
+def test_chains_of_another_owner_are_refused():
+    owners = _dnat.collection_owners(HOST)
+    _dnat.check_owner(owners, "WEB_2", "web-2")          # its own
+    _dnat.check_owner(owners, "ONEBOX", "onebox")        # 0.1's chains: taken over
+    _dnat.check_owner(owners, "ONEBOX", "anyone")
+    _dnat.check_owner(owners, "NEW", "new")              # nobody's
+    with pytest.raises(ValidationError) as err:
+        _dnat.check_owner(owners, "WEB_2", "other")
+    assert err.value.field == "chain_prefix" and err.value.value == "WEB_2"
+    assert "chain prefix WEB_2 belongs to owner web-2" in err.value.msg and "its own chain_prefix" in err.value.msg
+    with pytest.raises(ValidationError) as err:  # a run without owner does not take an owner's chains either
+        _dnat.check_owner(owners, "GAME", None)
+    assert "belongs to owner game" in err.value.msg and "owner: game" in err.value.msg
+
+
+def test_other_claims_are_the_dnat_rules_of_other_owners():
+    owners = _dnat.collection_owners(HOST)
+    claims = _dnat.other_claims(HOST, owners, "WEB_2")
+    assert [(c.owner, c.prefix, c.proto, c.port, c.host) for c in claims] == [
+        ("game", "GAME", "udp", (27015, 27030), "192.0.2.2/32"),
+        (None, "ONEBOX", "tcp", (80, 80), None)]
+    assert claims[0].rule.startswith("-A GAME_PREROUTING -d 192.0.2.2/32")
+    # our own chain is not a claim; neither are Docker's nor a chain without the collection's jump
+    assert {c.prefix for c in _dnat.other_claims(HOST, owners, "GAME")} == {"ONEBOX", "WEB_2"}
+
+
+@pytest.mark.parametrize("forward, owner, field", [
+    ({"port": 8080, "target": "10.87.0.5"}, "web-2", "forwards[0].port"),
+    ({"port": "8000-8100", "target": "10.87.0.5"}, "web-2", "forwards[0].port"),
+    ({"port": 7010, "target": "10.87.0.5", "source": "198.51.100.0/24"}, "web-2", "forwards[0].port"),
+    ({"port": 8080, "target": "10.87.0.5", "host_address": "192.0.2.9"}, "web-2", "forwards[0].port"),
+    ({"proto": "udp", "port": 27020, "target": "10.87.0.5"}, "game", "forwards[0].port"),
+    ({"proto": "udp", "port": 27020, "target": "10.87.0.5", "host_address": "192.0.2.2"}, "game", "forwards[0].port"),
+    ({"port": 80, "target": "10.87.0.5"}, "unknown (chains ONEBOX_*)", "forwards[0].port"),
+])
+def test_a_port_of_another_owner_is_refused(forward, owner, field):
+    claims = _dnat.other_claims(HOST, _dnat.collection_owners(HOST), "MINE")
+    forwards = _dnat.normalise([forward])
+    with pytest.raises(ValidationError) as err:
+        _dnat.check_claims(forwards, claims)
+    assert err.value.field == field
+    assert err.value.value == (forward["port"] if isinstance(forward["port"], int) else forward["port"])
+    assert "already forwarded by owner %s" % owner in err.value.msg
+    if owner.startswith("unknown"):
+        assert "chain_prefix: ONEBOX takes them over" in err.value.msg
+
+
+@pytest.mark.parametrize("forward", [
+    {"port": 8081, "target": "10.87.0.5"},
+    {"proto": "udp", "port": 8080, "target": "10.87.0.5"},
+    {"proto": "udp", "port": 27020, "target": "10.87.0.5", "host_address": "192.0.2.3"},  # game's is on .2 only
+    {"port": 27020, "target": "10.87.0.5"},
+    {"port": 7777, "target": "10.87.0.5"},   # a chain nobody jumps to with the collection's comment
+    {"port": 9999, "target": "10.87.0.5"},   # Docker's
+])
+def test_ports_nobody_else_forwards_are_accepted(forward):
+    claims = _dnat.other_claims(HOST, _dnat.collection_owners(HOST), "MINE")
+    _dnat.check_claims(_dnat.normalise([forward]), claims)
+
+
+def test_a_box_forwarding_its_own_ports_again_is_no_conflict():
+    owners = _dnat.collection_owners(HOST)
+    _dnat.check_claims(_dnat.normalise([{"port": 8080, "target": "10.87.0.20", "target_port": 80}]),
+                       _dnat.other_claims(HOST, owners, "WEB_2"))
+
+
+# ---- the host's listeners ------------------------------------------------------------------------
+# /proc/net/* of a host with sshd on 0.0.0.0:22 and [::]:22, LXD's dnsmasq on the bridge
+# (10.87.0.1:53 tcp and udp, 0.0.0.0:67 udp bound to the bridge), a local resolver on 127.0.0.53:53,
+# a web server on 192.0.2.2:8443 and ::1:631, an established TCP connection, a connected UDP
+# socket (a client's), and a listener on ::ffff:192.0.2.2:9000.
+PROC_TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0000000000000000 100 0 0 10 0
+   1: 0100570A:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1002 1 0000000000000000 100 0 0 10 5
+   2: 3500007F:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000   101        0 1003 1 0000000000000000 100 0 0 10 5
+   3: 020200C0:20FB 00000000:0000 0A 00000000:00000000 00:00000000 00000000    33        0 1004 1 0000000000000000 100 0 0 10 0
+   4: 020200C0:0016 0A0200C0:D431 01 00000000:00000000 02:000A7E4B 00000000     0        0 1005 4 0000000000000000 20 4 31 10 -1
+"""
+# (the tcp6 lines end at the inode here: what follows it is not read)
+PROC_TCP6 = """  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2001
+   1: 00000000000000000000000001000000:0277 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2002
+   2: 0000000000000000FFFF0000020200C0:2328 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2003
+   3: B80D0120000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2004
+"""
+PROC_UDP = """   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  452: 0100570A:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 3001 2 0000000000000000 0
+  466: 00000000:0043 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 3002 2 0000000000000000 0
+  470: 3500007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000   101        0 3003 2 0000000000000000 0
+  480: 020200C0:A1B2 08080808:0035 01 00000000:00000000 00:00000000 00000000     0        0 3004 2 0000000000000000 0
+"""
+
+
+def listeners():
+    out = []
+    for text, proto in ((PROC_TCP, "tcp"), (PROC_TCP6, "tcp"), (PROC_UDP, "udp"), (None, "udp")):
+        out.extend(_dnat.parse_proc_net(text, proto))
+    return out
+
+
+def test_parse_proc_net():
+    found = [(l.proto, str(l.address), l.port, l.inode) for l in listeners()]
+    assert found == [
+        ("tcp", "0.0.0.0", 22, 1001), ("tcp", "10.87.0.1", 53, 1002), ("tcp", "127.0.0.53", 53, 1003),
+        ("tcp", "192.0.2.2", 8443, 1004),
+        ("tcp", "::", 22, 2001), ("tcp", "::1", 631, 2002), ("tcp", "192.0.2.2", 9000, 2003),
+        ("tcp", "2001:db8::1", 80, 2004),
+        ("udp", "10.87.0.1", 53, 3001), ("udp", "0.0.0.0", 67, 3002), ("udp", "127.0.0.53", 53, 3003)]
+    # on a big-endian host the kernel prints the words as they are
+    assert str(_dnat.parse_proc_net(PROC_TCP.replace("0100570A", "0A570001"), "tcp", "big")[1].address) == "10.87.0.1"
+
+
+@pytest.mark.parametrize("forward, shown", [
+    ({"port": 22, "target": "10.87.0.5"}, "tcp 0.0.0.0:22"),
+    ({"port": "20-30", "target": "10.87.0.5", "host_address": "192.0.2.2"}, "tcp 0.0.0.0:22"),
+    ({"proto": "udp", "port": 53, "target": "10.87.0.5"}, "udp 10.87.0.1:53"),  # LXD's dnsmasq
+    ({"port": 53, "target": "10.87.0.5"}, "tcp 10.87.0.1:53"),
+    ({"proto": "udp", "port": 67, "target": "10.87.0.5"}, "udp 0.0.0.0:67"),
+    ({"port": 8443, "target": "10.87.0.5"}, "tcp 192.0.2.2:8443"),
+    ({"port": 8443, "target": "10.87.0.5", "host_address": "192.0.2.2"}, "tcp 192.0.2.2:8443"),
+    ({"port": 9000, "target": "10.87.0.5"}, "tcp 192.0.2.2:9000"),  # IPv4-mapped
+])
+def test_a_forward_over_a_host_listener_is_refused(forward, shown):
+    forwards = _dnat.normalise([{"port": 10, "target": "10.87.0.9"}, forward])
+    conflicts = _dnat.listener_conflicts(forwards, listeners())
+    assert conflicts and conflicts[0][0].field == "forwards[1]"
+    fwd, listener = conflicts[0]
+    err = _dnat.listener_error(fwd, listener, "sshd pid 1")
+    assert err.field == "forwards[1].port" and err.value == forward["port"]
+    assert "listens on %s (sshd pid 1)" % shown in err.msg and "allow_host_listener: true" in err.msg
+    assert "(sshd" not in _dnat.listener_error(fwd, listener).msg
+    # unless the forward says it means it
+    assert _dnat.listener_conflicts(_dnat.normalise([dict(forward, allow_host_listener=True)]), listeners()) == []
+
+
+@pytest.mark.parametrize("forward", [
+    {"port": 631, "target": "10.87.0.5"},                                # ::1 only
+    {"port": 80, "target": "10.87.0.5"},                                 # an IPv6 address only (forwards are IPv4)
+    {"proto": "udp", "port": 22, "target": "10.87.0.5"},                 # other protocol
+    {"port": "23-52", "target": "10.87.0.5"},                            # around, not over
+    {"port": 8443, "target": "10.87.0.5", "host_address": "192.0.2.3"},  # another address
+    {"port": 53, "target": "10.87.0.5", "host_address": "192.0.2.2"},    # dnsmasq is on the bridge's address
+    {"proto": "udp", "port": "40000-49999", "target": "10.87.0.5"},      # a connected (client) socket's port
+])
+def test_listeners_the_forward_cannot_catch_do_not_block(forward):
+    assert _dnat.listener_conflicts(_dnat.normalise([forward]), listeners()) == []
+
+
+def test_a_loopback_listener_does_not_block():
+    only_loopback = [l for l in listeners() if l.address.is_loopback]
+    assert {(l.proto, l.port) for l in only_loopback} == {("tcp", 53), ("tcp", 631), ("udp", 53)}
+    assert _dnat.listener_conflicts(_dnat.normalise([{"port": 53, "target": "10.87.0.5"},
+                                                     {"proto": "udp", "port": 53, "target": "10.87.0.5"}]),
+                                    only_loopback) == []
+
+
+def test_allow_host_listener_is_a_forward_key():
+    assert "allow_host_listener" in _dnat.FORWARD_KEYS
+    forwards = _dnat.normalise([{"port": 22, "target": "10.87.0.5", "allow_host_listener": True}])
+    assert forwards[0].allow_listener is True
+    assert _dnat.summary([forwards[0]._replace(address="10.87.0.5")])[0]["allow_host_listener"] is True
+    with pytest.raises(ValidationError) as err:
+        _dnat.normalise([{"port": 22, "target": "10.87.0.5", "allow_host_listener": "yes"}])
+    assert err.value.field == "forwards[0].allow_host_listener"
+
+
+# ---- the manager's names (no I/O) ----------------------------------------------------------------
+class _Module:  # what DnatManager.__init__ reads of a module
+    def __init__(self, **params):
+        from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+        from ansible_collections.homelab.onebox.plugins.module_utils._dnat_host import ARGUMENT_SPEC
+        checked = ArgumentSpecValidator(ARGUMENT_SPEC).validate(params)
+        assert not checked.error_messages, checked.error_messages
+        self.params = checked.validated_parameters
+
+
+def manager(**params):
+    from ansible_collections.homelab.onebox.plugins.module_utils._dnat_host import DnatManager
+    return DnatManager(_Module(**params))
+
+
+def test_manager_names_come_from_the_owner():
+    assert manager().names() == dict(owner=None, **_dnat.owner_defaults(None))
+    assert manager(owner="onebox").names() == dict(owner="onebox", **_dnat.owner_defaults("onebox"))
+    assert manager(owner="web-2", state="absent").names() == dict(owner="web-2", **_dnat.owner_defaults("web-2"))
+    # given values win
+    names = manager(owner="web-2", chain_prefix="MINE", save_path="/tmp/r", restore_script="/tmp/s",
+                    sysctl_file="/tmp/c").names()
+    assert names == dict(owner="web-2", chain_prefix="MINE", save_path="/tmp/r", restore_script="/tmp/s",
+                         sysctl_file="/tmp/c", unit_name="onebox-dnat-web-2.service")
+    # "" keeps no file (and no save file means no script); no forwarding, no sysctl file
+    assert manager(owner="web-2", save_path="").names()["restore_script"] is None
+    assert manager(owner="web-2", sysctl_file="").names()["sysctl_file"] is None
+    assert manager(owner="web-2", ip_forward=False).names()["sysctl_file"] is None
+
+
+def test_manager_refuses_a_bad_owner_or_prefix():
+    with pytest.raises(ValidationError) as err:
+        manager(owner="bad_owner")
+    assert err.value.field == "owner"
+    with pytest.raises(ValidationError):
+        manager(owner="web-2", chain_prefix="web")
