@@ -7,10 +7,13 @@ random ports, and files under tmp_path, so nothing the box itself runs is touche
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -307,11 +310,21 @@ def test_rules_are_written_as_iptables_save_prints_them(backend):
     networks = [ipaddress.IPv4Network("10.87.0.0/24")]
     desired = _dnat.desired_state(forwards, "ONEBOX", networks, _dnat.normalise_isolate(["lxdbr0", "br-x.1@a"]))
     assert len(desired.chains[("filter", "ONEBOX_FORWARD")]) == 4 * 2 + 2 * 2
+    # a second owner beside it, its owner on its jumps
+    other = _dnat.desired_state(_dnat.normalise([{"port": 8080, "target": "10.87.0.12"}]), "WEB_2", networks,
+                                owner="web-2")
     with Netns("save") as ns:
         ns.run(["iptables-%s-restore" % backend, "--noflush"], input=_dnat.plan(_dnat.empty_state(), desired), check=True)
-        current = _dnat.parse_save(ns.run(["iptables-%s-save" % backend], check=True).stdout, "ONEBOX")
+        ns.run(["iptables-%s-restore" % backend, "--noflush"], input=_dnat.plan(_dnat.empty_state(), other), check=True)
+        saved = ns.run(["iptables-%s-save" % backend], check=True).stdout
+        current = _dnat.parse_save(saved, "ONEBOX")
         assert current == desired
         assert _dnat.plan(current, desired) == ""
+        assert _dnat.parse_save(saved, "WEB_2") == other
+        assert _dnat.collection_owners(saved) == {"ONEBOX": None, "WEB_2": "web-2"}
+        assert [(c.owner, c.proto, c.port) for c in _dnat.other_claims(saved, {"ONEBOX": None, "WEB_2": "web-2"}, "ONEBOX")] \
+            == [("web-2", "tcp", (8080, 8080))]
+        ns.run(["iptables-%s-restore" % backend, "--noflush"], input=_dnat.plan(other, _dnat.empty_state()), check=True)
         ns.run(["iptables-%s-restore" % backend, "--noflush"], input=_dnat.plan(current, _dnat.empty_state()), check=True)
         left = ns.run(["iptables-%s-save" % backend], check=True).stdout
         assert "ONEBOX" not in left
@@ -652,6 +665,272 @@ def test_without_isolate_the_direct_path_is_back(box, outsider, lan, isolation):
     assert ask_from_ns(outsider, "tcp", lan.address, NS_PORT) == direct_lan
 
 
+# ---- owners: boxes side by side on one host ----------------------------------------------------
+# Throw-away owners of this run: their prefixes are derived (no chain_prefix given), their files
+# are under tmp.
+OWNER_A, OWNER_B, OWNER_C = ("%s-own-%s" % (RUN_PREFIX, x) for x in "abc")
+OWN_A, OWN_B = BASE + 10, BASE + 11   # host ports: A -> a:WEB_A; B -> b:WEB_B (tcp), a:UDP (udp)
+
+
+def owner_args(tmp, owner, forwards, **extra):
+    return dict(dict(owner=owner, forwards=forwards, save_path=str(tmp / "dnat.rules"),
+                     restore_script=str(tmp / "restore"), sysctl_file=str(tmp / "ip_forward.conf")), **extra)
+
+
+def lines_of(prefix):
+    """iptables-save's lines that name a prefix's chains (its chains, rules and jumps)."""
+    return [line for line in iptables_save() if re.search(r"\b%s_[A-Z]+\b" % prefix, line)]
+
+
+def files_of(args):
+    return {key: open(args[key], "rb").read() for key in ("save_path", "restore_script", "sysctl_file")}
+
+
+@pytest.fixture(scope="module")
+def two_owners(box, client, tmp_path_factory):
+    """Two boxes' forwards side by side, each of its own owner; both gone at the end."""
+    a_args = owner_args(tmp_path_factory.mktemp("owner-a"), OWNER_A,
+                        [{"port": OWN_A, "target": box["a"], "target_port": WEB_A, "comment": "owner a"}])
+    b_args = owner_args(tmp_path_factory.mktemp("owner-b"), OWNER_B,
+                        [{"port": OWN_B, "target": box["b"], "target_port": WEB_B},
+                         {"proto": "udp", "port": OWN_B, "target": box["a"], "target_port": UDP}])
+    before = iptables_save()
+    results = {}
+    try:
+        for key, args in (("a", a_args), ("b", b_args)):
+            results[key] = run_module("dnat", args)
+            assert results[key]["changed"] and not results[key].get("failed"), results[key]
+        yield dict(a=a_args, b=b_args, results=results)
+    finally:
+        for args in (b_args, a_args):
+            result = run_module("dnat", dict(args, state="absent"))
+            assert not result.get("failed"), result
+    assert iptables_save() == before
+
+
+def test_two_owners_converge_side_by_side(box, client, two_owners):
+    a_args, b_args, results = two_owners["a"], two_owners["b"], two_owners["results"]
+    prefix_a, prefix_b = _dnat.owner_prefix(OWNER_A), _dnat.owner_prefix(OWNER_B)
+    assert prefix_a == OWNER_A.upper().replace("-", "_") and prefix_a != prefix_b
+    # what a role templates the boot unit from
+    assert {k: results["a"][k] for k in ("owner", "chain_prefix", "save_path", "restore_script", "sysctl_file",
+                                         "unit_name")} == dict(
+        owner=OWNER_A, chain_prefix=prefix_a, save_path=a_args["save_path"], restore_script=a_args["restore_script"],
+        sysctl_file=a_args["sysctl_file"], unit_name="onebox-dnat-%s.service" % OWNER_A)
+    # the jumps say whose the chains are; so do the files
+    for owner, prefix, args in ((OWNER_A, prefix_a, a_args), (OWNER_B, prefix_b, b_args)):
+        jumps = [line for line in lines_of(prefix) if line.startswith("-A ") and line.split()[1] in
+                 ("PREROUTING", "OUTPUT", "POSTROUTING", "FORWARD")]
+        assert len(jumps) == 4 and all('--comment "homelab.onebox owner=%s"' % owner in line for line in jumps), jumps
+        assert all(_dnat.file_owner(text.decode()) == owner for text in files_of(args).values())
+    # both forwards answer from outside
+    assert probe_all((ask_from_ns, client, "tcp", client.host_address, OWN_A),
+                     (ask_from_ns, client, "tcp", client.host_address, OWN_B),
+                     (ask_from_ns, client, "udp", client.host_address, OWN_B)) == [
+        "%s %d %s" % (box["a"], WEB_A, client.address), "%s %d %s" % (box["b"], WEB_B, client.address),
+        "%s %d %s ping" % (box["a"], UDP, client.address)]
+    # each converged: a second run of either changes nothing, in check mode neither
+    for args in (a_args, b_args):
+        assert run_module("dnat", args)["changed"] is False
+        assert run_module("dnat", args, check=True, diff=True)["changed"] is False
+
+
+def test_a_port_of_another_owner_is_refused(box, two_owners, applied, tmp_path):
+    """Same proto and a port range that meets another owner's: refused before anything changes,
+    in check mode too, naming the field, the port and the owner."""
+    before = iptables_save()
+    cases = [
+        ([{"port": 9000, "target": "10.87.0.250"}, {"port": "%d-%d" % (OWN_A - 1, OWN_A), "target": box["a"]}],
+         "forwards[1].port", "'%d-%d'" % (OWN_A - 1, OWN_A), "owner %s" % OWNER_A),
+        ([{"proto": "udp", "port": OWN_B, "target": box["a"]}], "forwards[0].port", str(OWN_B), "owner %s" % OWNER_B),
+        # the forwards of `applied` were written without owner
+        ([{"port": WEB_A, "target": box["a"]}], "forwards[0].port", str(WEB_A),
+         "owner unknown (chains %s_*)" % PREFIX),
+    ]
+    for forwards, field, value, owner in cases:
+        for check in (True, False):
+            result = run_module("dnat", owner_args(tmp_path, OWNER_C, forwards), check=check)
+            assert result.get("failed"), result
+            assert field in result["msg"] and value in result["msg"] and owner in result["msg"], result["msg"]
+            assert "already forwarded" in result["msg"]
+            assert iptables_save() == before
+            assert list(tmp_path.iterdir()) == []
+    # the other protocol on the same port is no conflict
+    args = owner_args(tmp_path, OWNER_C, [{"proto": "udp", "port": OWN_A, "target": box["a"], "target_port": UDP}])
+    try:
+        result = run_module("dnat", args)
+        assert result["changed"] and not result.get("failed"), result
+    finally:
+        assert not run_module("dnat", dict(args, state="absent")).get("failed")
+    assert iptables_save() == before
+
+
+def test_chains_and_files_of_another_owner_are_refused(two_owners, tmp_path):
+    a_args = two_owners["a"]
+    prefix_a = _dnat.owner_prefix(OWNER_A)
+    before, files_a = iptables_save(), files_of(a_args)
+    for state in ("present", "absent"):  # a teardown by mistake is refused too
+        result = run_module("dnat", owner_args(tmp_path, OWNER_C, [], chain_prefix=prefix_a, state=state))
+        assert result.get("failed"), result
+        assert "chain_prefix" in result["msg"]
+        assert "chain prefix %s belongs to owner %s" % (prefix_a, OWNER_A) in result["msg"], result["msg"]
+        # a run without owner does not take them either
+        result = run_module("dnat", dict(chain_prefix=prefix_a, state=state, save_path="", sysctl_file=""))
+        assert result.get("failed") and "belongs to owner %s" % OWNER_A in result["msg"], result
+        for key in ("save_path", "restore_script", "sysctl_file"):
+            result = run_module("dnat", dict(owner_args(tmp_path, OWNER_C, []), state=state, **{key: a_args[key]}))
+            assert result.get("failed") and key in result["msg"] and "owner %s" % OWNER_A in result["msg"], result
+    assert iptables_save() == before and files_of(a_args) == files_a
+
+
+def test_removing_one_owner_leaves_the_other(box, client, two_owners):
+    a_args, b_args = two_owners["a"], two_owners["b"]
+    prefix_a, prefix_b = _dnat.owner_prefix(OWNER_A), _dnat.owner_prefix(OWNER_B)
+    lines_a, files_a = lines_of(prefix_a), files_of(a_args)
+    assert lines_a and lines_of(prefix_b)
+
+    result = run_module("dnat", dict(b_args, state="absent"), check=True, diff=True)
+    assert result["changed"] and result["diff"][0]["after"] == "" and prefix_b in result["diff"][0]["before"]
+    assert lines_of(prefix_b) and os.path.exists(b_args["save_path"])  # check mode changed nothing
+    result = run_module("dnat", dict(b_args, state="absent"))
+    assert result["changed"] and not result.get("failed"), result
+
+    assert lines_of(prefix_b) == [] and not any(os.path.exists(b_args[k]) for k in ("save_path", "restore_script",
+                                                                                     "sysctl_file"))
+    assert lines_of(prefix_a) == lines_a and files_of(a_args) == files_a  # byte-identical
+    assert probe_all((ask_from_ns, client, "tcp", client.host_address, OWN_A),
+                     (ask_from_ns, client, "tcp", client.host_address, OWN_B)) == [
+        "%s %d %s" % (box["a"], WEB_A, client.address), "ERROR ConnectionRefusedError"]
+    assert run_module("dnat", a_args)["changed"] is False
+    assert run_module("dnat", dict(b_args, state="absent"))["changed"] is False
+
+
+def test_an_owner_takes_over_chains_written_without_owner(tmp_path):
+    """The upgrade of a box of 0.1: its chains, whose jumps name no owner, become its owner's in one
+    run (jumps rewritten, none twice); then a run without owner no longer touches them."""
+    prefix = PREFIX + "U"
+    owner = "%s-own-u" % RUN_PREFIX
+    before = iptables_save()
+    legacy = args_for(tmp_path, [{"port": BASE + 12, "target": "10.87.0.250"}], chain_prefix=prefix)
+    owned = dict(legacy, owner=owner)
+    try:
+        assert run_module("dnat", legacy)["changed"]
+        assert all('--comment "homelab.onebox" -j %s_' % prefix in line
+                   for line in lines_of(prefix) if line.split()[1] in ("PREROUTING", "OUTPUT", "POSTROUTING", "FORWARD"))
+        chains = [line for line in lines_of(prefix) if line.startswith("-A %s_" % prefix)]
+        result = run_module("dnat", owned, check=True, diff=True)
+        assert result["changed"] and 'owner=%s' % owner in result["diff"][0]["after"], result
+        result = run_module("dnat", owned)
+        assert result["changed"] and not result.get("failed"), result
+        jumps = [line for line in lines_of(prefix) if not line.startswith((":", "-A %s_" % prefix))]
+        assert sorted(jumps) == sorted('-A %s -m comment --comment "homelab.onebox owner=%s" -j %s_%s'
+                                       % (builtin, owner, prefix, builtin)
+                                       for builtin in ("PREROUTING", "OUTPUT", "POSTROUTING", "FORWARD"))
+        assert [line for line in lines_of(prefix) if line.startswith("-A %s_" % prefix)] == chains
+        assert run_module("dnat", owned)["changed"] is False
+        result = run_module("dnat", legacy)
+        assert result.get("failed") and "belongs to owner %s" % owner in result["msg"], result
+    finally:
+        assert not run_module("dnat", dict(owned, state="absent")).get("failed")
+    assert iptables_save() == before
+
+
+# ---- the host's own listeners --------------------------------------------------------------------
+# Sockets of a test process on the host, on ports the kernel picks: "tcp:0.0.0.0", "udp:0.0.0.0",
+# "tcp:127.0.0.1". Prints the ports as JSON, then waits to be killed.
+LISTENER = r'''
+import json, socket, sys, time
+sockets = []
+for spec in sys.argv[1:]:
+    proto, host = spec.split(":")
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    s.bind((host, 0))
+    if proto == "tcp":
+        s.listen(8)
+    sockets.append(s)
+print(json.dumps([s.getsockname()[1] for s in sockets]), flush=True)
+time.sleep(600)
+'''
+
+
+@contextlib.contextmanager
+def host_listeners(*specs):
+    """(process, [port per spec]) of a listening test process, killed by its PID at the end."""
+    proc = subprocess.Popen([sys.executable, "-c", LISTENER] + list(specs), stdout=subprocess.PIPE, text=True)
+    try:
+        yield proc, json.loads(proc.stdout.readline())
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+def test_a_forward_over_a_port_the_host_listens_on(box, client, tmp_path):
+    owner = "%s-own-l" % RUN_PREFIX
+    with host_listeners("tcp:0.0.0.0", "udp:0.0.0.0", "tcp:127.0.0.1") as (proc, (tcp, udp, loopback)):
+        before = iptables_save()
+        # refused (check mode too), naming the field, the port, what listens
+        for forwards, field, value, listens in (
+                ([{"port": tcp, "target": box["a"], "target_port": WEB_A}], "forwards[0].port", str(tcp),
+                 "tcp 0.0.0.0:%d" % tcp),
+                ([{"port": 9000, "target": "10.87.0.250"}, {"port": "%d-%d" % (tcp - 1, tcp + 1), "target": box["a"]}],
+                 "forwards[1].port", "'%d-%d'" % (tcp - 1, tcp + 1), "tcp 0.0.0.0:%d" % tcp),
+                ([{"proto": "udp", "port": udp, "target": box["a"], "target_port": UDP}], "forwards[0].port", str(udp),
+                 "udp 0.0.0.0:%d" % udp)):
+            for check in (True, False):
+                result = run_module("dnat", owner_args(tmp_path, owner, forwards), check=check)
+                assert result.get("failed"), result
+                assert field in result["msg"] and value in result["msg"], result["msg"]
+                assert "listens on %s (" % listens in result["msg"] and "pid %d)" % proc.pid in result["msg"], result["msg"]
+                assert "allow_host_listener" in result["msg"]
+                assert iptables_save() == before and list(tmp_path.iterdir()) == []
+
+        # a listener on loopback only does not block: the forward never sees its traffic
+        args = owner_args(tmp_path, owner, [{"port": loopback, "target": box["a"], "target_port": WEB_A}])
+        try:
+            assert run_module("dnat", args)["changed"]
+        finally:
+            assert not run_module("dnat", dict(args, state="absent")).get("failed")
+        assert iptables_save() == before
+
+        # the forward that means it: accepted, and it takes the port's traffic from outside
+        args = owner_args(tmp_path, owner, [{"port": tcp, "target": box["a"], "target_port": WEB_A,
+                                             "allow_host_listener": True},
+                                            {"proto": "udp", "port": udp, "target": box["a"], "target_port": UDP,
+                                             "allow_host_listener": True}])
+        try:
+            result = run_module("dnat", args, check=True, diff=True)
+            assert result["changed"] and not result.get("failed") and iptables_save() == before, result
+            result = run_module("dnat", args)
+            assert result["changed"] and not result.get("failed"), result
+            assert result["forwards"][0]["allow_host_listener"] is True
+            assert run_module("dnat", args)["changed"] is False
+            assert probe_all((ask_from_ns, client, "tcp", client.host_address, tcp),
+                             (ask_from_ns, client, "udp", client.host_address, udp)) == [
+                "%s %d %s" % (box["a"], WEB_A, client.address), "%s %d %s ping" % (box["a"], UDP, client.address)]
+        finally:
+            assert not run_module("dnat", dict(args, state="absent")).get("failed")
+        assert iptables_save() == before
+    # the listener gone, the same forward needs no word
+    result = run_module("dnat", owner_args(tmp_path, owner, [{"port": tcp, "target": box["a"]}]), check=True)
+    assert result["changed"] and not result.get("failed"), result
+
+
+def test_lxd_dns_on_the_bridge_is_not_forwarded(tmp_path):
+    """LXD's dnsmasq listens on the bridge's address, port 53: a forward of UDP 53 would take the
+    containers' DNS."""
+    listeners = _dnat.parse_proc_net(open("/proc/net/udp", encoding="ascii").read(), "udp", sys.byteorder)
+    dns = [l for l in listeners if l.port == 53 and not l.address.is_loopback]
+    if not dns:
+        pytest.skip("nothing on this host serves DNS on a non-loopback address")
+    before = iptables_save()
+    result = run_module("dnat", owner_args(tmp_path, "%s-own-d" % RUN_PREFIX,
+                                           [{"proto": "udp", "port": 53, "target": "10.87.0.250"}]))
+    assert result.get("failed") and "forwards[0].port" in result["msg"], result
+    assert "listens on udp %s:53" % dns[0].address in result["msg"], result["msg"]
+    assert iptables_save() == before and list(tmp_path.iterdir()) == []
+
+
 # ---- the role -----------------------------------------------------------------------------
 ROLE_PLAY = """
 - hosts: all
@@ -662,36 +941,58 @@ ROLE_PLAY = """
 
 
 def test_port_forward_role(box, client, user_rules, tmp_path):
+    """Two boxes' forwards through the role: chains, files and boot unit of each owner's own (the
+    unit named by the module's result); removing one leaves the other as it was."""
     playbook = tmp_path / "play.yml"
     playbook.write_text(ROLE_PLAY)
     before = iptables_save()
-    variables = dict(
-        onebox_services=[{"name": box["a"], "forwards": [{"port": UNDECLARED, "target_port": WEB_A, "comment": "role"}]},
-                         {"name": box["b"]}],
-        port_forward_extra=[{"proto": "udp", "port": UNDECLARED, "target": box["ip"][box["a"]], "target_port": UDP}],
-        port_forward_chain_prefix=PREFIX + "R", port_forward_save_path=str(tmp_path / "etc" / "dnat.rules"),
-        port_forward_restore_script=str(tmp_path / "sbin" / "restore"),
-        port_forward_sysctl_file=str(tmp_path / "sysctl.conf"),
-        port_forward_systemd=True, port_forward_unit_dir=str(tmp_path), port_forward_unit_enable=False)
+    owner, other = "%s-role-a" % RUN_PREFIX, "%s-role-b" % RUN_PREFIX
 
-    def converge(**extra):
-        rc, out = run_playbook(str(playbook), dict(variables, **extra))
+    def variables(who, tmp):
+        return dict(
+            onebox_owner=who, port_forward_save_path=str(tmp / "etc" / "dnat.rules"),
+            port_forward_restore_script=str(tmp / "sbin" / "restore"), port_forward_sysctl_file=str(tmp / "sysctl.conf"),
+            port_forward_systemd=True, port_forward_unit_dir=str(tmp_path), port_forward_unit_enable=False)
+
+    first = dict(variables(owner, tmp_path / "a"),
+                 onebox_services=[{"name": box["a"], "forwards": [{"port": UNDECLARED, "target_port": WEB_A, "comment": "role"}]},
+                                  {"name": box["b"]}],
+                 port_forward_extra=[{"proto": "udp", "port": UNDECLARED, "target": box["ip"][box["a"]], "target_port": UDP}])
+    second = dict(variables(other, tmp_path / "b"),
+                  port_forward_extra=[{"port": OWN_B + 100, "target": box["ip"][box["b"]], "target_port": WEB_B}])
+
+    def converge(values, **extra):
+        rc, out = run_playbook(str(playbook), dict(values, **extra))
         assert rc == 0, json.dumps(out)[-3000:]
         return out["stats"]["localhost"]["changed"]
 
+    prefix = _dnat.owner_prefix(owner)
+    unit, other_unit = tmp_path / ("onebox-dnat-%s.service" % owner), tmp_path / ("onebox-dnat-%s.service" % other)
     try:
-        assert converge() > 0
-        # the bridge isolated by default
-        assert ["-A %sR_FORWARD %s" % (PREFIX, body) for body in _dnat.isolate_rules(BRIDGE)] == \
-            [line for line in iptables_save() if line.startswith("-A %sR_FORWARD !" % PREFIX)]
+        assert converge(first) > 0
+        # the chains are the owner's (derived), the bridge isolated by default
+        assert ["-A %s_FORWARD %s" % (prefix, body) for body in _dnat.isolate_rules(BRIDGE)] == \
+            [line for line in iptables_save() if line.startswith("-A %s_FORWARD !" % prefix)]
         assert ask_from_ns(client, "tcp", client.host_address, UNDECLARED) == "%s %d %s" % (box["a"], WEB_A, client.address)
         assert ask_from_ns(client, "udp", client.host_address, UNDECLARED).startswith("%s %d " % (box["a"], UDP))
-        unit = (tmp_path / "onebox-dnat.service").read_text()
-        assert "ExecStart=%s" % variables["port_forward_restore_script"] in unit
-        assert "ConditionPathExists=%s" % variables["port_forward_save_path"] in unit
-        assert converge() == 0
+        text = unit.read_text()
+        assert "ExecStart=%s" % first["port_forward_restore_script"] in text
+        assert "ConditionPathExists=%s" % first["port_forward_save_path"] in text
+        assert "chains %s_*" % prefix in text and "of %s" % owner in text
+        assert converge(first) == 0
+
+        assert converge(second) > 0
+        assert other_unit.exists() and "ExecStart=%s" % second["port_forward_restore_script"] in other_unit.read_text()
+        assert ask_from_ns(client, "tcp", client.host_address, OWN_B + 100).startswith(box["b"])
+        lines, unit_text = lines_of(prefix), unit.read_text()
+        converge(second, port_forward_state="absent")
+        assert not other_unit.exists() and lines_of(_dnat.owner_prefix(other)) == []
+        assert lines_of(prefix) == lines and unit.read_text() == unit_text
+        assert ask_from_ns(client, "tcp", client.host_address, UNDECLARED).startswith(box["a"])
+        assert converge(first) == 0
     finally:
-        converge(port_forward_state="absent")
+        converge(second, port_forward_state="absent")
+        converge(first, port_forward_state="absent")
     assert iptables_save() == before
-    assert not (tmp_path / "onebox-dnat.service").exists() and not (tmp_path / "etc" / "dnat.rules").exists()
+    assert not unit.exists() and not (tmp_path / "a" / "etc" / "dnat.rules").exists()
     assert ask_from_ns(client, "tcp", client.host_address, UNDECLARED).startswith("ERROR")
