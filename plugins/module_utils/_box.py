@@ -185,9 +185,8 @@ class Service:
         if self.raw.get("memory_swap") is not None:
             if "memory" not in limits:
                 raise ValidationError(self.where("memory_swap"), self.raw["memory_swap"], "needs memory too")
-            if v.size_bytes(self.raw["memory_swap"], self.where("memory_swap")) < v.size_bytes(limits["memory"], self.where("memory")):
-                raise ValidationError(self.where("memory_swap"), self.raw["memory_swap"], "RAM+swap is less than memory")
-            limits["memory_swap"] = str(self.raw["memory_swap"])
+            limits["memory_swap"] = v.memory_swap(self.raw["memory_swap"], self.where("memory_swap"),
+                                                  self.raw["memory"], self.where("memory"))
         if self.raw.get("cpus") is not None:
             limits["cpus"] = v.cpus(self.raw["cpus"], self.where("cpus"))
         return limits

@@ -117,6 +117,13 @@ def test_no_http_service_no_proxy():
     ([dict(SITE, colour="red")], "services[site-a].colour", "unknown key"),
     ([dict(SITE, kind="vm")], "services[site-a].kind", "static, app"),
     ([dict(APP, memory="lots")], "services[app].memory", ""),
+    ([dict(APP, memory=256, memory_swap=None)], "services[app].memory", "give a unit: 256MiB"),
+    ([dict(APP, memory="64MiB", memory_swap=None)], "services[app].memory", "below 128MiB"),
+    ([dict(APP, memory_swap=1024)], "services[app].memory_swap", "give a unit: 1024MiB"),
+    ([dict(APP, memory_swap="128MiB")], "services[app].memory_swap", "at least memory (256MiB)"),
+    ([dict(APP, memory="50%")], "services[app].memory", "not a percentage"),
+    ([dict(APP, cpus="0-1-2")], "services[app].cpus", "a set such as 0-1"),
+    ([dict(APP, cpus="0")], "services[app].cpus", "at least 1"),
     ([dict(SITE, files=[{"path": "../etc/passwd", "content": "x"}])], "services[site-a].files[0].path", ""),
     ([dict(SITE, domains=[], routes=[{"domain": "a.example.test", "path": "/"}]),
       dict(APP, domains=["a.example.test"])], "services[site-a].routes[0].path", "already serves /"),
@@ -125,6 +132,11 @@ def test_bad_description_names_service_and_field(services, field, words):
     err = error(services)
     assert err.field == field, err.msg
     assert words in err.msg
+
+
+def test_memory_as_a_share_of_the_host_and_cpu_sets_pass_through():
+    app = {i["name"]: i for i in plan([dict(APP, memory="50%", memory_swap=None, cpus="0-1,3")])["instances"]}["app"]
+    assert app["memory"] == "50%" and app["cpus"] == "0-1,3" and "memory_swap" not in app
 
 
 def test_proxy_gets_nginx_without_debians_default_site():

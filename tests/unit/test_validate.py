@@ -78,10 +78,19 @@ def test_file_name_rejects_paths(value):
         v.file_name(value, "name")
 
 
-@pytest.mark.parametrize("value,expected", [("512MiB", 512 * 1024 ** 2), ("1GB", 10 ** 9), ("4096", 4096),
+@pytest.mark.parametrize("value,expected", [("512MiB", 512 * 1024 ** 2), ("1GB", 10 ** 9), ("4096B", 4096),
                                             ("2 GiB", 2 * 1024 ** 3)])
 def test_size_bytes(value, expected):
     assert v.size_bytes(value, "memory") == expected
+
+
+@pytest.mark.parametrize("value", [256, "256", " 4096 "])
+def test_size_without_a_unit_is_refused_with_the_unit_to_give(value):
+    # LXD reads a bare number as bytes: `memory: 256` would be a 256-byte container.
+    with pytest.raises(ValidationError) as err:
+        v.memory(value, "services[web].memory")
+    assert err.value.field == "services[web].memory" and err.value.value == value
+    assert "give a unit: %sMiB" % str(value).strip() in err.value.reason
 
 
 @pytest.mark.parametrize("value", ["lots", "512MB!", "1.5GiB", "-1", "", True, "512mib"])
@@ -91,20 +100,80 @@ def test_memory_rejects_non_numeric(value):
     assert err.value.field == "memory"
 
 
+@pytest.mark.parametrize("value", ["4MiB", "16MiB", "127MiB", "134217727B", "100MB", "1KiB"])
+def test_memory_below_the_measured_minimum_is_refused(value):
+    with pytest.raises(ValidationError) as err:
+        v.memory(value, "services[web].memory")
+    assert err.value.field == "services[web].memory" and err.value.value == value
+    assert "below 128MiB" in err.value.reason
+
+
+@pytest.mark.parametrize("value,expected", [("128MiB", "128MiB"), ("134217728B", "134217728B"), ("1GB", "1GB"),
+                                            ("2 GiB", "2GiB"), ("512MiB", "512MiB")])
+def test_memory_at_or_above_the_minimum(value, expected):
+    assert v.memory(value) == expected
+
+
 def test_memory_percentage():
     assert v.memory("50%") == "50%"
-    with pytest.raises(ValidationError):
-        v.memory("150%")
+    assert v.memory("1%") == "1%"
+    for bad in ("150%", "0%", "x%", "%"):
+        with pytest.raises(ValidationError, match="percentage"):
+            v.memory(bad)
 
 
-@pytest.mark.parametrize("value,ok", [("2", True), ("0-1", True), ("0,2", True), ("0", False), ("two", False),
-                                      ("1-", False)])
-def test_cpus(value, ok):
-    if ok:
-        assert v.cpus(value) == value
-    else:
-        with pytest.raises(ValidationError):
-            v.cpus(value)
+def test_memory_swap_takes_a_unit_and_is_at_least_the_ram():
+    assert v.memory_swap("1GiB", "memory_swap", "512MiB", "memory") == "1GiB"
+    assert v.memory_swap("512MiB", "memory_swap", "512MiB", "memory") == "512MiB"
+    with pytest.raises(ValidationError) as err:
+        v.memory_swap(1024, "services[web].memory_swap", "512MiB", "services[web].memory")
+    assert err.value.field == "services[web].memory_swap" and "give a unit: 1024MiB" in err.value.reason
+    with pytest.raises(ValidationError) as err:
+        v.memory_swap("256MiB", "services[web].memory_swap", "512MiB", "services[web].memory")
+    assert err.value.field == "services[web].memory_swap" and "at least memory (512MiB)" in err.value.reason
+    with pytest.raises(ValidationError) as err:
+        v.memory_swap("1GiB", "services[web].memory_swap", "50%", "services[web].memory")
+    assert err.value.field == "services[web].memory" and "percentage" in err.value.reason
+
+
+@pytest.mark.parametrize("value,expected", [("2", "2"), (2, "2"), ("0-1", "0-1"), ("0,2", "0,2"),
+                                            ("0-1,3", "0-1,3"), ("0-0", "0-0"), ("1-1,0", "1-1,0")])
+def test_cpus_forms_lxd_takes(value, expected):
+    assert v.cpus(value) == expected
+
+
+@pytest.mark.parametrize("value", ["0", 0, "two", "1-", "-1", "0-1-2", "1-0", "0,,2", ",0", "0, 2", "",
+                                   True, 1.5, "0x1"])
+def test_cpus_rejects(value):
+    with pytest.raises(ValidationError) as err:
+        v.cpus(value, "services[web].cpus")
+    assert err.value.field == "services[web].cpus" and err.value.value == value
+
+
+@pytest.mark.parametrize("value", ["1", "2", "0-1", "0,1", "1-1", "0-0,1"])
+def test_cpus_within_the_host(value):
+    assert v.cpus(value, "cpus", host_cpus=2) == value
+
+
+@pytest.mark.parametrize("value,words", [("3", "asks for 3 CPUs; the host has 2 CPUs"),
+                                         ("99", "asks for 99 CPUs; the host has 2"),
+                                         ("0-2", "names CPU 2; the host has 2 CPUs (0-1)"),
+                                         ("0,2", "names CPU 2; the host has 2 CPUs (0-1)"),
+                                         ("0-1,3", "names CPU 3; the host has 2 CPUs (0-1)"),
+                                         ("0-63", "names CPU 63; the host has 2 CPUs (0-1)")])
+def test_cpus_beyond_the_host_name_field_value_and_host_count(value, words):
+    with pytest.raises(ValidationError) as err:
+        v.cpus(value, "services[web].cpus", host_cpus=2)
+    assert err.value.field == "services[web].cpus" and err.value.value == value
+    assert words in err.value.reason
+
+
+def test_cpus_on_a_one_cpu_host():
+    with pytest.raises(ValidationError, match=r"names CPU 1; the host has 1 CPU \(0\)"):
+        v.cpus("1-1", "cpus", host_cpus=1)
+    assert v.cpus("1", "cpus", host_cpus=1) == "1"
+    with pytest.raises(ValidationError, match="asks for 2 CPUs; the host has 1 CPU$"):
+        v.cpus("2", "cpus", host_cpus=1)
 
 
 def test_ipv4():
