@@ -154,9 +154,8 @@ options:
         elements: str
         default: []
       chain_prefix:
-        description: As O(homelab.onebox.dnat#module:chain_prefix).
+        description: As O(homelab.onebox.dnat#module:chain_prefix); derived from O(owner) when omitted.
         type: str
-        default: ONEBOX
       backend:
         description: As O(homelab.onebox.dnat#module:backend).
         type: str
@@ -167,17 +166,14 @@ options:
         type: bool
         default: true
       sysctl_file:
-        description: As O(homelab.onebox.dnat#module:sysctl_file).
+        description: As O(homelab.onebox.dnat#module:sysctl_file); derived from O(owner) when omitted.
         type: path
-        default: /etc/sysctl.d/60-onebox-ip-forward.conf
       save_path:
-        description: As O(homelab.onebox.dnat#module:save_path).
+        description: As O(homelab.onebox.dnat#module:save_path); derived from O(owner) when omitted.
         type: path
-        default: /etc/onebox/dnat.rules
       restore_script:
-        description: As O(homelab.onebox.dnat#module:restore_script).
+        description: As O(homelab.onebox.dnat#module:restore_script); derived from O(owner) when omitted.
         type: path
-        default: /usr/local/sbin/onebox-dnat-restore
 notes:
   - Runs on the LXD host (it manages the host's iptables). Needs pylxd there.
   - The boot-time unit that restores the forwards is the P(homelab.onebox.box#role) role's (it
@@ -255,6 +251,16 @@ rules:
   description: The collection's iptables rules, as M(homelab.onebox.dnat) returns them.
   returned: always
   type: str
+forwards_kept:
+  description:
+    - Where the box's forwards are kept, as M(homelab.onebox.dnat) returns them (C(owner),
+      C(chain_prefix), C(save_path), C(restore_script), C(sysctl_file), C(unit_name)); the boot unit
+      of the P(homelab.onebox.port_forward#role) role is made from these.
+  returned: always
+  type: dict
+  sample: {owner: mybox, chain_prefix: MYBOX, save_path: /etc/onebox/dnat-mybox.rules,
+           restore_script: /usr/local/sbin/onebox-dnat-restore-mybox,
+           sysctl_file: /etc/sysctl.d/60-onebox-ip-forward-mybox.conf, unit_name: onebox-dnat-mybox.service}
 """
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
@@ -326,7 +332,8 @@ class BoxManager:
     def _dnat_params(self):
         given = self.module.params["forwards"]
         params = {key: given[key] for key in _DNAT_OPTIONS}
-        params.update(state="present" if self.present else "absent",
+        # The box's owner names its forwards (chains, saved rules, restore script, boot unit).
+        params.update(owner=self.module.params["owner"], state="present" if self.present else "absent",
                       forwards=self.plan.forwards() + list(given["extra"]) if self.present else [])
         checked = ArgumentSpecValidator(DNAT_SPEC).validate(params)
         if checked.error_messages:
@@ -389,7 +396,8 @@ class BoxManager:
             diffs.extend(site_result.get("diff", []))
 
         forward_result = dnat.run()
-        result.update(forwards=forward_result["forwards"], rules=forward_result["rules"])
+        result.update(forwards=forward_result["forwards"], rules=forward_result["rules"],
+                      forwards_kept=dnat.names())
         result["changed"] = result["changed"] or forward_result["changed"]
         diffs.extend(forward_result.get("diff", []))
         if diff:
