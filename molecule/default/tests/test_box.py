@@ -104,7 +104,7 @@ def test_limits_and_boot_order_are_the_declared_ones(lxd):
 
 
 def test_every_container_has_a_static_address(lxd):
-    for name in ("site-a", "site-b", "app", "jenkins", "web-1", "web-2", "web-3", "vpn", "db", "onebox-proxy"):
+    for name in ("site-a", "site-b", "app", "jenkins", "web-1", "web-2", "web-3", "vpn", "db", "onebox-example-proxy"):
         static = lxd.instance(name)["devices"]["eth0"]["ipv4.address"]
         assert lxd.ipv4_addresses(lxd.instance_state(name)) == [static], name
 

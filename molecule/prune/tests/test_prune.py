@@ -11,13 +11,13 @@ from box_client import http_get, udp_echo  # noqa: E402
 def test_their_containers_are_gone(lxd):
     names = set(lxd.instance_names())
     assert not {"site-b", "vpn"} & names
-    assert {"site-a", "app", "jenkins", "web-1", "db", "onebox-proxy"} <= names
+    assert {"site-a", "app", "jenkins", "web-1", "db", "onebox-example-proxy"} <= names
 
 
 def test_their_vhost_is_gone(client, lxd):
     status, body = http_get(client, "site-b.example.test")
     assert status == 404 and "Site B" not in body
-    files = lxd.run("onebox-proxy", ["ls", "/etc/nginx/conf.d"], timeout=10).split()
+    files = lxd.run("onebox-example-proxy", ["ls", "/etc/nginx/conf.d"], timeout=10).split()
     assert "site-b.example.test.conf" not in files and "site-a.example.test.conf" in files
 
 
@@ -25,7 +25,7 @@ def test_their_forward_is_gone(client):
     assert udp_echo(client, 51820, "hello") is None
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True, timeout=30).stdout
     assert "51820" not in rules and "onebox vpn" not in rules
-    saved = open("/etc/onebox/dnat.rules", encoding="utf-8").read()
+    saved = open("/etc/onebox/dnat-onebox-example.rules", encoding="utf-8").read()
     assert "51820" not in saved
 
 
