@@ -10,6 +10,7 @@ inside them (lxd_provision items), the proxy's sites (nginx_site specs) and the 
 from __future__ import annotations
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
+from ansible_collections.homelab.onebox.plugins.module_utils._nginx import site_name_for
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
 
 KINDS = ("static", "app", "pool", "plain", "internal")
@@ -229,6 +230,23 @@ class Service:
         return [self.name]
 
 
+def _covering_wildcard(name, claimed):
+    """The longest claimed wildcard that covers ``name`` (exact or itself a wildcard) and is not
+    ``name``: the one nginx would answer ``name``'s requests with. None when none does."""
+    base = name[2:] if name.startswith("*.") else name
+    labels = base.split(".")
+    for start in range(1, len(labels)):
+        wildcard = "*." + ".".join(labels[start:])
+        if wildcard in claimed and wildcard != name:
+            return wildcard
+    return None
+
+
+def _port_site_name(service):
+    """The proxy's site for a service's host_port (``web-port8000``)."""
+    return "%s-port%d" % (service.name, service.host_port)
+
+
 def secret_values(services):
     """Every service's environment values (secrets), from a description not yet validated."""
     for service in services if isinstance(services, list) else ():
@@ -270,12 +288,28 @@ class BoxPlan:
                 owners[name] = (service.index, service.where("name"))
 
     def _check_domains(self):
+        """Every name is served by one service, as nginx will pick it.
+
+        A domain is an exact name or a leading wildcard ``*.example.org`` (_validate.domain). For a
+        request nginx takes the server whose name is exact, else the one with the longest leading
+        wildcard that matches (https://nginx.org/en/docs/http/server_names.html): so only the
+        same name twice is a conflict (nginx would warn and ignore the second). ``*.example.org``
+        on one service and ``www.example.org`` (or ``*.www.example.org``) on another is meant and
+        fine, the more exact one wins; ``*.example.org`` never covers ``example.org`` itself.
+
+        A route adds a path to the site of its domain, written exactly as a domain is (a wildcard
+        too). A route under a name no service claims but another service's wildcard covers is
+        refused: it would make a site of its own for that name, which nginx then prefers for
+        every path, taking the name away from the wildcard's service."""
         roots, paths = {}, {}
         for service in self.services:
             for index, domain in enumerate(service.domains):
                 where = "%s[%d]" % (service.where("domains"), index)
                 if domain in roots:
                     raise ValidationError(where, domain, "already claimed by %s" % roots[domain])
+                if domain in self._port_sites:
+                    raise ValidationError(where, domain, "is the name of the proxy's site for %s; name the domain "
+                                                         "otherwise" % self._port_sites[domain])
                 roots[domain] = where
         for service in self.services:
             for index, route in enumerate(service.routes):
@@ -285,7 +319,19 @@ class BoxPlan:
                     raise ValidationError(where + ".path", "/", "%s already serves / of %s" % (roots[route["domain"]], route["domain"]))
                 if key in paths:
                     raise ValidationError(where + ".path", route["path"], "already routed by %s" % paths[key])
+                wildcard = None if route["domain"] in roots else _covering_wildcard(route["domain"], roots)
+                if wildcard:
+                    raise ValidationError(
+                        where + ".domain", route["domain"],
+                        "%s serves it through %s; a route under %s alone would take every path of it away from "
+                        "that service: add %s to that service's domains first, or route under %s"
+                        % (roots[wildcard], wildcard, route["domain"], route["domain"], wildcard))
                 paths[key] = where
+
+    @property
+    def _port_sites(self):
+        """Site name of each host_port site -> the field that makes it."""
+        return {_port_site_name(s): s.where("host_port") for s in self.services if s.host_port}
 
     def host_ports(self):
         """(proto, low, high, what, field) for every host port the box takes."""
@@ -374,8 +420,8 @@ class BoxPlan:
 
         def site(domain):
             if domain not in by_domain:
-                by_domain[domain] = {"name": domain, "server_names": [domain], "listen": [str(HTTP_PORT)],
-                                     "locations": [], "upstreams": []}
+                by_domain[domain] = {"name": site_name_for(domain), "server_names": [domain],
+                                     "listen": [str(HTTP_PORT)], "locations": [], "upstreams": []}
                 order.append(domain)
             return by_domain[domain]
 
@@ -409,7 +455,7 @@ class BoxPlan:
                 target["locations"].append(location(route["path"], service, target, route["strip_prefix"]))
         for service in self.services:
             if service.host_port:
-                name = "%s-port%d" % (service.name, service.host_port)
+                name = _port_site_name(service)
                 by_domain[name] = {"name": name, "server_names": ["_"], "listen": [str(service.host_port)],
                                    "locations": [], "upstreams": []}
                 order.append(name)

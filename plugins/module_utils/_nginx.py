@@ -76,7 +76,11 @@ TLS_DEFAULTS = {
 SERVER_DEFAULTS = {"weight": 1, "max_fails": 1, "fail_timeout": "10s", "backup": False, "down": False}
 UPSTREAM_DEFAULTS = {"method": "round_robin", "keepalive": 0}
 
-_SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# A site name is its file's name: a leading '_' is allowed (the names site_name_for makes for
+# wildcards), a leading '.' (hidden, and the staging prefix) or '-' (an option to sh) is not.
+_SITE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+SITE_NAME_MAX = 100
+WILDCARD_PREFIX = "_wildcard."
 _UPSTREAM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 _TIME = re.compile(r"\d{1,9}(ms|s|m|h|d)?")
@@ -174,8 +178,21 @@ def site_name(value, field="name"):
     v.file_name(value, field)
     if not _SITE_NAME.fullmatch(value):
         raise ValidationError(field, value, "must be 1-100 letters, digits, '.', '_' or '-', "
-                                            "starting with a letter or digit")
+                                            "starting with a letter, digit or '_'")
     return value
+
+
+def site_name_for(domain):
+    """The site (and so file) name for a domain of a box description (validated by
+    _validate.domain): the domain itself, with a leading ``*.`` written ``_wildcard.``
+    (``*.example.org`` -> ``_wildcard.example.org``). No domain holds a ``_``, so a wildcard's
+    name never equals an exact name's. A name over 100 characters keeps its first 87 and ends in
+    ``_`` and 12 hex digits of its SHA-1: still unique, still a plain file name, and short enough
+    for the staging names and log files made from it."""
+    name = WILDCARD_PREFIX + domain[2:] if domain.startswith("*.") else domain
+    if len(name) > SITE_NAME_MAX:
+        name = "%s_%s" % (name[:SITE_NAME_MAX - 13], hashlib.sha1(domain.encode("utf-8")).hexdigest()[:12])
+    return name
 
 
 def server_name(value, field):
@@ -184,10 +201,13 @@ def server_name(value, field):
     if value == "_":
         return value
     v.safe_token(value, field)
-    if value.startswith("."):
-        return "." + v.domain(value[1:], field, wildcard=False)
-    if value.endswith(".*"):
-        return v.domain(value[:-2], field, wildcard=False) + ".*"
+    try:
+        if value.startswith("."):
+            return "." + v.domain(value[1:], field, wildcard=False)
+        if value.endswith(".*"):
+            return v.domain(value[:-2], field, wildcard=False) + ".*"
+    except ValidationError as err:
+        raise ValidationError(field, value, err.reason)  # the name as written, not the part checked
     return _token(v.domain(value, field, wildcard=True), field)
 
 

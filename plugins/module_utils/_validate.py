@@ -49,13 +49,25 @@ def instance_name(value, field="name"):
 
 
 def domain(value, field="domain", wildcard=True):
-    """A DNS name; ``*.example.org`` (leading wildcard) when ``wildcard`` is allowed."""
+    """A DNS name, lower-cased, without a trailing dot; ``*.example.org`` when ``wildcard`` is
+    allowed.
+
+    The one wildcard taken is nginx's leading wildcard: ``*`` as the whole first label, then a
+    domain (https://nginx.org/en/docs/http/server_names.html). It matches every name ending in
+    ``.example.org``, at any depth, and never ``example.org`` itself. Every other use of ``*``
+    (``www.*.org``, ``*foo.org``, ``**.org``, ``*`` alone) is refused: nginx rejects those or reads
+    them otherwise; so is a leading dot (``.example.org``, nginx's shorthand for two names)."""
     _text(value, field)
     name = value[:-1] if value.endswith(".") else value
     if not name or len(name) > 253:
         raise ValidationError(field, value, "must be a DNS name of 1-253 characters")
+    if "*" in name:
+        _wildcard_form(value, field, name, wildcard)
+    if name.startswith("."):
+        raise ValidationError(field, value, "starts with a dot: nginx reads .example.org as both example.org and "
+                                            "*.example.org; write the names meant (example.org, *.example.org)")
     labels = name.split(".")
-    if wildcard and labels[0] == "*" and len(labels) > 1:
+    if labels[0] == "*":
         labels = labels[1:]
     for label in labels:
         if not _DNS_LABEL.fullmatch(label):
@@ -64,6 +76,22 @@ def domain(value, field="domain", wildcard=True):
                 "each dot-separated label must be 1-63 letters, digits or hyphens, "
                 "not starting or ending with a hyphen")
     return name.lower()
+
+
+def _wildcard_form(value, field, name, wildcard):
+    """Refuse every ``*`` but a leading ``*.`` before a domain, saying why."""
+    if not wildcard:
+        raise ValidationError(field, value, "must be a host name, not a wildcard")
+    if name == "*":
+        raise ValidationError(field, value, "'*' alone is no name nginx matches; a wildcard is '*.' before a "
+                                            "domain (*.example.org)")
+    if name.startswith("*.") and "*" not in name[2:]:
+        return
+    if name.endswith(".*") and "*" not in name[:-2]:
+        raise ValidationError(field, value, "a trailing wildcard matches every top-level domain; only a leading "
+                                            "wildcard is taken (*.example.org)")
+    raise ValidationError(field, value, "nginx takes '*' only as the whole first label before a domain "
+                                        "(*.example.org), not inside or beside a label")
 
 
 def port(value, field="port"):

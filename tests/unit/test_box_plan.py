@@ -152,3 +152,106 @@ def test_secret_values_are_every_environment_value_even_of_a_bad_description():
                 {"name": "b", "environment": ["not", "a", "dict"]}, {"name": "c"}]
     assert sorted(secret_values(services)) == ["8000", "t0k"]
     assert list(secret_values("not a list")) == []
+
+
+# ---- wildcard domains: nginx's leading wildcard, resolved as nginx resolves it --------------------
+WILD = {"name": "wild", "kind": "static", "domains": ["*.example.test"]}
+WWW = {"name": "www", "kind": "static", "domains": ["www.example.test"]}
+
+
+def sites_by_name(services):
+    return {s["name"]: s for s in plan(services)["sites"]}
+
+
+def test_a_wildcard_domain_is_a_site_with_a_plain_file_name():
+    sites = sites_by_name([WILD])
+    assert list(sites) == ["_wildcard.example.test"]
+    assert sites["_wildcard.example.test"]["server_names"] == ["*.example.test"]
+    assert sites["_wildcard.example.test"]["locations"] == [{"path": "/", "backend": "http://wild:80"}]
+
+
+def test_a_wildcard_and_the_names_under_it_on_other_services_are_no_conflict():
+    # nginx: an exact name first, then the longest leading wildcard; *.example.test never covers
+    # example.test itself. Each name below goes to exactly one service.
+    services = [WILD, WWW, {"name": "deep", "kind": "static", "domains": ["*.www.example.test"]},
+                {"name": "apex", "kind": "static", "domains": ["example.test"]}]
+    sites = sites_by_name(services)
+    assert sorted(sites) == ["_wildcard.example.test", "_wildcard.www.example.test", "example.test",
+                             "www.example.test"]
+    assert {name: site["server_names"] for name, site in sites.items()} == {
+        "_wildcard.example.test": ["*.example.test"], "_wildcard.www.example.test": ["*.www.example.test"],
+        "example.test": ["example.test"], "www.example.test": ["www.example.test"]}
+
+
+def test_the_same_wildcard_twice_is_claimed_once():
+    err = error([WILD, dict(WWW, domains=["*.Example.test."])])
+    assert err.field == "services[www].domains[0]" and err.value == "*.example.test"
+    assert "already claimed by services[wild].domains[0]" in err.reason
+
+
+@pytest.mark.parametrize("domain,words", [
+    ("www.*.example.test", "only as the whole first label"),
+    ("*foo.example.test", "only as the whole first label"),
+    ("**.example.test", "only as the whole first label"),
+    ("*.*.example.test", "only as the whole first label"),
+    ("*", "'*' alone"),
+    ("*.", "'*' alone"),
+    (".example.test", "starts with a dot"),
+    ("www.example.*", "trailing wildcard"),
+])
+def test_wildcard_forms_nginx_does_not_take_as_a_leading_wildcard_are_refused(domain, words):
+    err = error([dict(WILD, domains=[domain])])
+    assert err.field == "services[wild].domains[0]" and err.value == domain
+    assert words in err.reason
+
+
+def test_a_route_under_a_claimed_wildcard_adds_a_path_to_its_site():
+    api = {"name": "api", "command": "python3 /srv/api.py", "port": 9000,
+           "routes": [{"domain": "*.example.test", "path": "/api/"}]}
+    sites = sites_by_name([WILD, api])
+    assert sites["_wildcard.example.test"]["locations"] == [
+        {"path": "/", "backend": "http://wild:80"}, {"path": "/api/", "backend": "http://api:9000"}]
+
+
+def test_a_route_under_a_name_only_a_wildcard_covers_is_refused():
+    # Its own site for www.example.test would win over *.example.test for every path of www.
+    api = {"name": "api", "command": "python3 /srv/api.py", "port": 9000,
+           "routes": [{"domain": "a.www.example.test", "path": "/api/"}]}
+    err = error([WILD, api])
+    assert err.field == "services[api].routes[0].domain" and err.value == "a.www.example.test"
+    assert "services[wild].domains[0] serves it through *.example.test" in err.reason
+    # the longest covering wildcard is the one named
+    err = error([WILD, {"name": "deep", "kind": "static", "domains": ["*.www.example.test"]}, api])
+    assert "through *.www.example.test" in err.reason
+    # a narrower wildcard under a claimed one, as a route's domain, likewise
+    err = error([WILD, dict(api, routes=[{"domain": "*.www.example.test", "path": "/api/"}])])
+    assert err.field == "services[api].routes[0].domain" and "through *.example.test" in err.reason
+
+
+def test_a_route_under_a_name_claimed_exactly_beside_a_wildcard_is_fine():
+    api = {"name": "api", "command": "python3 /srv/api.py", "port": 9000,
+           "routes": [{"domain": "www.example.test", "path": "/api/"},
+                      {"domain": "example.test", "path": "/api/"}]}
+    sites = sites_by_name([WILD, WWW, api])
+    assert [loc["path"] for loc in sites["www.example.test"]["locations"]] == ["/", "/api/"]
+    assert sites["example.test"]["locations"] == [{"path": "/api/", "backend": "http://api:9000"}]
+
+
+def test_route_slash_under_a_claimed_wildcard_is_already_served():
+    err = error([WILD, dict(WWW, domains=[], routes=[{"domain": "*.example.test", "path": "/"}])])
+    assert err.field == "services[www].routes[0].path" and "already serves / of *.example.test" in err.reason
+
+
+def test_a_domain_named_like_a_host_port_site_is_refused():
+    # Both would be the proxy's site web-port8000: one would silently replace the other.
+    err = error([POOL, dict(SITE, domains=["web-port8000"])])
+    assert err.field == "services[site-a].domains[0]" and err.value == "web-port8000"
+    assert "services[web].host_port" in err.reason
+
+
+def test_long_domains_map_to_unique_short_site_names():
+    long_label = "x" * 60
+    exact = "%s.%s.example.test" % (long_label, long_label)
+    sites = sites_by_name([dict(WILD, domains=["*." + exact]), dict(WWW, domains=[exact])])
+    assert len(sites) == 2 and all(len(name) <= 100 for name in sites)
+    assert sorted(s["server_names"][0] for s in sites.values()) == ["*." + exact, exact]

@@ -188,6 +188,64 @@ def test_server_name_forms(value):
     assert n.server_name(value, "server_names[0]") == value
 
 
+@pytest.mark.parametrize("value,words", [
+    ("www.*.example.org", "only as the whole first label"), ("*foo.example.org", "only as the whole first label"),
+    ("**.example.org", "only as the whole first label"), ("*", "'*' alone"), ("*.example.*", "not a wildcard"),
+])
+def test_server_name_forms_nginx_does_not_take_are_refused_saying_why(value, words):
+    with pytest.raises(ValidationError) as err:
+        n.normalise_site(dict(APP, server_names=[value]))
+    assert err.value.field == "server_names[0]" and err.value.value == value and words in err.value.reason
+
+
+# ---- wildcard domains -> site and file names ---------------------------------------------------
+@pytest.mark.parametrize("domain,name", [
+    ("example.org", "example.org"), ("*.example.org", "_wildcard.example.org"),
+    ("*.www.example.org", "_wildcard.www.example.org"), ("wildcard.example.org", "wildcard.example.org"),
+])
+def test_site_name_for_a_domain_is_readable_and_a_plain_file_name(domain, name):
+    assert n.site_name_for(domain) == name
+    assert n.site_name(name) == name  # a valid site name, so a plain file name
+    assert n.file_name(name) == name + ".conf"
+
+
+def test_a_wildcard_and_an_exact_name_never_share_a_file():
+    # No DNS name holds '_', so no exact name maps to a '_wildcard.' name.
+    names = ["example.org", "*.example.org", "wildcard.example.org", "*.wildcard.example.org",
+             "*.org", "org"]
+    mapped = [n.site_name_for(d) for d in names]
+    assert len(set(mapped)) == len(mapped)
+
+
+def test_long_domains_are_shortened_uniquely():
+    label = "a" * 63
+    exact = ".".join([label, label, "example", "org"])
+    longer = "b." + exact
+    mapped = {d: n.site_name_for(d) for d in (exact, "*." + exact, longer, "*." + longer)}
+    assert len(set(mapped.values())) == 4
+    for domain, name in mapped.items():
+        assert len(name) == n.SITE_NAME_MAX and n.site_name(name) == name
+        assert name[:-13] == n.site_name_for(domain)[:-13] and name[-13] == "_"
+    assert mapped["*." + exact].startswith("_wildcard.")
+    short = "%s.example.org" % label
+    assert n.site_name_for(short) == short  # 75 characters: kept as it is
+
+
+def test_wildcard_site_renders_its_server_name():
+    spec = {"name": n.site_name_for("*.example.org"), "server_names": ["*.example.org"],
+            "locations": [{"path": "/", "status": 204}]}
+    text = render(spec)
+    assert "    server_name *.example.org;" in text.splitlines()
+    assert n.plan({}, [n.normalise_site(spec)])[0]["file"] == "_wildcard.example.org.conf"
+
+
+@pytest.mark.parametrize("value", [".hidden", "-option", "*.example.org", "a" * 101])
+def test_site_names_that_are_no_plain_file_name_are_refused(value):
+    with pytest.raises(ValidationError) as err:
+        n.site_name(value, "sites[0].name")
+    assert err.value.field == "sites[0].name"
+
+
 # ---- validation: every rejection names field and value -----------------------------------------
 def _with(path, value):
     spec = copy.deepcopy(APP)

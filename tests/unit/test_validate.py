@@ -33,8 +33,27 @@ def test_domain_rejects(value):
 
 
 def test_domain_wildcard_can_be_refused():
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="not a wildcard"):
         v.domain("*.example.org", wildcard=False)
+
+
+@pytest.mark.parametrize("value,words", [
+    ("www.*.example.org", "only as the whole first label"), ("*foo.example.org", "only as the whole first label"),
+    ("**.example.org", "only as the whole first label"), ("*.*.example.org", "only as the whole first label"),
+    ("foo*.example.org", "only as the whole first label"), ("*", "'*' alone"), ("*.", "'*' alone"),
+    ("www.example.*", "trailing wildcard"), (".example.org", "starts with a dot"),
+])
+def test_domain_wildcards_nginx_does_not_take_say_why(value, words):
+    with pytest.raises(ValidationError) as err:
+        v.domain(value, "services[web].domains[0]")
+    assert err.value.field == "services[web].domains[0]" and err.value.value == value
+    assert words in err.value.reason
+
+
+@pytest.mark.parametrize("value,expected", [("*.example.org", "*.example.org"), ("*.Example.ORG.", "*.example.org"),
+                                            ("*.org", "*.org"), ("*.a-b.example.org", "*.a-b.example.org")])
+def test_domain_leading_wildcard(value, expected):
+    assert v.domain(value) == expected
 
 
 @pytest.mark.parametrize("value,expected", [(1, 1), ("80", 80), (65535, 65535)])
