@@ -386,7 +386,13 @@ class BoxManager:
         result["reloaded"] = False
 
         proxy = self.plan.proxy
-        proxy_new = proxy and check and "create" in next(r["actions"] for r in result["instances"] if r["name"] == proxy)
+        proxy_actions = next((r["actions"] for r in result["instances"] if r["name"] == proxy), [])
+        proxy_new = proxy and check and "create" in proxy_actions
+        if proxy and not check and "restart" in proxy_actions:
+            # Restarted after its set-up (it did not hold its static address): nginx starts only
+            # once the network is up, and a reload before that finds no nginx. `systemctl start`
+            # waits for the start job already queued.
+            lxd.run(proxy, ["systemctl", "start", "nginx.service"], timeout=params["timeout"])
         if proxy and not proxy_new:
             target = nginx.LxdTarget(lxd, proxy, params["proxy"]["conf_dir"], nginx.test_and_dump_command("nginx"),
                                      nginx.reload_command("nginx"), timeout=max(params["lxd_timeout"] or 30, 30))
