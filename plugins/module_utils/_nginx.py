@@ -621,7 +621,8 @@ def _upstream_block(upstream):
 
 
 def _server_common(site):
-    lines = ["server_name %s;" % " ".join(site["server_names"])]
+    # server_tokens off: no response header or error page of the proxy names nginx's version.
+    lines = ["server_name %s;" % " ".join(site["server_names"]), "server_tokens off;"]
     if site["access_log"]:
         lines.append("access_log %s;" % site["access_log"])
     if site["error_log"]:

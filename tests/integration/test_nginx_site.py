@@ -3,6 +3,7 @@ inside an LXD container with its backends in a second container (see nginx_env.p
 from __future__ import annotations
 
 import os
+import re
 import ssl
 import socket
 import time
@@ -13,6 +14,8 @@ import yaml
 import conftest
 import nginx_env as ne
 from conftest import run_module, run_playbook
+
+from ansible_collections.homelab.onebox.plugins.module_utils._nginx import site_name_for
 
 
 @pytest.fixture(scope="module", params=["host", "lxd"])
@@ -87,6 +90,38 @@ def test_domains_paths_headers_websocket(env):
     again = site_module(env, sites=sites, prune=True)
     assert again.get("changed") is False and again["reloaded"] is False, again
     assert {s["action"] for s in again["sites"]} == {"unchanged"}
+
+
+def test_wildcard_names_resolve_as_nginx_does_and_no_response_names_its_version(env):
+    wild, www = env.backend("wild"), env.backend("www")
+    sites = [
+        default_site(env),
+        {"name": site_name_for("*.wild.test"), "server_names": ["*.wild.test"], "listen": [env.listen],
+         "locations": [{"path": "/", "backend": "http://%s" % wild.upstream},
+                       # nothing listens on port 1: nginx answers with its own 502 page
+                       {"path": "/down/", "backend": "http://127.0.0.1:1"}]},
+        {"name": site_name_for("www.wild.test"), "server_names": ["www.wild.test"], "listen": [env.listen],
+         "locations": [{"path": "/", "backend": "http://%s" % www.upstream}]},
+    ]
+    result = site_module(env, sites=sites, prune=True)
+    assert result.get("changed") and result["reloaded"], result
+    assert {s["name"] for s in result["sites"]} >= {"_wildcard.wild.test", "www.wild.test"}
+    assert "_wildcard.wild.test.conf" in env.snapshot()
+    ne.until(lambda: name_of(env, "a.wild.test") == "wild")
+    # exact name first, then the wildcard at any depth; the wildcard does not cover wild.test itself
+    assert name_of(env, "www.wild.test") == "www"
+    assert name_of(env, "a.b.wild.test") == "wild"
+    assert get(env, "wild.test").status == 404
+
+    # server_tokens off: the Server header and nginx's own error pages carry no version number
+    answers = {"proxied": get(env, "a.wild.test"), "404": get(env, "nobody.test"),
+               "502": get(env, "a.wild.test", "/down/")}
+    assert [answers[k].status for k in ("proxied", "404", "502")] == [200, 404, 502]
+    for what, resp in answers.items():
+        assert resp.headers.get("server") == "nginx", (what, resp.headers)
+    for what in ("404", "502"):
+        assert "<center>nginx</center>" in answers[what].body, answers[what].body
+        assert not re.search(r"nginx/\d", answers[what].body), (what, answers[what].body)
 
 
 def test_pool_spreads_and_survives_a_stopped_member(env):

@@ -198,6 +198,38 @@ def test_server_name_forms_nginx_does_not_take_are_refused_saying_why(value, wor
     assert err.value.field == "server_names[0]" and err.value.value == value and words in err.value.reason
 
 
+# ---- a quiet proxy: no server block names nginx's version --------------------------------------
+CATCH_ALL_TEXT = """\
+# Managed by homelab.onebox.nginx_site (site 000-default). Do not edit: changes are overwritten.
+
+server {
+    listen 80 default_server;
+    server_name _;
+    server_tokens off;
+    client_max_body_size 10m;
+
+    location / {
+        return 404;
+    }
+}
+"""
+
+
+def test_catch_all_default_server_text_is_quiet():
+    assert n.render_site(n.normalise_site(n.catch_all_site())) == CATCH_ALL_TEXT
+
+
+@pytest.mark.parametrize("spec", [
+    APP,
+    dict(APP, tls={"certificate": "/etc/ssl/app.pem", "key": "/etc/ssl/app.key"}),  # redirect + TLS server
+    dict(APP, tls={"certificate": "/c.pem", "key": "/c.key", "redirect": False}),
+    n.catch_all_site(sites=[{"name": "a", "tls": {"certificate": "/c", "key": "/k"}}]),
+], ids=["plain", "tls-redirect", "tls-both", "catch-all-tls"])
+def test_every_server_block_turns_server_tokens_off(spec):
+    text = render(spec)
+    assert text.count("server {") == text.count("\n    server_tokens off;\n") >= 1
+
+
 # ---- wildcard domains -> site and file names ---------------------------------------------------
 @pytest.mark.parametrize("domain,name", [
     ("example.org", "example.org"), ("*.example.org", "_wildcard.example.org"),
