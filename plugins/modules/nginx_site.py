@@ -27,6 +27,8 @@ description:
   - Bad input fails before any change, naming the field and the value (server names and paths
     that could inject directives, site names with C(/) or C(..), ports out of range, a location
     with neither backend nor root, unknown balancing methods).
+  - B(Quiet.) Every server block it renders (the default server too) carries C(server_tokens off),
+    so no response header or error page names the nginx version.
 author:
   - homelab.onebox developers (@homelab)
 extends_documentation_fragment:
@@ -43,8 +45,11 @@ attributes:
 options:
   name:
     description:
-      - Site name; the file is O(conf_dir)/C(NAME.conf). Letters, digits, C(.), C(_), C(-); no C(/)
-        or C(..).
+      - Site name; the file is O(conf_dir)/C(NAME.conf). 1-100 letters, digits, C(.), C(_), C(-),
+        starting with a letter, digit or C(_); no C(/) or C(..).
+      - The box names a wildcard domain's site C(_wildcard.DOMAIN) (C(*.example.org) in
+        C(_wildcard.example.org.conf)); as no DNS name holds a C(_), it never shares a file with an
+        exact name's site.
       - Required unless O(sites) is given.
     type: str
   state:
@@ -57,6 +62,10 @@ options:
       - The host names the site answers, as nginx's C(server_name) takes them (no regular
         expressions) C(app.example.org), C(*.example.org), C(.example.org), C(www.example.*), or
         C(_) for a catch-all.
+      - nginx picks, for a request, the exact name first, then the longest leading wildcard
+        (C(*.example.org) matches C(a.example.org) and C(a.b.example.org), never C(example.org)),
+        then the longest trailing one. C(*) is taken only as a whole label at either end
+        (C(www.*.org), C(*foo.org), C(**.org) and C(*) alone are refused, saying why).
     type: list
     elements: str
   listen:
