@@ -130,13 +130,8 @@ class InstanceSet:
                 "name, or set adopt: true on it to take that container over as owner %s" % (spec.name, whose, self.owner))
 
     def _check_cpus(self):
-        """limits.cpu naming more CPUs than the daemon's host has would never be met."""
-        wanted = [spec for spec in self.specs if spec.state != "absent" and "limits.cpu" in spec.config]
-        if not wanted:
-            return
-        host_cpus = self.lxd.host_cpus()
-        for spec in wanted:
-            _validate.cpus(spec.config["limits.cpu"], "%s.cpus" % spec.field, host_cpus=host_cpus)
+        for spec in self.specs:
+            spec.check_host(self.lxd, "%s.cpus" % spec.field)
 
     def _doomed(self):
         """The owner's containers that are not declared (deleted when pruning)."""

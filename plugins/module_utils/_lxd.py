@@ -590,6 +590,11 @@ class InstanceSpec:
             return "lxc.cgroup2.memory.swap.max = %d" % (total - ram)
         return "lxc.cgroup.memory.memsw.limit_in_bytes = %d" % total
 
+    def check_host(self, lxd, field="cpus"):
+        """What only the daemon's host can say: limits.cpu beyond its CPUs would never be met."""
+        if self.state != "absent" and "limits.cpu" in self.config:
+            v.cpus(self.config["limits.cpu"], field, host_cpus=lxd.host_cpus())
+
     @property
     def static_ipv4(self):
         """The declared static address once ``auto`` is resolved, else None."""

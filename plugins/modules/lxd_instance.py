@@ -242,6 +242,7 @@ class InstanceManager:
 
     def run(self):
         lxd = self.module.lxd
+        self.spec.check_host(lxd)
         if self.spec.ipv4_address == "auto":
             # Choosing a free address needs every instance's devices: one listing.
             current = {inst["name"]: inst for inst in lxd.instances()}
