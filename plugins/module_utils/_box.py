@@ -471,19 +471,28 @@ class BoxPlan:
 
     def forwards(self):
         """Forwards for homelab.onebox.dnat: the proxy's ports, then each service's own."""
+        return [item for item, _field in self._forwards()]
+
+    def forward_fields(self):
+        """Where each of forwards() comes from in the description, as errors name it."""
+        return [field for _item, field in self._forwards()]
+
+    def _forwards(self):
         out = []
-        if self.proxy and any(s.domains or s.routes for s in self.services):
-            out.append({"proto": "tcp", "port": HTTP_PORT, "target": self.proxy, "comment": "onebox proxy http"})
+        proxied = [s for s in self.services if s.domains or s.routes]
+        if self.proxy and proxied:
+            out.append(({"proto": "tcp", "port": HTTP_PORT, "target": self.proxy, "comment": "onebox proxy http"},
+                        proxied[0].where("domains" if proxied[0].domains else "routes")))
         for service in self.services:
             said = {"allow_host_listener": True} if service.allow_host_listener else {}
             if service.host_port:
-                out.append(dict(said, proto="tcp", port=service.host_port, target=self.proxy,
-                                comment="onebox %s" % service.name))
-            for forward in service.forwards:
+                out.append((dict(said, proto="tcp", port=service.host_port, target=self.proxy,
+                                 comment="onebox %s" % service.name), service.where("host_port")))
+            for index, forward in enumerate(service.forwards):
                 item = dict({"comment": "onebox %s" % service.name}, **said)
                 item.update((k, val) for k, val in forward.items() if not k.startswith("_"))
                 item["target"] = service.name
-                out.append(item)
+                out.append((item, "%s[%d]" % (service.where("forwards"), index)))
         return out
 
     def as_dict(self):
