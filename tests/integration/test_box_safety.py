@@ -192,3 +192,45 @@ def test_a_run_that_cannot_get_the_lock_fails_naming_the_holder(args, unchanged)
         assert time.monotonic() - started < 60
     assert result.get("failed"), result
     assert "lock" in result["msg"] and "the test holding it" in result["msg"], result["msg"]
+
+
+# ---- two owners on one host -------------------------------------------------------------------
+SECOND = "%s-sg" % RUN_PREFIX
+SECOND_WEB = "%s-sg-web" % RUN_PREFIX
+
+
+def second_args(port):
+    return {"owner": SECOND, "services": [{"name": SECOND_WEB, "kind": "static", "host_port": port,
+                                          "files": [{"path": "/var/www/html/index.html", "content": "second box\n"}]}]}
+
+
+def test_two_owners_side_by_side(lxd, args, box, client):
+    """A second box (its own owner; chains, files and proxy named after it) converges beside the
+    first; a port the first forwards is refused naming it; its teardown leaves the first whole."""
+    def first_state():
+        rules = [line for line in iptables_save() if OWNER.upper().replace("-", "_") in line or OWNER in line]
+        return listing(lxd), rules, open(args["forwards"]["save_path"], encoding="utf-8").read()
+
+    first = first_state()
+    taken = run_module("box", second_args(PORT))
+    assert taken.get("failed") and OWNER in taken["msg"] and str(PORT) in taken["msg"], taken
+    assert lxd.instance(SECOND_WEB) is None and first_state() == first
+    try:
+        result = run_module("box", second_args(PORT + 1), timeout=600)
+        assert result["changed"] and not result.get("failed"), result
+        kept = result["forwards_kept"]
+        assert kept["owner"] == SECOND and kept["chain_prefix"] not in ("ONEBOX", OWNER.upper().replace("-", "_"))
+        assert SECOND in kept["save_path"] and SECOND in kept["unit_name"] and os.path.exists(kept["save_path"])
+        assert ask(client) == "safe page\n"
+        second = client.run(["curl", "-s", "--max-time", "5", "http://%s:%d/" % (client.host_address, PORT + 1)],
+                            timeout=20).stdout
+        assert second == "second box\n"
+        assert first_state() == first
+    finally:
+        gone = run_module("box", dict(second_args(PORT + 1), state="absent"))
+        kept = gone.get("forwards_kept") or {}
+    assert not gone.get("failed"), gone
+    assert lxd.instance(SECOND_WEB) is None and lxd.instance("%s-proxy" % SECOND) is None
+    assert not any(SECOND in line for line in iptables_save())
+    assert not os.path.exists(kept["save_path"]) and not os.path.exists(kept["restore_script"])
+    assert first_state() == first and ask(client) == "safe page\n"
