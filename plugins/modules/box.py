@@ -53,7 +53,7 @@ options:
         forwards, count, method, memory, memory_swap, cpus, boot, files, packages, user, command,
         environment, working_directory, proxy). See the P(homelab.onebox.box_plan#filter) filter.
       - Values of each service's C(environment) are secrets; they are kept out of the output.
-      - Required with O(state=present). An empty list would delete every container of O(owner):
+      - Required with O(state=present). An empty list would delete every container of O(owner), so
         it is refused unless O(allow_empty=true). A box is removed with O(state=absent) (the
         C(playbooks/teardown.yml) playbook).
     type: list

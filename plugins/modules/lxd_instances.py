@@ -39,7 +39,7 @@ options:
       - An item may copy from another item of the list (its C(copy_from)); it is created after it.
       - With O(owner), an item also takes C(adopt) (bool, default V(false)). A container of that name
         that exists without this owner's mark (made by hand, or another owner's) fails the run
-        before anything changes, unless its item says C(adopt=true): the mark is then written and
+        before anything changes, unless its item says C(adopt=true); the mark is then written and
         reported as a change.
     type: list
     elements: dict
