@@ -579,13 +579,9 @@ class InstanceSpec:
     @staticmethod
     def _swap_raw_lxc(params, cgroup2):
         """RAM+swap has no LXD key: set the cgroup limit through raw.lxc, v1 or v2 as the host runs."""
-        if str(params["memory"]).strip().endswith("%"):
-            raise ValidationError("memory", params["memory"], "must be a size (not a percentage) with memory_swap")
+        v.memory_swap(params["memory_swap"], "memory_swap", params["memory"], "memory")
         ram = v.size_bytes(params["memory"], "memory")
         total = v.size_bytes(params["memory_swap"], "memory_swap")
-        if total < ram:
-            raise ValidationError("memory_swap", params["memory_swap"],
-                                  "RAM+swap must be at least memory (%s)" % params["memory"])
         if host_uses_cgroup2() if cgroup2 is None else cgroup2:
             return "lxc.cgroup2.memory.swap.max = %d" % (total - ram)
         return "lxc.cgroup.memory.memsw.limit_in_bytes = %d" % total
