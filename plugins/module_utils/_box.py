@@ -30,6 +30,13 @@ POOL_PROXY = {"connect_timeout": "1s"}
 # Written into a pool member's file content, replaced by the member's name ("web-2").
 INSTANCE_PLACEHOLDER = "@INSTANCE@"
 HTTP_PORT = 80
+# Debian's nginx keeps server_names_hash_bucket_size at the cache line (64): measured here, two
+# exact names of 48 characters or more (a wildcard of about 64) fail `nginx -t` ("could not build
+# server_names_hash"), so a valid description would fail at the proxy. A bucket of 512 holds a
+# name of the 253 characters DNS allows.
+PROXY_HTTP_FILE = "/etc/nginx/conf.d/00-onebox-http.conf"
+PROXY_HTTP_SETTINGS = ("# homelab.onebox: room for the longest host names (253 characters) in server_name.\n"
+                       "server_names_hash_bucket_size 512;\n")
 
 DEFAULTS = {
     "owner": "onebox",
@@ -404,9 +411,11 @@ class BoxPlan:
                 if len(item) > 1:
                     items.append(item)
         if self.proxy:
-            # nginx serving, without Debian's packaged site (it claims default_server on :80).
+            # nginx serving, without Debian's packaged site (it claims default_server on :80), with
+            # room for every name the description accepts (PROXY_HTTP_SETTINGS).
             items.append({"name": self.proxy, "packages": ["nginx-light"],
-                          "files": [{"path": "/etc/nginx/sites-enabled/default", "state": "absent"}],
+                          "files": [{"path": "/etc/nginx/sites-enabled/default", "state": "absent"},
+                                    {"path": PROXY_HTTP_FILE, "content": PROXY_HTTP_SETTINGS}],
                           "services": [{"name": "nginx"}]})
         return items
 

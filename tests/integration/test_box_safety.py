@@ -234,3 +234,18 @@ def test_two_owners_side_by_side(lxd, args, box, client):
     assert not any(SECOND in line for line in iptables_save())
     assert not os.path.exists(kept["save_path"]) and not os.path.exists(kept["restore_script"])
     assert first_state() == first and ask(client) == "safe page\n"
+
+
+def test_the_proxy_takes_the_longest_names_a_description_accepts(lxd, box):
+    """Two exact names of 48+ characters failed Debian's `nginx -t` (server_names_hash_bucket_size
+    64): a valid description would fail at the proxy. The box's proxy has room for 253."""
+    proxy = "%s-proxy" % OWNER
+    longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 57, "org"])
+    assert len(longest) == 253
+    site = {"name": "%s-long" % RUN_PREFIX, "server_names": [longest, "e" * 60 + ".example.org", "*." + "f" * 60 + ".org"],
+            "listen": [str(PORT + 5)], "locations": [{"path": "/", "status": 204}]}
+    made = run_module("nginx_site", {"instance": proxy, "sites": [site]})
+    gone = run_module("nginx_site", {"instance": proxy, "sites": [dict(site, state="absent")]})
+    # Without the room, `nginx -t` refuses the whole configuration and nothing is applied.
+    assert made["changed"] and made["reloaded"] and not made.get("failed"), made.get("msg")
+    assert gone["changed"] and not gone.get("failed"), gone

@@ -144,6 +144,14 @@ def test_proxy_gets_nginx_without_debians_default_site():
     assert proxy["services"] == [{"name": "nginx"}]
     assert {"path": "/etc/nginx/sites-enabled/default", "state": "absent"} in proxy["files"]
     assert "onebox-proxy" not in {p["name"] for p in plan([VPN, DB])["provision"]}
+    # room for a 253-character host name in server_name (Debian's bucket of 64 fails at ~48)
+    room = [f for f in proxy["files"] if f["path"].startswith("/etc/nginx/conf.d/")]
+    assert [f["content"].split("\n")[1] for f in room] == ["server_names_hash_bucket_size 512;"]
+
+
+def test_the_proxy_is_named_after_the_owner():
+    assert plan(owner="mybox")["proxy"] == "mybox-proxy"
+    assert BoxPlan([SITE], {"owner": "mybox", "proxy_name": "edge"}).proxy == "edge"
 
 
 def test_secret_values_are_every_environment_value_even_of_a_bad_description():
