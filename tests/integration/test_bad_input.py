@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import RUN_PREFIX, run_module
+from conftest import RUN_PREFIX, delete_instance_quietly, run_module
 
 OWNER = "%s-bi" % RUN_PREFIX
 WEB = "%s-bi-web" % RUN_PREFIX
@@ -115,11 +115,12 @@ def box_args(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def box(lxd, box_args):
-    result = run_module("box", box_args, timeout=600)
-    assert not result.get("failed"), json.dumps(result)[-3000:]
-    try:
+    try:  # a converge that fails half-way has made containers too: always torn down
+        result = run_module("box", box_args, timeout=600)
+        assert not result.get("failed"), json.dumps(result)[-3000:]
         yield result
     finally:
+        delete_instance_quietly(lxd, "%s-bi-m" % RUN_PREFIX)  # made only if a refusal failed
         assert not run_module("box", dict(box_args, state="absent")).get("failed")
 
 

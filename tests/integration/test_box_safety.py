@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import RUN_PREFIX, ansible_env, delete_instance_quietly, run_module
+from conftest import RUN_PREFIX, ansible_env, delete_instance_quietly, run_module, run_playbook
 from netns import Netns
 from ansible_collections.homelab.onebox.plugins.module_utils._lock import RunLock
 from ansible_collections.homelab.onebox.plugins.module_utils._lxd import endpoint_from_url
@@ -53,9 +53,9 @@ def args(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def box(lxd, args):
-    result = run_module("box", args, timeout=600)
-    assert not result.get("failed") and result["changed"], result
-    try:
+    try:  # a converge that fails half-way has made containers too: always torn down
+        result = run_module("box", args, timeout=600)
+        assert not result.get("failed") and result["changed"], result
         yield result
     finally:
         gone = run_module("box", dict(args, state="absent"))
@@ -139,7 +139,7 @@ def test_a_container_the_box_does_not_own_is_never_adopted(lxd, args, stranger, 
 def test_adopt_takes_a_container_over_as_a_change(lxd, args, stranger):
     described = dict(args, services=services() + [{"name": stranger, "kind": "internal", "adopt": True}])
     result = run_module("box", described)
-    assert result["changed"] and not result.get("failed"), result
+    assert result["changed"] and not result.get("failed"), result.get("msg")
     assert "update" in next(r["actions"] for r in result["instances"] if r["name"] == stranger)
     assert lxd.instance(stranger, state=False)["config"]["user.onebox.owner"] == OWNER
     assert lxd.pull_file(stranger, "/root/mine.txt") == b"the user's own file\n"
@@ -217,7 +217,7 @@ def test_two_owners_side_by_side(lxd, args, box, client):
     assert lxd.instance(SECOND_WEB) is None and first_state() == first
     try:
         result = run_module("box", second_args(PORT + 1), timeout=600)
-        assert result["changed"] and not result.get("failed"), result
+        assert result["changed"] and not result.get("failed"), result.get("msg")
         kept = result["forwards_kept"]
         assert kept["owner"] == SECOND and kept["chain_prefix"] not in ("ONEBOX", OWNER.upper().replace("-", "_"))
         assert SECOND in kept["save_path"] and SECOND in kept["unit_name"] and os.path.exists(kept["save_path"])
@@ -249,3 +249,32 @@ def test_the_proxy_takes_the_longest_names_a_description_accepts(lxd, box):
     # Without the room, `nginx -t` refuses the whole configuration and nothing is applied.
     assert made["changed"] and made["reloaded"] and not made.get("failed"), made.get("msg")
     assert gone["changed"] and not gone.get("failed"), gone
+
+
+@pytest.mark.parametrize("group_vars, says", [
+    ({"onebox_service": [{"name": "x1"}]}, ["onebox_services is not defined", "onebox_service: a typo?", "teardown"]),
+    ({"onebox_services": []}, ["onebox_services is empty", "onebox_allow_empty", "teardown"]),
+    ({"onebox_services": {"name": "x1"}}, ["onebox_services must be a list"]),
+])
+def test_site_yml_refuses_a_missing_or_empty_description_first(lxd, tmp_path, box, group_vars, says):
+    """site.yml's first task, before the host's set-up: the box of this owner is not touched."""
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "all.yml").write_text(json.dumps(dict(group_vars, onebox_owner=OWNER)))
+    (tmp_path / "hosts").write_text("localhost\n")
+    before = (listing(lxd), iptables_save())
+    rc, out = run_playbook("site.yml", inventory=str(tmp_path / "hosts"))
+    assert rc != 0
+    tasks = [t for play in out["plays"] for t in play["tasks"]]
+    failed = [t["hosts"]["localhost"] for t in tasks if t["hosts"].get("localhost", {}).get("failed")]
+    assert len(failed) == 1 and len(out["plays"]) == 1, [t["task"]["name"] for t in tasks]
+    assert all(text in failed[0]["msg"] for text in says), failed[0]["msg"]
+    assert (listing(lxd), iptables_save()) == before
+
+
+def test_lxd_instances_prune_is_guarded_too(lxd, box):
+    """The part roles' module: the same limit, naming the containers, nothing deleted."""
+    before = listing(lxd)
+    result = run_module("lxd_instances", {"owner": OWNER, "prune": True, "instances": []})
+    assert result.get("failed") and "prune_confirm" in result["msg"], result
+    assert all(name in result["msg"] for name in [WEB] + INSIDE)
+    assert listing(lxd) == before
