@@ -170,9 +170,11 @@ class LxdClient:
         except LxdNotFound:
             return None
 
-    def instances(self):
-        """Every instance, without state, in one request."""
-        return self.metadata("get", self.api.instances, "list instances", params={"recursion": 1})
+    def instances(self, state=False):
+        """Every instance in one request; ``state=True``: with its state (addresses, status), which
+        LXD gathers for all in one request far cheaper than one request each (measured with 150
+        containers: 0.6 s against 1.0-1.5 s, 16 at a time)."""
+        return self.metadata("get", self.api.instances, "list instances", params={"recursion": 2 if state else 1})
 
     def instance_names(self):
         return [url.rstrip("/").split("/")[-1]

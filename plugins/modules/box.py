@@ -340,11 +340,12 @@ class BoxManager:
             raise ValidationError("forwards", params["forwards"], "; ".join(checked.error_messages))
         return checked.validated_parameters
 
-    def forward_field(self, field):
+    @staticmethod
+    def forward_field(field, fields):
         """dnat names a forward forwards[i] (the i-th of the plan's, then the extra ones): the
-        description's name for it instead (services[vpn].forwards[0], services[web].host_port)."""
+        description's name for it instead (``fields``: the plan's forward_fields(), so
+        services[vpn].forwards[0], services[web].host_port)."""
         index = int(field[len("forwards["):].split("]")[0]) if field.startswith("forwards[") else -1
-        fields = self.plan.forward_fields()
         if 0 <= index < len(fields):
             return fields[index]
         return "forwards.extra[%d]" % (index - len(fields)) if index >= 0 else field
@@ -365,7 +366,8 @@ class BoxManager:
         dnat = DnatManager(module, self.forwards_params)
         dnat.forwards = [f if f.address or f.target not in addresses else f._replace(address=addresses[f.target][0])
                          for f in dnat.forwards]
-        dnat.forwards = [f._replace(field=self.forward_field(f.field)) for f in dnat.forwards]
+        fields = self.plan.forward_fields()
+        dnat.forwards = [f._replace(field=self.forward_field(f.field, fields)) for f in dnat.forwards]
         # Another owner's chains, files or ports, and the host's own listening ports: refused now,
         # before any container changes.
         dnat.preflight()

@@ -54,7 +54,7 @@ class FakeLxd:
     def __init__(self, instances, cpus=2):
         self._instances, self._cpus = instances, cpus
 
-    def instances(self):
+    def instances(self, state=False):
         return [dict(inst) for inst in self._instances]
 
     def host_cpus(self):
