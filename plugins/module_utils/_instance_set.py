@@ -103,9 +103,7 @@ class InstanceSet:
         """Every instance in one request, then every check that needs the daemon (owners, CPUs,
         what a prune would delete), all before any change; ``auto`` addresses chosen.
         Returns name -> instance."""
-        # With their state: a container this run leaves as it is needs no read of its own to
-        # check its address (settle), so a no-change run costs one request, not one per container.
-        self.current = {inst["name"]: inst for inst in self.lxd.instances(state=True)}
+        self.current = {inst["name"]: inst for inst in self.lxd.instances()}
         self._check_owners()
         self._check_cpus()
         self.doomed = self._doomed()
@@ -169,11 +167,11 @@ class InstanceSet:
         return {spec.name: [spec.static_ipv4] for spec in self.specs
                 if spec.state != "absent" and spec.static_ipv4}
 
-    def reconciler(self, spec):
+    def reconciler(self, spec, state_of=None):
         # In check mode nothing is created, so a copy's declared source is taken as there.
         pending = {s.name for s in self.specs} if self.check_mode else ()
         return InstanceReconciler(self.lxd, spec, self.check_mode, self.diff,
-                                  current=self.current.get(spec.name), pending=pending)
+                                  current=self.current.get(spec.name), pending=pending, state_of=state_of)
 
     def reconcile(self, spec):
         return self.reconciler(spec).run()
@@ -188,17 +186,25 @@ class InstanceSet:
             self.read()
         results = {}
 
+        def state_of(name):
+            return states.result().get(name)
+
         def one(spec, source_future):
             if source_future is not None and spec.state != "absent":
                 source_future.result()  # a copy waits for its own source only
             if then is None or spec.state == "absent":
-                return self.reconcile(spec)
-            reconciler = self.reconciler(spec)
+                return self.reconciler(spec, state_of).run()
+            reconciler = self.reconciler(spec, state_of)
             then(spec, reconciler.run(settle=False), reconciler.settle)
             return reconciler.settle()
 
         doomed = self.doomed
         with ThreadPoolExecutor(max_workers=parallel) as pool:
+            # The states of every instance, in one request beside the work on the containers: an
+            # untouched container's address check waits for it instead of asking on its own.
+            # Measured with 150 containers: one listing 0.6 s against 1.0-1.5 s for 150 requests
+            # 16 at a time; read first instead (not beside), it made a loaded 50-box run slower.
+            states = pool.submit(lambda: {inst["name"]: inst.get("state") for inst in self.lxd.instances(state=True)})
             # Submitted in dependency order, a waiting copy never holds up the source it waits for.
             futures = {}
             for wave in self.order:
