@@ -94,6 +94,9 @@ DESCRIPTION = [
     ("proxy setting", [svc(port=8080, command=["/bin/true"], domains=["ps.example.test"], proxy={"read_timeout": "soon"})],
      "read_timeout", "soon"),
     ("adopt not a boolean", [svc(adopt="yes")], X + ".adopt", "yes"),
+    ("allow_host_listener not a boolean", [svc(kind="plain", forwards=[{"port": 9000}], allow_host_listener="yes")],
+     X + ".allow_host_listener", "yes"),
+    ("allow_host_listener without a host port", [svc(allow_host_listener=True)], X + ".allow_host_listener", "True"),
 ]
 
 
