@@ -309,14 +309,16 @@ class BoxPlan:
         refused: it would make a site of its own for that name, which nginx then prefers for
         every path, taking the name away from the wildcard's service."""
         roots, paths = {}, {}
+        # The proxy's site of each host_port (web-port8000) -> the field that makes it.
+        port_sites = {_port_site_name(s): s.where("host_port") for s in self.services if s.host_port}
         for service in self.services:
             for index, domain in enumerate(service.domains):
                 where = "%s[%d]" % (service.where("domains"), index)
                 if domain in roots:
                     raise ValidationError(where, domain, "already claimed by %s" % roots[domain])
-                if domain in self._port_sites:
+                if domain in port_sites:
                     raise ValidationError(where, domain, "is the name of the proxy's site for %s; name the domain "
-                                                         "otherwise" % self._port_sites[domain])
+                                                         "otherwise" % port_sites[domain])
                 roots[domain] = where
         for service in self.services:
             for index, route in enumerate(service.routes):
@@ -334,11 +336,6 @@ class BoxPlan:
                         "that service: add %s to that service's domains first, or route under %s"
                         % (roots[wildcard], wildcard, route["domain"], route["domain"], wildcard))
                 paths[key] = where
-
-    @property
-    def _port_sites(self):
-        """Site name of each host_port site -> the field that makes it."""
-        return {_port_site_name(s): s.where("host_port") for s in self.services if s.host_port}
 
     def host_ports(self):
         """(proto, low, high, what, field) for every host port the box takes."""
