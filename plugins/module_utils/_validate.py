@@ -1,10 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright: homelab.onebox contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""One checker for names, domains, ports, paths and sizes, used by every module.
+"""The one checker: every type and value check of the collection (names, domains, ports, paths,
+sizes, limits, and the plain types of free-form input), used by every module.
 
 Each function takes the value and the field name (as the user wrote it, e.g. ``services[2].name``)
-and returns the normalised value or raises ValidationError naming both.
+and returns the normalised value or raises ValidationError naming both. One rule, one message.
 """
 from __future__ import annotations
 
@@ -27,9 +28,79 @@ _SIZE_FACTORS = {
 }
 
 
-def _text(value, field):
+def text(value, field):
+    """A string, as given."""
     if not isinstance(value, str):
         raise ValidationError(field, value, "must be a string")
+    return value
+
+
+_text = text
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+# What a secret is shown as in an error (environment values).
+MASK = "********"
+
+
+def boolean(value, field):
+    """A boolean, or its YAML/Ansible spellings as text (``yes``, ``off``, ``1``...)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    raise ValidationError(field, value, "must be a boolean")
+
+
+def integer(value, field, low, high):
+    """A whole number from ``low`` to ``high`` (text of one too), as int."""
+    if not isinstance(value, bool) and isinstance(value, (int, str)):
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            number = None
+        if number is not None and low <= number <= high:
+            return number
+    raise ValidationError(field, value, "must be an integer %d-%d" % (low, high))
+
+
+def items(value, field, scalar=False):
+    """A list (None is an empty one) -> a new list; with ``scalar``, one string or number stands
+    for a list of itself."""
+    if value is None:
+        return []
+    if scalar and isinstance(value, (str, int)) and not isinstance(value, bool):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValidationError(field, value, "must be a list")
+    return list(value)
+
+
+def mapping(value, field, known=None):
+    """A dict (None is an empty one); with ``known``, a key outside it is refused by name."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError(field, value, "must be a dict")
+    unknown = sorted(set(value) - set(known)) if known is not None else []
+    if unknown:
+        raise ValidationError(field, value, "unknown key(s) %s; known: %s"
+                              % (", ".join(map(str, unknown)), ", ".join(sorted(known))))
+    return value
+
+
+def _control_characters(value):
+    return sorted(c for c in set(value) if ord(c) < 32 or ord(c) == 127)
+
+
+def no_control(value, field, secret=False):
+    """One line of text: a string without control characters (a newline among them). A
+    ``secret`` value is masked in the error."""
+    shown = MASK if secret else value
+    if not isinstance(value, str):
+        raise ValidationError(field, shown, "must be a string")
+    bad = _control_characters(value)
+    if bad:
+        raise ValidationError(field, shown, "must not contain %s" % " ".join(repr(c) for c in bad))
     return value
 
 
@@ -135,7 +206,7 @@ def comment(value, field="comment", max_length=255):
     _text(value, field)
     if not value or len(value) > max_length:
         raise ValidationError(field, value, "must be 1-%d characters" % max_length)
-    bad = sorted(c for c in set(value) if c in "\"'`\\" or ord(c) < 32 or ord(c) == 127)
+    bad = sorted(set(c for c in value if c in "\"'`\\") | set(_control_characters(value)))
     if bad:
         raise ValidationError(field, value, "must not contain %s" % " ".join(repr(c) for c in bad))
     return value
@@ -218,6 +289,23 @@ def memory_swap(value, field, ram, ram_field):
     return str(value).strip().replace(" ", "")
 
 
+def limits(memory_value, memory_swap_value, cpus_value, field=lambda key: key, host_cpus=None):
+    """The one check of a container's limits: ``memory`` (MIN_MEMORY or more, or a percentage),
+    ``memory_swap`` (RAM+swap: needs memory as a size, and at least it), ``cpus`` (a count or a
+    set, within the host's when ``host_cpus`` is known). ``field(key)`` names a key as the user
+    wrote it. -> {key: normalised text} of the limits given."""
+    checked = {}
+    if memory_value is not None:
+        checked["memory"] = memory(memory_value, field("memory"))
+    if memory_swap_value is not None:
+        if memory_value is None:
+            raise ValidationError(field("memory_swap"), memory_swap_value, "needs memory too")
+        checked["memory_swap"] = memory_swap(memory_swap_value, field("memory_swap"), memory_value, field("memory"))
+    if cpus_value is not None:
+        checked["cpus"] = cpus(cpus_value, field("cpus"), host_cpus=host_cpus)
+    return checked
+
+
 def _mib(size):
     return "%dMiB" % (size // 1024 ** 2)
 
@@ -293,9 +381,7 @@ def absolute_path(value, field="path"):
     _text(value, field)
     if not value.startswith("/"):
         raise ValidationError(field, value, "must be an absolute path (start with '/')")
-    bad = sorted(c for c in set(value) if ord(c) < 32 or ord(c) == 127)
-    if bad:
-        raise ValidationError(field, value, "must not contain %s" % " ".join(repr(c) for c in bad))
+    no_control(value, field)
     parts = [part for part in value.split("/") if part]
     if any(part in (".", "..") for part in parts):
         raise ValidationError(field, value, "must not contain '.' or '..' components")
