@@ -1,35 +1,27 @@
 # -*- coding: utf-8 -*-
 # Copyright: homelab.onebox contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The box description -> everything derived from it (pure logic, no I/O).
+"""The box description as a whole -> its parts: containers, insides, sites, forwards (pure logic).
 
-One list of services in, and out: the containers (homelab.onebox.lxd_instances items), what goes
-inside them (lxd_provision items), the proxy's sites (nginx_site specs) and the host's forwards
-(dnat forwards). The whole description is validated first; an error names the service and field.
+``parse_box`` takes the list of services (each parsed by _box_service.py) and checks what needs
+the whole description: container names, domains and host ports claimed twice. The BoxParts it
+returns derives the items of each part: the containers (lxd_instances items), what goes inside
+them (lxd_provision items), the proxy's sites (nginx_site specs) and the host's forwards (dnat
+forwards). An error names the service and the field.
 """
 from __future__ import annotations
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
-from ansible_collections.homelab.onebox.plugins.module_utils._nginx import site_name_for
+from ansible_collections.homelab.onebox.plugins.module_utils._box_service import HTTP_PORT, parse_service
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._nginx import site_name_for
 
-KINDS = ("static", "app", "pool", "plain", "internal")
-METHODS = ("round_robin", "least_conn", "ip_hash")
-# Keys a service may have; anything else is a typo the user should hear about.
-SERVICE_KEYS = {
-    "name", "kind", "description", "image", "domains", "routes", "port", "host_port", "forwards",
-    "count", "method", "memory", "memory_swap", "cpus", "boot", "files", "packages", "user",
-    "command", "environment", "working_directory", "proxy", "adopt", "allow_host_listener",
-}
-ROUTE_KEYS = {"domain", "path", "strip_prefix"}
-FORWARD_KEYS = {"proto", "port", "target_port", "source", "host_address", "comment", "allow_host_listener"}
 # A stopped pool member is found out by the connect timing out (its address stops answering
 # ARP): on the bridge a connect takes well under a millisecond, so 1 s bounds what that first
 # failed try costs the client before nginx moves on to the next member.
 POOL_PROXY = {"connect_timeout": "1s"}
 # Written into a pool member's file content, replaced by the member's name ("web-2").
 INSTANCE_PLACEHOLDER = "@INSTANCE@"
-HTTP_PORT = 80
 # Debian's nginx keeps server_names_hash_bucket_size at the cache line (64): measured here, two
 # exact names of 48 characters or more (a wildcard of about 64) fail `nginx -t` ("could not build
 # server_names_hash"), so a valid description would fail at the proxy. A bucket of 512 holds a
@@ -46,195 +38,6 @@ DEFAULTS = {
     "proxy_cpus": None,
     "proxy_priority": 90,
 }
-
-
-def _where(index, service, key=None):
-    """Field path naming the service: services[web].port, or services[3].name for a bad name."""
-    name = service.get("name") if isinstance(service, dict) else None
-    try:
-        label = v.instance_name(name)
-    except ValidationError:
-        label = index
-    return "services[%s]" % label + ("." + key if key else "")
-
-
-class Service:
-    """One validated service of the description."""
-
-    def __init__(self, index, raw, defaults):
-        self.index, self.raw = index, raw
-        where = self.where
-        if not isinstance(raw, dict):
-            raise ValidationError(where(), raw, "a service must be a dict")
-        unknown = sorted(set(raw) - SERVICE_KEYS)
-        if unknown:
-            raise ValidationError(where(unknown[0]), raw[unknown[0]],
-                                  "unknown key (known: %s)" % ", ".join(sorted(SERVICE_KEYS)))
-        if "name" not in raw:
-            raise ValidationError(where("name"), None, "every service needs a name")
-        self.name = v.instance_name(raw["name"], where("name"))
-        self.kind = v.one_of(raw.get("kind", "app" if raw.get("command") else "static"), KINDS, where("kind"))
-        self.image = v.safe_token(raw.get("image", defaults["image"]), where("image"))
-        self.domains = [v.domain(d, "%s[%d]" % (where("domains"), i))
-                        for i, d in enumerate(self._list("domains"))]
-        self.routes = [self._route(i, r) for i, r in enumerate(self._list("routes"))]
-        self.forwards = [self._forward(i, f) for i, f in enumerate(self._list("forwards"))]
-        self.host_port = v.port(raw["host_port"], where("host_port")) if raw.get("host_port") is not None else None
-        self.command = self._command()
-        default_port = None if self.command else HTTP_PORT
-        self.port = v.port(raw["port"], where("port")) if raw.get("port") is not None else default_port
-        self.count = 1
-        self.method = "round_robin"
-        if self.kind == "pool":
-            count = raw.get("count")
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ValidationError(where("count"), count, "a pool needs a whole number of members, 1 or more")
-            self.count = count
-            self.method = v.one_of(raw.get("method", "round_robin"), METHODS, where("method"))
-        elif "count" in raw or "method" in raw:
-            key = "count" if "count" in raw else "method"
-            raise ValidationError(where(key), raw[key], "only a pool (kind: pool) has members")
-        self.http = bool(self.domains or self.routes or self.host_port)
-        if self.http and self.port is None:
-            raise ValidationError(where("port"), None,
-                                  "the proxy reaches this service over HTTP: give the port its command listens on")
-        if self.kind in ("plain", "internal") and self.http:
-            key = "domains" if self.domains else "routes" if self.routes else "host_port"
-            raise ValidationError(where(key), raw[key], "a %s service is not reached through the proxy" % self.kind)
-        if self.kind == "internal" and self.forwards:
-            raise ValidationError(where("forwards"), raw["forwards"],
-                                  "an internal service is never exposed on the host")
-        if self.kind == "pool" and self.forwards:
-            raise ValidationError(where("forwards"), raw["forwards"],
-                                  "a pool is reached through the proxy (domains or host_port), not a plain forward")
-        if self.kind == "app" and not self.command:
-            raise ValidationError(where("command"), None, "an app runs a command")
-        self.limits = self._limits()
-        self.boot = self._boot()
-        self.files = self._files()
-        self.packages = [v.safe_token(p, "%s[%d]" % (where("packages"), i)) for i, p in enumerate(self._list("packages"))]
-        self.user = v.instance_name(raw.get("user", self.name), where("user")) if self.command else None
-        self.working_directory = raw.get("working_directory", "/srv/%s" % self.name)
-        if not isinstance(self.working_directory, str) or not self.working_directory.startswith("/"):
-            raise ValidationError(where("working_directory"), self.working_directory, "must be an absolute path")
-        self.environment = raw.get("environment") or {}
-        if not isinstance(self.environment, dict):
-            raise ValidationError(where("environment"), "(hidden)", "must be a dict of names to values")
-        self.proxy = raw.get("proxy") or {}
-        if not isinstance(self.proxy, dict):
-            raise ValidationError(where("proxy"), self.proxy, "must be a dict of nginx_site proxy settings")
-        # Explicit words for what is otherwise refused: taking over a container that exists without
-        # the owner's mark, and forwarding a port the host itself listens on.
-        self.adopt = self._flag("adopt")
-        self.allow_host_listener = self._flag("allow_host_listener")
-        if self.allow_host_listener and not (self.forwards or self.host_port):
-            raise ValidationError(where("allow_host_listener"), True, "this service forwards no host port")
-
-    def _flag(self, key):
-        value = self.raw.get(key, False)
-        if not isinstance(value, bool):
-            raise ValidationError(self.where(key), value, "must be true or false")
-        return value
-
-    def where(self, key=None):
-        return _where(self.index, self.raw, key)
-
-    def _list(self, key):
-        value = self.raw.get(key) or []
-        if not isinstance(value, list):
-            raise ValidationError(self.where(key), value, "must be a list")
-        return value
-
-    def _route(self, index, raw):
-        where = "%s[%d]" % (self.where("routes"), index)
-        if not isinstance(raw, dict):
-            raise ValidationError(where, raw, "a route is a dict with domain and path")
-        unknown = sorted(set(raw) - ROUTE_KEYS)
-        if unknown:
-            raise ValidationError("%s.%s" % (where, unknown[0]), raw[unknown[0]], "unknown key")
-        if not raw.get("domain"):
-            raise ValidationError(where + ".domain", raw.get("domain"), "a path route needs the domain it lives under")
-        path = v.url_path(raw.get("path", ""), where + ".path")
-        return {"domain": v.domain(raw["domain"], where + ".domain"), "path": path,
-                "strip_prefix": bool(raw.get("strip_prefix", False))}
-
-    def _forward(self, index, raw):
-        where = "%s[%d]" % (self.where("forwards"), index)
-        if not isinstance(raw, dict) or "port" not in raw:
-            raise ValidationError(where, raw, "a forward is a dict with at least port")
-        unknown = sorted(set(raw) - FORWARD_KEYS)
-        if unknown:
-            raise ValidationError("%s.%s" % (where, unknown[0]), raw[unknown[0]], "unknown key")
-        proto = v.one_of(raw.get("proto", "tcp"), ("tcp", "udp"), where + ".proto")
-        low, high = v.port_range(raw["port"], where + ".port")
-        forward = dict(raw, proto=proto)
-        forward["_range"] = (low, high)
-        if raw.get("target_port") is not None:
-            v.port_range(raw["target_port"], where + ".target_port")
-        return forward
-
-    def _command(self):
-        command = self.raw.get("command")
-        if command is None:
-            return None
-        if isinstance(command, str):
-            command = command.split()
-        if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
-            raise ValidationError(self.where("command"), self.raw.get("command"),
-                                  "must be a command line or a list of arguments")
-        if any("\n" in a for a in command):
-            raise ValidationError(self.where("command"), self.raw.get("command"), "must not contain a newline")
-        return command
-
-    def _limits(self):
-        limits = {}
-        if self.raw.get("memory") is not None:
-            limits["memory"] = v.memory(self.raw["memory"], self.where("memory"))
-        if self.raw.get("memory_swap") is not None:
-            if "memory" not in limits:
-                raise ValidationError(self.where("memory_swap"), self.raw["memory_swap"], "needs memory too")
-            limits["memory_swap"] = v.memory_swap(self.raw["memory_swap"], self.where("memory_swap"),
-                                                  self.raw["memory"], self.where("memory"))
-        if self.raw.get("cpus") is not None:
-            limits["cpus"] = v.cpus(self.raw["cpus"], self.where("cpus"))
-        return limits
-
-    def _boot(self):
-        boot = self.raw.get("boot") or {}
-        if not isinstance(boot, dict) or set(boot) - {"priority", "delay", "autostart"}:
-            raise ValidationError(self.where("boot"), boot, "takes autostart, priority and delay")
-        out = {"autostart": bool(boot.get("autostart", True))}
-        for key in ("priority", "delay"):
-            if boot.get(key) is not None:
-                value = boot[key]
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ValidationError("%s.%s" % (self.where("boot"), key), value, "must be a whole number, 0 or more")
-                out["autostart_" + key] = value
-        return out
-
-    def _files(self):
-        files, seen = [], set()
-        for index, raw in enumerate(self._list("files")):
-            where = "%s[%d]" % (self.where("files"), index)
-            if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
-                raise ValidationError(where, raw, "a file is a dict with path and content (or state: absent)")
-            path = raw["path"]
-            if not path.startswith("/") or ".." in path.split("/") or "\n" in path:
-                raise ValidationError(where + ".path", path, "must be an absolute path without '..' or newlines")
-            if path in seen:
-                raise ValidationError(where + ".path", path, "declared twice")
-            seen.add(path)
-            if raw.get("state", "present") == "present" and not isinstance(raw.get("content"), str):
-                raise ValidationError(where + ".content", raw.get("content"), "must be the file's text")
-            files.append(dict(raw))
-        return files
-
-    @property
-    def members(self):
-        """Container names: one for a service, NAME-1..NAME-N for a pool."""
-        if self.kind == "pool":
-            return ["%s-%d" % (self.name, i) for i in range(1, self.count + 1)]
-        return [self.name]
 
 
 def _covering_wildcard(name, claimed):
@@ -254,18 +57,13 @@ def _port_site_name(service):
     return "%s-port%d" % (service.name, service.host_port)
 
 
-def secret_values(services):
-    """Every service's environment values (secrets), from a description not yet validated."""
-    for service in services if isinstance(services, list) else ():
-        environment = service.get("environment") if isinstance(service, dict) else None
-        if isinstance(environment, dict):
-            for value in environment.values():
-                if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-                    yield str(value)
+def parse_box(services, options=None, addresses=None):
+    """The description (a list of services) and the box's options -> BoxParts."""
+    return BoxParts(services, options, addresses)
 
 
-class BoxPlan:
-    """The validated description and what it derives. ``addresses``: name -> [IPv4] once known."""
+class BoxParts:
+    """The parsed description and the parts it derives. ``addresses``: name -> [IPv4] once known."""
 
     def __init__(self, services, options=None, addresses=None):
         self.options = dict(DEFAULTS, **{k: val for k, val in (options or {}).items() if val is not None})
@@ -275,7 +73,7 @@ class BoxPlan:
         v.instance_name(self.options["proxy_name"], "proxy_name")
         if not isinstance(services, list):
             raise ValidationError("services", services, "must be a list of services")
-        self.services = [Service(i, raw, self.options) for i, raw in enumerate(services)]
+        self.services = [parse_service(i, raw, self.options) for i, raw in enumerate(services)]
         self.addresses = addresses or {}
         self.proxy = self.options["proxy_name"] if any(s.http for s in self.services) else None
         self._check_names()

@@ -14,7 +14,7 @@ description:
     them (as M(homelab.onebox.lxd_provision)), the proxy's sites (as M(homelab.onebox.nginx_site)
     in the proxy container, with a catch-all default server) and the host's forwards (as
     M(homelab.onebox.dnat)).
-  - The description is the one of the P(homelab.onebox.box_plan#filter) filter; see its
+  - The description is the one of the P(homelab.onebox.box_parts#filter) filter; see its
     documentation and C(docs/description.md) for every key.
   - Everything is validated first (the description, every derived container, file, site and
     forward), and LXD is read once, before anything changes. Containers get static addresses
@@ -51,7 +51,7 @@ options:
     description:
       - The box description, a list of services (name, kind, domains, routes, port, host_port,
         forwards, count, method, memory, memory_swap, cpus, boot, files, packages, user, command,
-        environment, working_directory, proxy). See the P(homelab.onebox.box_plan#filter) filter.
+        environment, working_directory, proxy). See the P(homelab.onebox.box_parts#filter) filter.
       - Values of each service's C(environment) are secrets; they are kept out of the output.
       - Required with O(state=present). An empty list would delete every container of O(owner), so
         it is refused unless O(allow_empty=true). A box is removed with O(state=absent) (the
@@ -268,7 +268,8 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.homelab.onebox.plugins.module_utils import _nginx as nginx
 from ansible_collections.homelab.onebox.plugins.module_utils import _provision
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate
-from ansible_collections.homelab.onebox.plugins.module_utils._box import BoxPlan, secret_values
+from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
+from ansible_collections.homelab.onebox.plugins.module_utils._box_service import secret_values
 from ansible_collections.homelab.onebox.plugins.module_utils._dnat_host import ARGUMENT_SPEC as DNAT_SPEC, DnatManager
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
 from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, item_specs, warn_pruned
@@ -318,7 +319,7 @@ class BoxManager:
                                   "with state: absent (playbooks/teardown.yml), and an empty one is converged only "
                                   "with allow_empty: true (onebox_allow_empty)" % params["owner"])
         proxy = params["proxy"]
-        self.plan = BoxPlan(params["services"] if self.present else [], dict(
+        self.plan = parse_box(params["services"] if self.present else [], dict(
             owner=params["owner"], image=params["image"], proxy_name=proxy["name"], proxy_memory=proxy["memory"],
             proxy_cpus=proxy["cpus"], proxy_priority=proxy["autostart_priority"]))
         self.instance_specs = item_specs(self.plan.instances(), params["owner"])
