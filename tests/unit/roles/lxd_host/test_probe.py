@@ -1,4 +1,4 @@
-"""homelab.onebox.lxd_host's probe script (vars/main.yml) with stand-ins for lxc and dpkg-query:
+"""homelab.onebox.lxd_host's probe script (files/probe.sh) with stand-ins for lxc and dpkg-query:
 one JSON document whatever is missing."""
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import stat
 import subprocess
 
 import pytest
-import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 PACKAGES = ("lxd", "btrfs-progs", "nginx-light")
 
 # lxc query URL: answers from files named after the URL; exit 1 when there is none.
@@ -34,8 +33,8 @@ done
 
 
 def script():
-    with open(os.path.join(ROOT, "roles", "lxd_host", "vars", "main.yml"), encoding="utf-8") as handle:
-        return yaml.safe_load(handle)["_onebox_lxd_host_probe_script"]
+    with open(os.path.join(ROOT, "roles", "lxd_host", "files", "probe.sh"), encoding="utf-8") as handle:
+        return handle.read()
 
 
 def write(path, text, mode=0o644):
