@@ -262,10 +262,12 @@ instances:
 
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.homelab.onebox.plugins.module_utils import _provision
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
+from ansible_collections.homelab.onebox.plugins.module_utils._provision import Provisioner, check_instances, take_diffs
+from ansible_collections.homelab.onebox.plugins.module_utils._provision_spec import (
+    FILE_STATES, RESTART_CHOICES, SERVICE_STATES, parse_insides)
 
 ARGUMENT_SPEC = dict(
     instances=dict(type="list", elements="dict", default=[], options=dict(
@@ -281,7 +283,7 @@ ARGUMENT_SPEC = dict(
             mode=dict(type="raw", default="0644"),
             owner=dict(type="str", default="root"),
             group=dict(type="str"),
-            state=dict(type="str", choices=list(_provision.FILE_STATES), default="present"),
+            state=dict(type="str", choices=list(FILE_STATES), default="present"),
         )),
         services=dict(type="list", elements="dict", options=dict(
             name=dict(type="str", required=True),
@@ -290,8 +292,8 @@ ARGUMENT_SPEC = dict(
             working_directory=dict(type="str"),
             # no_log: Ansible masks these values in the invocation, the log and the whole result.
             environment=dict(type="dict", no_log=True),
-            restart=dict(type="str", choices=list(_provision.RESTART_CHOICES), default="always"),
-            state=dict(type="str", choices=list(_provision.SERVICE_STATES), default="started"),
+            restart=dict(type="str", choices=list(RESTART_CHOICES), default="always"),
+            state=dict(type="str", choices=list(SERVICE_STATES), default="started"),
             enabled=dict(type="bool", default=True),
         )),
     )),
@@ -302,36 +304,34 @@ ARGUMENT_SPEC = dict(
 
 
 class ProvisionManager:
-    """Validate everything, read every container (in parallel), plan, then apply outside check mode."""
+    """Check everything, read and plan every container (in parallel), then apply outside check mode."""
 
     def __init__(self, module):
         self.module = module
         params = module.params
         _validate.at_least_one(params, ("parallel", "timeout", "package_timeout"))
-        self.specs = _provision.instance_specs(params["instances"])
+        self.specs = parse_insides(params["instances"])
 
     def run(self):
         module, lxd, params = self.module, self.module.lxd, self.module.params
-        _provision.check_instances(self.specs, {inst["name"]: inst for inst in lxd.instances()})
-        workers = [_provision.Provisioner(lxd, spec, params["timeout"], params["package_timeout"])
+        check_instances(self.specs, {inst["name"]: inst for inst in lxd.instances()})
+        workers = [Provisioner(lxd, spec, params["timeout"], params["package_timeout"], diff=module._diff)
                    for spec in self.specs]
         with ThreadPoolExecutor(max_workers=params["parallel"]) as pool:
             # Every read and check first: one bad container stops the run before any change.
-            list(pool.map(lambda worker: worker.read(), workers))
-            changed = [worker for worker in workers if worker.plan.changed]
-            if module._diff:
-                list(pool.map(lambda worker: worker.read_diff(), changed))
+            list(pool.map(lambda worker: (worker.read(), worker.plan()), workers))
+            changed = [worker for worker in workers if worker.planned.changed]
             failures = {}
             if not module.check_mode:
                 failures = dict(filter(None, pool.map(self._apply, changed)))
         results = [worker.result() for worker in workers]
+        before, after = take_diffs(results)
         if failures:
             raise OneboxError("; ".join("%s: %s" % item for item in failures.items()),
                               instances=results, failed_instances=sorted(failures))
         result = {"changed": bool(changed), "instances": results}
         if module._diff:
-            result["diff"] = {"before": {w.spec.name: w.diff["before"] for w in changed},
-                              "after": {w.spec.name: w.diff["after"] for w in changed}}
+            result["diff"] = {"before": before, "after": after}
         return result
 
     @staticmethod
