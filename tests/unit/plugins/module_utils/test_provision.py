@@ -1,11 +1,13 @@
-"""_provision: the plan (what changes, what restarts)."""
+"""_provision: the plan (what changes, what restarts) and the Provisioner's orchestration against the
+in-memory LXD (check mode writes nothing, a failure names its container, an unchanged inside is left alone)."""
 import pytest
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _provision as p
 from ansible_collections.homelab.onebox.plugins.module_utils import _provision_spec as ps
 from ansible_collections.homelab.onebox.plugins.module_utils import _provision_state as st
-from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
 
+from unit.fake_lxd import FakeLxd
 from unit.plugins.module_utils.test_provision_spec import spec_of
 
 
@@ -182,3 +184,137 @@ def test_missing_parents_are_created():
     spec = spec_of({"name": "a", "files": [{"path": "/srv/new/deep/x", "content": ""}]})
     assert plan_for(spec, dirs={"/srv/new/deep"}).mkdirs == ["/srv/new/deep"]
 
+
+# ---- the Provisioner against the in-memory LXD ----------------------------------------------------
+APP_USER = "U app:x:998:998::/srv/app:/usr/sbin/nologin\nU root:x:0:0:root:/root:/bin/bash\nG app:x:998:\n"
+
+
+def is_state_script(command):
+    return command[:2] == ["sh", "-c"] and command[2].endswith("echo END\n")
+
+
+def inside_lxd(states):
+    """A FakeLxd with a running container per ``states`` entry (name -> (spec, output_for()'s
+    arguments)): the state script prints that state, useradd's script the new user's entries."""
+    lxd = FakeLxd([{"name": name, "status": "Running"} for name in states])
+
+    def answer(name, command, _kwargs):
+        if is_state_script(command):
+            spec, state = states[name]
+            return 0, output_for(spec, **state), ""
+        if command[:2] == ["sh", "-c"] and "useradd" in command[2]:
+            return 0, APP_USER, ""
+        return None
+    lxd.on_exec = answer
+    return lxd
+
+
+def writes(lxd):
+    """Every call that could change a container: all but reads and the state script."""
+    return [call for call in lxd.changes() if not (call[0] == "exec" and is_state_script(call[2]))]
+
+
+def provisioned(lxd, spec, diff=False):
+    worker = p.Provisioner(lxd, spec, timeout=30, diff=diff)
+    worker.read()
+    worker.plan()
+    return worker
+
+
+def test_a_first_run_applies_in_order():
+    spec = spec_of(packages=["procps", "jq"])
+    lxd = inside_lxd({"app": (spec, dict(packages={"procps": "ii "}, units={"nginx.service": "disabled|inactive"},
+                                         files={"/etc/nginx/sites-enabled/default": "link"}, dirs={"/srv/app"}))})
+    worker = provisioned(lxd, spec)
+    worker.apply()
+    steps = [("push", call[2], "%o" % call[3], call[4], call[5]) if call[0] == "push_file" else " ".join(call[2])
+             for call in writes(lxd)]
+    expected = [
+        "apt-get -q install -y --no-install-recommends",    # jq (the lists are there: no update first)
+        "useradd --system --create-home --shell /usr/sbin/nologin --home-dir /srv/app app",
+        "mkdir -p -- \"$@\" sh /srv/app",
+        "rm -f -- /etc/nginx/sites-enabled/default",        # the link in the way
+        ("push", "/srv/app/app.py", "644", 998, 998),       # the new user's ids, read back after useradd
+        ("push", "/etc/systemd/system/onebox-app.service", "644", 0, 0),
+        ("push", "/etc/onebox/app.env", "600", 0, 0),
+        "systemctl daemon-reload"]
+    assert len(steps) == len(expected), steps
+    for step, want in zip(steps, expected):
+        assert want == step if isinstance(want, tuple) else want in step, (step, want)
+    install = writes(lxd)[0][2]
+    assert install[-2:] == ["--", "jq"]
+    assert writes(lxd)[-1][2][2].splitlines() == [
+        "set -e", "systemctl daemon-reload", "systemctl enable --no-reload -- onebox-app.service nginx.service",
+        "systemctl restart -- onebox-app.service nginx.service"]
+    assert lxd.files[("app", "/etc/onebox/app.env")] == spec.services[0].env_file.content
+    assert worker.result() == {"name": "app", "changed": True, "actions": worker.planned.actions}
+
+
+def test_owner_and_mode_are_set_before_the_content_so_a_secret_never_has_the_old_mode():
+    spec = spec_of()
+    state = converged(spec)
+    state["files"]["/etc/onebox/app.env"] = "file 644 998 998 " + "0" * 64
+    lxd = inside_lxd({"app": (spec, state)})
+    provisioned(lxd, spec).apply()
+    fix, push, restart = writes(lxd)
+    assert fix[2][2] == "set -e\nchown 0:0 -- /etc/onebox/app.env && chmod 0600 -- /etc/onebox/app.env"
+    assert push[:3] == ("push_file", "app", "/etc/onebox/app.env")
+    assert restart[2][2].splitlines()[1:] == ["systemctl restart -- onebox-app.service"]
+
+
+def test_an_unchanged_inside_makes_no_write_and_reports_no_change():
+    spec = spec_of()
+    lxd = inside_lxd({"app": (spec, converged(spec))})
+    worker = provisioned(lxd, spec, diff=True)
+    worker.apply()   # a caller applies only what changes; even so, nothing to do is nothing done
+    assert writes(lxd) == [] and lxd.names("pull_file") == []
+    assert worker.result() == {"name": "app", "changed": False, "actions": [], "diff": []}
+
+
+def test_diff_pulls_only_the_changed_files_and_masks_the_environment():
+    spec = spec_of()
+    state = converged(spec)
+    state["files"]["/srv/app/app.py"] = "file 644 998 998 " + "0" * 64
+    state["files"]["/etc/onebox/app.env"] = "file 600 0 0 " + "0" * 64
+    lxd = inside_lxd({"app": (spec, state)})
+    lxd.files[("app", "/srv/app/app.py")] = b"print(0)\n"
+    lxd.files[("app", "/etc/onebox/app.env")] = b"SECRET_KEY=old-secret\n"
+    worker = provisioned(lxd, spec, diff=True)
+    assert sorted(call[2] for call in lxd.calls if call[0] == "pull_file") == ["/etc/onebox/app.env", "/srv/app/app.py"]
+    [diff] = worker.result()["diff"]
+    assert diff["before_header"] == "inside app"
+    assert diff["before"] == {"/srv/app/app.py": "print(0)\n", "/etc/onebox/app.env": "SECRET_KEY=********\n"}
+    assert diff["after"]["/srv/app/app.py"] == "print(1)\n"
+    assert "s3cret" not in str(diff) and "old-secret" not in str(diff)
+    assert writes(lxd) == []   # plan() reads; only apply() writes
+
+
+def test_a_refusal_comes_from_plan_before_any_write():
+    spec = spec_of({"name": "app", "files": [{"path": "/x", "content": "", "owner": "ghost"}]})
+    lxd = inside_lxd({"app": (spec, {})})
+    worker = p.Provisioner(lxd, spec)
+    worker.read()
+    with pytest.raises(ValidationError, match="no such owner in app"):
+        worker.plan()
+    assert writes(lxd) == []
+
+
+def test_a_failed_command_names_the_container():
+    spec = spec_of({"name": "web", "services": [{"name": "nginx"}]})
+    lxd = inside_lxd({"web": (spec, dict(units={"nginx.service": "enabled|failed"}))})
+    answer = lxd.on_exec
+    lxd.on_exec = lambda name, command, kw: ((1, "", "Job for nginx.service failed.")
+                                             if "systemctl restart" in command[-1] or "systemctl start" in command[-1]
+                                             else answer(name, command, kw))
+    worker = provisioned(lxd, spec)
+    assert worker.planned.actions == ["start nginx"]
+    with pytest.raises(OneboxError) as err:
+        worker.apply()
+    assert err.value.msg.startswith("in web, sh -c set -e") and err.value.msg.endswith("Job for nginx.service failed.")
+
+
+def test_take_diffs_keys_them_by_container_and_leaves_the_results_plain():
+    results = [{"name": "a", "changed": True, "actions": ["file /x"], "diff": [{"before": {"/x": "1"}, "after": {"/x": "2"}}]},
+               {"name": "b", "changed": False, "actions": [], "diff": []}]
+    assert p.take_diffs(results) == ({"a": {"/x": "1"}}, {"a": {"/x": "2"}})
+    assert results == [{"name": "a", "changed": True, "actions": ["file /x"]}, {"name": "b", "changed": False, "actions": []}]
