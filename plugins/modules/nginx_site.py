@@ -327,8 +327,12 @@ nginx_output:
   type: str
 """
 
-from ansible_collections.homelab.onebox.plugins.module_utils import _nginx as nginx
+from ansible_collections.homelab.onebox.plugins.module_utils import _nginx_target as nginx_target
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._nginx import SiteSet
+from ansible_collections.homelab.onebox.plugins.module_utils._nginx_render import catch_all_site
+from ansible_collections.homelab.onebox.plugins.module_utils._nginx_site import METHODS, SITE_KEYS, parse_site, parse_sites
+from ansible_collections.homelab.onebox.plugins.module_utils._nginx_values import abs_path
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
 
 _SITE_OPTIONS = dict(
@@ -348,7 +352,7 @@ _SITE_OPTIONS = dict(
     )),
     upstreams=dict(type="list", elements="dict", options=dict(
         name=dict(type="str", required=True),
-        method=dict(type="str", choices=list(nginx.METHODS), default="round_robin"),
+        method=dict(type="str", choices=list(METHODS), default="round_robin"),
         keepalive=dict(type="int", default=0),
         servers=dict(type="list", elements="raw", required=True),
     )),
@@ -361,7 +365,7 @@ _SITE_ONLY = [key for key in _SITE_OPTIONS if key not in ("state",)]
 
 ARGUMENT_SPEC = dict(
     _SITE_OPTIONS,
-    # Each site is validated by _nginx.normalise_site (unknown keys, types, values), with error
+    # Each site is checked by _nginx_site.parse_site (unknown keys, types, values), with error
     # messages naming sites[N].field; the documented top-level options describe its keys.
     sites=dict(type="list", elements="dict"),
     catch_all=dict(type="dict", options=dict(
@@ -381,7 +385,7 @@ ARGUMENT_SPEC = dict(
 
 
 class NginxSiteManager:
-    """Read the directory once, render, diff, and (outside check mode) apply one transaction."""
+    """The sites of the task (checked), their target, and the one SiteSet over both."""
 
     def __init__(self, module):
         self.module = module
@@ -395,37 +399,41 @@ class NginxSiteManager:
                 raise ValidationError(given[0], p[given[0]], "cannot be combined with sites (put it in a site)")
             sites = list(p["sites"])
             if p["catch_all"]:
-                sites.insert(0, nginx.catch_all_site(sites=[s for s in sites if isinstance(s, dict)], **p["catch_all"]))
-            return nginx.normalise_sites(sites, log_dir=p["log_dir"])
+                sites.insert(0, catch_all_site(sites=[s for s in sites if isinstance(s, dict)], **p["catch_all"]))
+            return parse_sites(sites, log_dir=p["log_dir"])
         if p["catch_all"]:
             raise ValidationError("catch_all", p["catch_all"], "needs sites (it is added to the set)")
         if p["prune"]:
             raise ValidationError("prune", True, "needs sites (the whole set of sites to keep)")
         if not p["name"]:
             raise ValidationError("name", p["name"], "give name (one site) or sites (several)")
-        return [nginx.normalise_site(_spec(p), log_dir=p["log_dir"])]
+        return [parse_site(_spec(p), log_dir=p["log_dir"])]
 
     def target(self):
         p = self.params
-        conf_dir = nginx.abs_path(p["conf_dir"], "conf_dir")
-        test = nginx.test_and_dump_command(p["nginx_binary"], p["nginx_prefix"], p["nginx_conf"])
-        reload_cmd = p["reload_command"] or nginx.reload_command(p["nginx_binary"], p["nginx_prefix"],
-                                                                 p["nginx_conf"])
+        conf_dir = abs_path(p["conf_dir"], "conf_dir")
+        test = nginx_target.test_and_dump_command(p["nginx_binary"], p["nginx_prefix"], p["nginx_conf"])
+        reload_cmd = p["reload_command"] or nginx_target.reload_command(p["nginx_binary"], p["nginx_prefix"],
+                                                                        p["nginx_conf"])
         if p["instance"]:
-            return nginx.LxdTarget(self.module.lxd, p["instance"], conf_dir, test, reload_cmd,
-                                   timeout=max(p["lxd_timeout"] or 30, 30))
-        return nginx.HostTarget(self.module, conf_dir, test, reload_cmd)
+            return nginx_target.LxdTarget(self.module.lxd, p["instance"], conf_dir, test, reload_cmd,
+                                          timeout=max(p["lxd_timeout"] or 30, 30))
+        return nginx_target.HostTarget(self.module, conf_dir, test, reload_cmd)
 
     def run(self):
-        sites = self.desired()          # all validation first: nothing is read or written on bad input
-        target = self.target()
-        return nginx.converge(target, sites, prune=self.params["prune"], check_mode=self.module.check_mode,
-                              diff=self.module._diff, warn=self.module.warn)
+        sites = self.desired()          # all checks first: nothing is read or written on bad input
+        site_set = SiteSet(self.target(), sites, prune=self.params["prune"], check_mode=self.module.check_mode,
+                           diff=self.module._diff, warn=self.module.warn)
+        site_set.read()
+        site_set.plan()
+        if not self.module.check_mode:
+            site_set.apply()
+        return site_set.result()
 
 
 def _spec(params):
     """The site keys of a params dict, without the ones Ansible filled with None."""
-    return {key: params[key] for key in nginx.SITE_KEYS if params.get(key) is not None}
+    return {key: params[key] for key in SITE_KEYS if params.get(key) is not None}
 
 
 def main():
