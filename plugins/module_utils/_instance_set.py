@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: homelab.onebox contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A declared set of LXD containers reconciled together (lxd_instances, box): every item validated
+"""A declared set of LXD containers reconciled together (lxd_instances, box): every item parsed
 first, one read of all instances, copies after their own source only, several at once, and the
 owner's undeclared containers pruned."""
 from __future__ import annotations
@@ -11,23 +11,24 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate
+from ansible_collections.homelab.onebox.plugins.module_utils._addresses import assign_addresses
+from ansible_collections.homelab.onebox.plugins.module_utils._diff import entry
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
-from ansible_collections.homelab.onebox.plugins.module_utils._lxd import InstanceReconciler, InstanceSpec, assign_addresses
+from ansible_collections.homelab.onebox.plugins.module_utils._instance import OPTION_RULES, InstanceSpec, parse_instance
+from ansible_collections.homelab.onebox.plugins.module_utils._reconcile import InstanceReconciler
 
 OWNER_KEY = "user.onebox.owner"
 
 
-def item_specs(items, owner, field="instances"):
-    """Validate every item (types, defaults, then values) and return their InstanceSpecs.
+def parse_instances(items, owner, field="instances"):
+    """Every item (types, defaults, then values) -> their InstanceSpecs.
 
     An item of an owned set also takes ``adopt``: that container may be taken over when it exists
     without this owner's mark."""
     argument_spec = InstanceSpec.argument_spec()
     if owner is not None:
         argument_spec["adopt"] = dict(type="bool", default=False)
-    validator = ArgumentSpecValidator(argument_spec,
-                                      mutually_exclusive=[("image", "copy_from")],
-                                      required_by={"memory_swap": "memory", "image_server": "image"})
+    validator = ArgumentSpecValidator(argument_spec, **OPTION_RULES)
     specs, seen = [], {}
     for index, item in enumerate(items):
         where = "%s[%d]" % (field, index)
@@ -37,7 +38,7 @@ def item_specs(items, owner, field="instances"):
         if checked.error_messages:
             raise OneboxError("%s (%s): %s" % (where, item.get("name"), "; ".join(checked.error_messages)))
         try:
-            spec = InstanceSpec.from_params(checked.validated_parameters)
+            spec = parse_instance(checked.validated_parameters)
         except ValidationError as exc:
             raise ValidationError("%s.%s" % (where, exc.field), exc.value, exc.reason)
         if spec.name in seen:
@@ -76,12 +77,14 @@ def warn_pruned(module, instance_set):
 
 
 class InstanceSet:
-    """Reconcile ``specs`` (validated by item_specs) against LXD in one pass.
+    """Reconcile ``specs`` (from parse_instances) against LXD in one pass.
 
-    ``read()`` reads every instance once and fixes the ``auto`` addresses, so the addresses are
-    known before anything is created. ``run(then)`` reconciles each container and, in the same
-    worker, calls ``then`` for a container that is not being deleted: work on a container's
-    inside starts as soon as that container runs, not after the whole set.
+    ``read()`` reads every instance once; ``plan()`` makes every check that needs the daemon
+    (owners, CPUs, what a prune would delete) and fixes the ``auto`` addresses, so the addresses
+    are known before anything is created; ``apply(parallel, then)`` reconciles each container
+    (in check mode: predicts, changing nothing) and, in the same worker, calls ``then`` for a
+    container that is not being deleted: work on a container's inside starts as soon as that
+    container runs, not after the whole set; ``result()`` is the lxd_instances result.
     """
 
     def __init__(self, lxd, specs, owner=None, prune=False, check_mode=False, diff=False,
@@ -97,19 +100,26 @@ class InstanceSet:
         self.check_mode, self.diff = check_mode, diff
         self.current = None
         self.doomed = []
+        self.results = None
         self.order = waves(specs)  # a copy_from cycle fails here, before any change
 
     def read(self):
-        """Every instance in one request, then every check that needs the daemon (owners, CPUs,
-        what a prune would delete), all before any change; ``auto`` addresses chosen.
-        Returns name -> instance."""
+        """Every instance in one request. Returns name -> instance."""
         self.current = {inst["name"]: inst for inst in self.lxd.instances()}
+        return self.current
+
+    def plan(self):
+        """Every check that needs the daemon (owners, CPUs, what a prune would delete), all before
+        any change; ``auto`` addresses chosen. Returns the containers a prune deletes (``doomed``)."""
+        if self.current is None:
+            self.read()
         self._check_owners()
-        self._check_cpus()
+        for spec in self.specs:
+            spec.check_host(self.lxd, "%s.cpus" % spec.field)
         self.doomed = self._doomed()
         self._check_prune()
         assign_addresses(self.lxd, self.specs, self.current)
-        return self.current
+        return self.doomed
 
     def _mark(self, name):
         return ((self.current.get(name) or {}).get("config") or {}).get(OWNER_KEY)
@@ -128,10 +138,6 @@ class InstanceSet:
                 "%s.name" % spec.field, spec.name,
                 "container %s already exists and %s; it is never taken over silently: give this one another "
                 "name, or set adopt: true on it to take that container over as owner %s" % (spec.name, whose, self.owner))
-
-    def _check_cpus(self):
-        for spec in self.specs:
-            spec.check_host(self.lxd, "%s.cpus" % spec.field)
 
     def _doomed(self):
         """The owner's containers that are not declared (deleted when pruning)."""
@@ -167,23 +173,19 @@ class InstanceSet:
         return {spec.name: [spec.static_ipv4] for spec in self.specs
                 if spec.state != "absent" and spec.static_ipv4}
 
-    def reconciler(self, spec, state_of=None):
+    def _reconciler(self, spec, state_of=None):
         # In check mode nothing is created, so a copy's declared source is taken as there.
         pending = {s.name for s in self.specs} if self.check_mode else ()
         return InstanceReconciler(self.lxd, spec, self.check_mode, self.diff,
                                   current=self.current.get(spec.name), pending=pending, state_of=state_of)
 
-    def reconcile(self, spec):
-        return self.reconciler(spec).run()
-
-    def run(self, parallel, then=None):
-        """Reconcile every spec and prune; returns the lxd_instances result (``then``'s errors raise).
+    def apply(self, parallel, then=None):
+        """Reconcile every spec and prune (after plan(); in check mode nothing changes). Errors of
+        containers, and ``then``'s, raise once all are done, naming each container.
 
         ``then(spec, result, settle)`` runs once the container is there and running, before it
         necessarily has its address (set-up inside overlaps its DHCP); ``settle()`` waits for the
         address when the work needs the network, and returns the result with it."""
-        if self.current is None:
-            self.read()
         results = {}
 
         def state_of(name):
@@ -192,13 +194,12 @@ class InstanceSet:
         def one(spec, source_future):
             if source_future is not None and spec.state != "absent":
                 source_future.result()  # a copy waits for its own source only
+            reconciler = self._reconciler(spec, state_of)
             if then is None or spec.state == "absent":
-                return self.reconciler(spec, state_of).run()
-            reconciler = self.reconciler(spec, state_of)
+                return reconciler.run()
             then(spec, reconciler.run(settle=False), reconciler.settle)
             return reconciler.settle()
 
-        doomed = self.doomed
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             # The states of every instance, in one request beside the work on the containers: an
             # untouched container's address check waits for it instead of asking on its own.
@@ -216,7 +217,7 @@ class InstanceSet:
                 for spec in wave:
                     source = spec.copy_from.split("/")[0] if spec.copy_from else None
                     futures[spec.name] = pool.submit(one, spec, futures.get(source))
-            pruning = {spec.name: pool.submit(self.reconcile, spec) for spec in doomed}
+            pruning = {spec.name: pool.submit(self._reconciler(spec).run) for spec in self.doomed}
             errors = []
             for name, future in list(futures.items()) + list(pruning.items()):
                 try:
@@ -230,19 +231,24 @@ class InstanceSet:
                 first.msg += " (and %s)" % "; ".join("%s: %s" % (n, e.msg) for n, e in errors[1:])
             first.details.setdefault("failed_instances", [n for n, _e in errors])
             raise first
-        return self.result(results, [spec.name for spec in doomed])
+        self.results = results
 
-    def result(self, results, pruned):
+    def result(self):
+        """The lxd_instances result of apply(): ``changed``, ``instances`` (in declared order, each
+        with its ``name`` and ``actions``), ``addresses``, ``pruned`` and, in diff mode, ``diff``:
+        one entry (header ``containers``) of the changed containers before and after, by name."""
+        results = self.results
         ordered = [dict(results[spec.name], name=spec.name) for spec in self.specs]
         result = {
             "changed": any(r["changed"] for r in results.values()),
             "instances": ordered,
             "addresses": {r["name"]: r["addresses"] for r in ordered},
-            "pruned": pruned,
+            "pruned": [spec.name for spec in self.doomed],
         }
         if self.diff:
-            result["diff"] = {"before": {n: r["diff"]["before"] for n, r in sorted(results.items()) if r["changed"]},
-                              "after": {n: r["diff"]["after"] for n, r in sorted(results.items()) if r["changed"]}}
-        for entry in ordered:
-            entry.pop("diff", None)
+            changed = sorted((n, r["diff"]) for n, r in results.items() if r["changed"])
+            result["diff"] = [entry("containers", {n: d["before"] for n, d in changed},
+                                    {n: d["after"] for n, d in changed})]
+        for item in ordered:
+            item.pop("diff", None)
         return result

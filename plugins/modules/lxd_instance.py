@@ -229,8 +229,10 @@ actions:
   sample: [create, start]
 """
 
-from ansible_collections.homelab.onebox.plugins.module_utils._lxd import InstanceReconciler, InstanceSpec, assign_addresses
+from ansible_collections.homelab.onebox.plugins.module_utils._addresses import assign_addresses
+from ansible_collections.homelab.onebox.plugins.module_utils._instance import OPTION_RULES, InstanceSpec, parse_instance
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
+from ansible_collections.homelab.onebox.plugins.module_utils._reconcile import InstanceReconciler
 
 
 class InstanceManager:
@@ -238,7 +240,7 @@ class InstanceManager:
 
     def __init__(self, module):
         self.module = module
-        self.spec = InstanceSpec.from_params(module.params)
+        self.spec = parse_instance(module.params)
 
     def run(self):
         lxd = self.module.lxd
@@ -253,13 +255,8 @@ class InstanceManager:
 
 
 def main():
-    module = OneboxModule(
-        argument_spec=InstanceSpec.argument_spec(),
-        mutually_exclusive=[("image", "copy_from")],
-        required_by={"memory_swap": "memory", "image_server": "image"},
-        supports_check_mode=True,
-        lxd=True,
-    )
+    module = OneboxModule(argument_spec=InstanceSpec.argument_spec(), supports_check_mode=True, lxd=True,
+                          **OPTION_RULES)
     module.run(InstanceManager)
 
 

@@ -138,8 +138,17 @@ pruned:
 """
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate
-from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, item_specs, warn_pruned
+from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, parse_instances, warn_pruned
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
+
+ARGUMENT_SPEC = dict(
+    instances=dict(type="list", elements="dict", default=[]),
+    owner=dict(type="str"),
+    prune=dict(type="bool", default=False),
+    prune_max=dict(type="int"),
+    prune_confirm=dict(type="bool", default=False),
+    parallel=dict(type="int", default=8),
+)
 
 
 class InstanceSetManager:
@@ -147,7 +156,7 @@ class InstanceSetManager:
         self.module = module
         params = module.params
         _validate.at_least_one(params, ("parallel",))
-        self.specs = item_specs(params["instances"], params["owner"])
+        self.specs = parse_instances(params["instances"], params["owner"])
 
     def run(self):
         module = self.module
@@ -156,23 +165,14 @@ class InstanceSetManager:
                                    check_mode=module.check_mode, diff=module._diff,
                                    prune_max=params["prune_max"], prune_confirm=params["prune_confirm"])
         instance_set.read()
+        instance_set.plan()
         warn_pruned(module, instance_set)
-        return instance_set.run(params["parallel"])
+        instance_set.apply(params["parallel"])
+        return instance_set.result()
 
 
 def main():
-    module = OneboxModule(
-        argument_spec=dict(
-            instances=dict(type="list", elements="dict", default=[]),
-            owner=dict(type="str"),
-            prune=dict(type="bool", default=False),
-            prune_max=dict(type="int"),
-            prune_confirm=dict(type="bool", default=False),
-            parallel=dict(type="int", default=8),
-        ),
-        supports_check_mode=True,
-        lxd=True,
-    )
+    module = OneboxModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, lxd=True)
     module.run(InstanceSetManager)
 
 

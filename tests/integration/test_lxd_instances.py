@@ -25,7 +25,8 @@ def test_set_create_copy_idempotent_check_and_prune(lxd, instance_names):
     assert check.get("failed") is not True, check
     assert check["changed"] is True
     assert all(lxd.instance(n) is None for n in (base, web1, web2, db)), "check mode created something"
-    assert set(check["diff"]["after"]) == {base, web1, web2, db}
+    assert [d["before_header"] for d in check["diff"]] == ["containers"]
+    assert set(check["diff"][0]["after"]) == {base, web1, web2, db}
 
     first = run_module("lxd_instances", args)
     assert first.get("failed") is not True, first

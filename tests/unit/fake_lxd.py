@@ -33,7 +33,7 @@ class FakeLxd:
 
     def __init__(self, instances=(), images=("debian/12",), cpus=4, profiles=None, networks=None):
         self.timeout = 30
-        self.local_dir = None  # no dnsmasq lease files: not a local daemon
+        self.local_dir = None  # where networks/<name>/dnsmasq.leases are read; None: not a local daemon
         self.instances_by_name = {}
         self.images = {alias: {"name": alias, "target": "f%063d" % i} for i, alias in enumerate(images)}
         self.cpus = cpus
@@ -41,6 +41,7 @@ class FakeLxd:
         self.networks = networks if networks is not None else {
             NETWORK: {"name": NETWORK, "config": {"ipv4.address": GATEWAY}}}
         self.files = {}  # (instance, path) -> bytes
+        self.leases = {}  # network -> [address] of the leases LXD's API lists (beside the gateway)
         self.calls = []
         self.failures = {}  # (method, name) -> LxdError to raise
         self.on_exec = None  # (name, command, kwargs) -> ExecResult, (rc, out, err) or None (exit 0)
@@ -72,7 +73,7 @@ class FakeLxd:
 
     def changes(self):
         """The calls that change something (no reads), in order."""
-        reads = {"instance", "instances", "instance_names", "instance_state", "host_cpus", "image_alias", "image",
+        reads = {"instance", "instances", "instance_state", "host_cpus", "image_alias", "image",
                  "network", "network_leases", "profile", "pull_file"}
         return [call for call in self.calls if call[0] not in reads]
 
@@ -127,10 +128,6 @@ class FakeLxd:
         self._record("instances", None)
         with self._lock:
             return [self._view(i, state) for _n, i in sorted(self.instances_by_name.items())]
-
-    def instance_names(self):
-        self._record("instance_names", None)
-        return sorted(self.instances_by_name)
 
     def host_cpus(self):
         self._record("host_cpus", None)
@@ -211,10 +208,6 @@ class FakeLxd:
             self._get(name, "write %s in %s" % (path, name))
             self.files[(name, path)] = data.encode("utf-8") if isinstance(data, str) else bytes(data)
 
-    def delete_file(self, name, path):
-        self._record("delete_file", name, path)
-        self.files.pop((name, path), None)
-
     def image_alias(self, alias):
         self._record("image_alias", alias)
         return copy.deepcopy(self.images.get(alias))
@@ -229,14 +222,9 @@ class FakeLxd:
 
     def network_leases(self, name):
         self._record("network_leases", name)
-        return [{"address": self.networks[name]["config"]["ipv4.address"].split("/")[0], "type": "gateway"}]
-
-    def dnsmasq_leases(self, network):
-        return []  # no lease file: not a local daemon
-
-    def release_stale_lease(self, network, address, owner, timeout=5):
-        self._record("release_stale_lease", owner, network, address)
-        return False
+        gateway = self.networks[name]["config"]["ipv4.address"].split("/")[0]
+        return [{"address": gateway, "type": "gateway"}] + [{"address": a, "type": "dynamic"}
+                                                           for a in self.leases.get(name, [])]
 
     def profile(self, name):
         self._record("profile", name)
