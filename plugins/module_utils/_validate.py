@@ -418,3 +418,11 @@ def at_least_one(params, names):
     for name in names:
         if params[name] < 1:
             raise ValidationError(name, params[name], "must be at least 1")
+
+
+def flag(value, field):
+    """A switch written as YAML's true or false (a bool), not as text: ``"yes"`` in a list of
+    forwards or a service is refused, where boolean() would read it."""
+    if not isinstance(value, bool):
+        raise ValidationError(field, value, "must be true or false")
+    return value
