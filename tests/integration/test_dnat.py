@@ -25,7 +25,7 @@ import pytest
 from conftest import RUN_PREFIX, delete_instance_quietly, run_module, run_playbook
 from netns import Netns, free_subnet
 
-from ansible_collections.homelab.onebox.plugins.module_utils import _dnat
+from ansible_collections.homelab.onebox.plugins.module_utils import _dnat, _dnat_claims, _dnat_rules
 
 IMAGE = "onebox-debian12"
 BRIDGE = "lxdbr0"
@@ -92,7 +92,7 @@ def iptables_save():
     whole-table comparison would take for a change made here. Everything else - built-in chains,
     the user's and Docker's rules, this run's chains and jumps - is compared as it is."""
     out = subprocess.run(["iptables-save"], capture_output=True, text=True, timeout=30, check=True).stdout
-    others = sorted((p for p in _dnat.collection_owners(out) if RUN_TAG not in p), key=len, reverse=True)
+    others = sorted((p for p in _dnat_claims.collection_owners(out) if RUN_TAG not in p), key=len, reverse=True)
     theirs = re.compile(r"(^:|^-A |-j )(%s)_[A-Z]+\b" % "|".join(map(re.escape, others))) if others else None
     return [re.sub(r"\[\d+:\d+\]$", "[0:0]", line) for line in out.splitlines()
             if not line.startswith("#") and not (theirs and theirs.search(line))]
@@ -312,31 +312,32 @@ def test_rules_are_written_as_iptables_save_prints_them(backend):
     """The comparison that makes a second run a no-op: the rules as rendered are, to the
     character, what each backend's iptables-save prints after loading them (in a scratch
     namespace, so the host is not touched)."""
-    forwards = _dnat.normalise([
+    forwards = _dnat.parse_forwards([
         {"port": 80, "target": "10.87.0.10", "comment": "web proxy"},
         {"port": 443, "target": "10.87.0.10", "comment": "tls", "source": ["203.0.113.0/24", "198.51.100.7"]},
         {"proto": "udp", "port": "7000-7010", "target": "10.87.0.11", "target_port": "8000-8010"},
         {"proto": "udp", "port": "9000-9001", "target": "10.87.0.11", "host_address": "192.0.2.2"},
     ])
     networks = [ipaddress.IPv4Network("10.87.0.0/24")]
-    desired = _dnat.desired_state(forwards, "ONEBOX", networks, _dnat.normalise_isolate(["lxdbr0", "br-x.1@a"]))
+    desired = _dnat_rules.desired_rules(forwards, "ONEBOX", networks, _dnat.parse_isolate(["lxdbr0", "br-x.1@a"]))
     assert len(desired.chains[("filter", "ONEBOX_FORWARD")]) == 4 * 2 + 2 * 2
     # a second owner beside it, its owner on its jumps
-    other = _dnat.desired_state(_dnat.normalise([{"port": 8080, "target": "10.87.0.12"}]), "WEB_2", networks,
-                                owner="web-2")
+    other = _dnat_rules.desired_rules(_dnat.parse_forwards([{"port": 8080, "target": "10.87.0.12"}]), "WEB_2", networks,
+                                      owner="web-2")
+    nothing = _dnat_rules.empty_rules()
     with Netns("save") as ns:
-        ns.run(["iptables-%s-restore" % backend, "--noflush"], input=_dnat.plan(_dnat.empty_state(), desired), check=True)
-        ns.run(["iptables-%s-restore" % backend, "--noflush"], input=_dnat.plan(_dnat.empty_state(), other), check=True)
+        ns.run(["iptables-%s-restore" % backend, "--noflush"], input=_dnat_rules.plan(nothing, desired), check=True)
+        ns.run(["iptables-%s-restore" % backend, "--noflush"], input=_dnat_rules.plan(nothing, other), check=True)
         saved = ns.run(["iptables-%s-save" % backend], check=True).stdout
-        current = _dnat.parse_save(saved, "ONEBOX")
+        current = _dnat_rules.parse_save(saved, "ONEBOX")
         assert current == desired
-        assert _dnat.plan(current, desired) == ""
-        assert _dnat.parse_save(saved, "WEB_2") == other
-        assert _dnat.collection_owners(saved) == {"ONEBOX": None, "WEB_2": "web-2"}
-        assert [(c.owner, c.proto, c.port) for c in _dnat.other_claims(saved, {"ONEBOX": None, "WEB_2": "web-2"}, "ONEBOX")] \
+        assert _dnat_rules.plan(current, desired) == ""
+        assert _dnat_rules.parse_save(saved, "WEB_2") == other
+        assert _dnat_claims.collection_owners(saved) == {"ONEBOX": None, "WEB_2": "web-2"}
+        assert [(c.owner, c.proto, c.port) for c in _dnat_claims.other_claims(saved, {"ONEBOX": None, "WEB_2": "web-2"}, "ONEBOX")] \
             == [("web-2", "tcp", (8080, 8080))]
-        ns.run(["iptables-%s-restore" % backend, "--noflush"], input=_dnat.plan(other, _dnat.empty_state()), check=True)
-        ns.run(["iptables-%s-restore" % backend, "--noflush"], input=_dnat.plan(current, _dnat.empty_state()), check=True)
+        ns.run(["iptables-%s-restore" % backend, "--noflush"], input=_dnat_rules.plan(other, nothing), check=True)
+        ns.run(["iptables-%s-restore" % backend, "--noflush"], input=_dnat_rules.plan(current, nothing), check=True)
         left = ns.run(["iptables-%s-save" % backend], check=True).stdout
         assert "ONEBOX" not in left
 
@@ -558,7 +559,7 @@ def isolation(box, outsider, lan, tmp_path_factory):
                     chain_prefix=ISO_PREFIX, isolate=[BRIDGE, lan.bridge])
     result = run_module("dnat", args, check=True, diff=True)
     assert result["changed"], result
-    assert all(rule in result["diff"][0]["after"] for rule in _dnat.isolate_rules(BRIDGE) + _dnat.isolate_rules(lan.bridge))
+    assert all(rule in result["diff"][0]["after"] for rule in _dnat_rules.isolate_rules(BRIDGE) + _dnat_rules.isolate_rules(lan.bridge))
     assert iptables_save() == before  # check mode changed nothing
     result = run_module("dnat", args)
     assert result["changed"] and not result.get("failed"), result
@@ -574,7 +575,7 @@ def test_isolate_rules_in_place_after_the_accept_rules(lan, isolation):
     args = isolation["args"]
     bodies = [line.split(" ", 2)[2] for line in iptables_save() if line.startswith("-A %s_FORWARD " % ISO_PREFIX)]
     assert len(bodies) == 3 * 2 + 2 * 2 and all(body.endswith("-j ACCEPT") for body in bodies[:6])
-    assert bodies[6:] == _dnat.isolate_rules(min(BRIDGE, lan.bridge)) + _dnat.isolate_rules(max(BRIDGE, lan.bridge))
+    assert bodies[6:] == _dnat_rules.isolate_rules(min(BRIDGE, lan.bridge)) + _dnat_rules.isolate_rules(max(BRIDGE, lan.bridge))
     # as iptables-save prints them: the next run (same list, other order, twice a name) is a no-op
     assert run_module("dnat", dict(args, isolate=[lan.bridge, BRIDGE, BRIDGE]))["changed"] is False
     with open(args["save_path"], encoding="utf-8") as handle:
@@ -598,7 +599,7 @@ def test_isolate_blocks_the_direct_path(box, outsider, lan, isolation):
     # dropped by the test's rules (the box's own chain, if it isolates lxdbr0 too, comes after them)
     after = isolation_counts()
     for iface, probes in ((lan.bridge, 2), (BRIDGE, 4)):
-        drop = _dnat.isolate_rules(iface)[1]
+        drop = _dnat_rules.isolate_rules(iface)[1]
         assert after[drop] - counts[drop] >= probes, (iface, counts, after)
 
 
@@ -733,7 +734,7 @@ def test_two_owners_converge_side_by_side(box, client, two_owners):
         jumps = [line for line in lines_of(prefix) if line.startswith("-A ") and line.split()[1] in
                  ("PREROUTING", "OUTPUT", "POSTROUTING", "FORWARD")]
         assert len(jumps) == 4 and all('--comment "homelab.onebox owner=%s"' % owner in line for line in jumps), jumps
-        assert all(_dnat.file_owner(text.decode()) == owner for text in files_of(args).values())
+        assert all(_dnat_rules.file_owner(text.decode()) == owner for text in files_of(args).values())
     # both forwards answer from outside
     assert probe_all((ask_from_ns, client, "tcp", client.host_address, OWN_A),
                      (ask_from_ns, client, "tcp", client.host_address, OWN_B),
@@ -930,7 +931,7 @@ def test_a_forward_over_a_port_the_host_listens_on(box, client, tmp_path):
 def test_lxd_dns_on_the_bridge_is_not_forwarded(tmp_path):
     """LXD's dnsmasq listens on the bridge's address, port 53: a forward of UDP 53 would take the
     containers' DNS."""
-    listeners = _dnat.parse_proc_net(open("/proc/net/udp", encoding="ascii").read(), "udp", sys.byteorder)
+    listeners = _dnat_claims.parse_proc_net(open("/proc/net/udp", encoding="ascii").read(), "udp", sys.byteorder)
     dns = [l for l in listeners if l.port == 53 and not l.address.is_loopback]
     if not dns:
         pytest.skip("nothing on this host serves DNS on a non-loopback address")
@@ -982,7 +983,7 @@ def test_port_forward_role(box, client, user_rules, tmp_path):
     try:
         assert converge(first) > 0
         # the chains are the owner's (derived), the bridge isolated by default
-        assert ["-A %s_FORWARD %s" % (prefix, body) for body in _dnat.isolate_rules(BRIDGE)] == \
+        assert ["-A %s_FORWARD %s" % (prefix, body) for body in _dnat_rules.isolate_rules(BRIDGE)] == \
             [line for line in iptables_save() if line.startswith("-A %s_FORWARD !" % prefix)]
         assert ask_from_ns(client, "tcp", client.host_address, UNDECLARED) == "%s %d %s" % (box["a"], WEB_A, client.address)
         assert ask_from_ns(client, "udp", client.host_address, UNDECLARED).startswith("%s %d " % (box["a"], UDP))
