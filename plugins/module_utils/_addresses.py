@@ -112,7 +112,7 @@ def release_stale_lease(lxd, network, address, owner, timeout=5):
     Returns whether a lease was released. A lease of ``owner`` (the instance the address is
     for) is kept; a lease of another instance is an error naming it: that instance holds the
     address, and releasing it would only hand it round."""
-    lease = next((l for l in dnsmasq_leases(lxd, network) if l.address == address), None)
+    lease = next((held for held in dnsmasq_leases(lxd, network) if held.address == address), None)
     if lease is None:
         return False
     for inst in lxd.instances():
@@ -132,7 +132,7 @@ def release_stale_lease(lxd, network, address, owner, timeout=5):
     except OSError as exc:
         raise LxdError("release the stale lease of %s on %s: %s" % (address, network, exc))
     deadline = time.monotonic() + timeout
-    while any(l.address == address and l.mac == lease.mac for l in dnsmasq_leases(lxd, network)):
+    while any(held.address == address and held.mac == lease.mac for held in dnsmasq_leases(lxd, network)):
         if time.monotonic() >= deadline:
             raise LxdError("%s's DHCP server kept its lease of %s to %s (a machine no longer there) "
                            "after a release" % (network, address, lease.mac))

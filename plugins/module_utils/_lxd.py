@@ -357,4 +357,3 @@ class LxdClient:
         with self._lock:
             self._read_once[key] = value
         return value
-

@@ -223,8 +223,8 @@ class FakeLxd:
     def network_leases(self, name):
         self._record("network_leases", name)
         gateway = self.networks[name]["config"]["ipv4.address"].split("/")[0]
-        return [{"address": gateway, "type": "gateway"}] + [{"address": a, "type": "dynamic"}
-                                                           for a in self.leases.get(name, [])]
+        dynamic = [{"address": a, "type": "dynamic"} for a in self.leases.get(name, [])]
+        return [{"address": gateway, "type": "gateway"}] + dynamic
 
     def profile(self, name):
         self._record("profile", name)

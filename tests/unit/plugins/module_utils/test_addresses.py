@@ -95,7 +95,7 @@ def test_a_lease_of_a_machine_gone_is_released_to_the_bridge(tmp_path, monkeypat
     monkeypatch.setattr(_dhcp, "send_release", release)
     assert _addresses.release_stale_lease(lxd, "lxdbr0", "10.87.0.20", "web") is True
     assert sent == [("10.87.0.20", "lxdbr0", "10.87.0.1")]
-    assert [l.address for l in _addresses.dnsmasq_leases(lxd, "lxdbr0")] == ["10.87.0.21"]
+    assert [held.address for held in _addresses.dnsmasq_leases(lxd, "lxdbr0")] == ["10.87.0.21"]
     assert _addresses.release_stale_lease(lxd, "lxdbr0", "10.87.0.30", "web") is False  # no lease: nothing to do
 
 

@@ -29,7 +29,7 @@ def test_values_become_the_strings_lxd_stores():
 
 def test_typed_options_map_to_lxd_keys():
     spec = parse_instance(params(memory="512MiB", cpus="0-1", autostart=True, autostart_priority=10,
-                                           autostart_delay=5, config={"security.nesting": True}))
+                                 autostart_delay=5, config={"security.nesting": True}))
     assert spec.config == {"limits.memory": "512MiB", "limits.cpu": "0-1", "boot.autostart": "true",
                            "boot.autostart.priority": "10", "boot.autostart.delay": "5",
                            "security.nesting": "true"}

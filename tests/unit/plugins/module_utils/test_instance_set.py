@@ -40,7 +40,7 @@ def test_owner_key_cannot_be_overridden():
 
 def test_copies_wait_for_their_declared_source():
     specs = parse_instances([{"name": "web2", "copy_from": "web1"}, {"name": "web1", "copy_from": "base"},
-                        {"name": "base", "image": "i"}, {"name": "db", "image": "i"}], owner=None)
+                             {"name": "base", "image": "i"}, {"name": "db", "image": "i"}], owner=None)
     order = [[s.name for s in wave] for wave in waves(specs)]
     assert order == [["base", "db"], ["web1"], ["web2"]]
 
@@ -149,8 +149,8 @@ def test_a_new_set_is_created_started_and_returned_in_declared_order():
     result = converge(lxd, [{"name": "web", "image": "debian/12", "memory": "256MiB"},
                             {"name": "db", "image": "debian/12", "ipv4_address": "auto"}])
     assert result["changed"] is True and result["pruned"] == []
-    assert [(r["name"], r["actions"]) for r in result["instances"]] == [("web", ["create", "start"]),
-                                                                      ("db", ["create", "start"])]
+    assert [(r["name"], r["actions"]) for r in result["instances"]] == [
+        ("web", ["create", "start"]), ("db", ["create", "start"])]
     assert result["addresses"]["db"] == ["10.0.0.10"]  # the first auto address, held once started
     for name in ("web", "db"):  # each made, then started, then no other change
         assert [c[0] for c in lxd.changes() if c[1] == name] == ["create_instance", "change_state"]
