@@ -48,7 +48,7 @@ def snapshot(directory):
 
 def sites(*names, status=404):
     return [ns.parse_site({"name": name, "server_names": ["%s.org" % name],
-                              "locations": [{"path": "/", "status": status}]}) for name in names]
+                           "locations": [{"path": "/", "status": status}]}) for name in names]
 
 
 def converge(target, desired, prune=False):

@@ -13,8 +13,6 @@ def render(spec):
     return nr.render_site(ns.parse_site(copy.deepcopy(spec)))
 
 
-
-
 def block(text, start):
     """The lines of the block that starts with ``start`` up to its closing brace."""
     lines = text.splitlines()
