@@ -172,7 +172,6 @@ def systemctl_script(todo):
     return "set -e\n" + "\n".join(steps) if steps else ""
 
 
-
 # ---- one container, through the LXD API -------------------------------------------------------------
 class Provisioner:
     """One container's inside: read() its state, plan() what differs, apply() it, result()."""

@@ -30,7 +30,8 @@ def error_of(items):
         ps.parse_insides(items)
     return err.value
 
-# ---- the checker's path, mode and name checks, as the spec uses them ------------------------------------------------------------------------
+
+# ---- the checker's path, mode and name checks, as the spec uses them ------------------------------
 @pytest.mark.parametrize("value,expected", [("/srv/app", "/srv/app"), ("/srv//app/", "/srv/app"), ("/", "/"),
                                             ("/a b/c..d", "/a b/c..d")])
 def test_absolute_path_normalises(value, expected):

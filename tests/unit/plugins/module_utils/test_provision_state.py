@@ -13,6 +13,7 @@ from ansible_collections.homelab.onebox.plugins.module_utils._errors import Oneb
 
 from unit.plugins.module_utils.test_provision_spec import spec_of
 
+
 # ---- state script and parser --------------------------------------------------------------------
 def test_state_script_quotes_and_ends_with_end():
     spec = spec_of({"name": "a", "files": [{"path": "/srv/it's here", "content": "x"}], "packages": ["jq"],

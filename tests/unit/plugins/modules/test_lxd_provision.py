@@ -48,8 +48,8 @@ def test_the_same_run_outside_check_mode_writes_what_it_predicted():
     result = run(lxd, [WEB, APP])
     assert result["changed"] is True and "diff" not in result
     assert lxd.files[("web", "/var/www/html/index.html")] == b"<h1>hi</h1>\n"
-    assert sorted(path for _name, path in lxd.files) == ["/etc/onebox/app.env", "/etc/systemd/system/onebox-app.service",
-                                                          "/srv/app/app.py", "/var/www/html/index.html"]
+    assert sorted(path for _name, path in lxd.files) == [
+        "/etc/onebox/app.env", "/etc/systemd/system/onebox-app.service", "/srv/app/app.py", "/var/www/html/index.html"]
 
 
 def test_an_unchanged_inside_makes_no_write():
@@ -70,8 +70,8 @@ def test_a_failure_in_one_container_is_reported_with_its_name_and_the_others_fin
     assert err.value.msg == "web: push_file instance web: fake failure"
     assert err.value.details["failed_instances"] == ["web"]
     assert [r["name"] for r in err.value.details["instances"]] == ["web", "app"]
-    assert ("app", "/srv/app/app.py") in lxd.files and any("systemctl" in " ".join(c[2]) for c in writes(lxd)
-                                                            if c[0] == "exec" and c[1] == "app")
+    app_commands = [" ".join(call[2]) for call in writes(lxd) if call[0] == "exec" and call[1] == "app"]
+    assert ("app", "/srv/app/app.py") in lxd.files and any("systemctl" in command for command in app_commands)
 
 
 def test_a_refusal_in_any_container_stops_the_run_before_any_change():
