@@ -62,8 +62,8 @@ def test_distinct_ports_are_accepted(first, second):
 
 def test_parse_forwards_defaults_and_order():
     forwards = _dnat.parse_forwards([{"proto": "udp", "port": "51820", "target": "vpn"},
-                                {"port": 443, "target": "proxy", "proto": None, "source": "203.0.113.7"},
-                                {"port": "7000:7002", "target": "10.87.0.5", "target_port": "8000-8002"}])
+                                     {"port": 443, "target": "proxy", "proto": None, "source": "203.0.113.7"},
+                                     {"port": "7000:7002", "target": "10.87.0.5", "target_port": "8000-8002"}])
     assert [(f.proto, f.port) for f in forwards] == [("tcp", (443, 443)), ("tcp", (7000, 7002)), ("udp", (51820, 51820))]
     assert forwards[0].target_port == (443, 443) and forwards[0].sources == ("203.0.113.7/32",)
     assert forwards[0].address is None and forwards[1].address == "10.87.0.5"
@@ -139,6 +139,7 @@ def test_bad_isolate_names_field_and_value(items, field, value):
     assert err.value.value == value
     assert field in err.value.msg and repr(value) in err.value.msg
 
+
 # ---- owners ------------------------------------------------------------------------------------
 def test_owner_prefix_of_the_default_owner_is_that_of_0_1():
     assert _dnat.owner_prefix("onebox") == _dnat.owner_prefix(None) == "ONEBOX" == _dnat.DEFAULT_PREFIX
@@ -199,6 +200,7 @@ def test_bad_owner_is_refused_by_name(owner):
     with pytest.raises(ValidationError) as err:
         _dnat.check_owner_name(owner)
     assert err.value.field == "owner"
+
 
 def test_allow_host_listener_is_a_forward_key():
     assert "allow_host_listener" in _dnat.FORWARD_KEYS

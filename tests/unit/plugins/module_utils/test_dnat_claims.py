@@ -80,7 +80,8 @@ def test_ports_nobody_else_forwards_are_accepted(forward):
 def test_a_box_forwarding_its_own_ports_again_is_no_conflict():
     owners = _dnat_claims.collection_owners(HOST)
     _dnat_claims.check_claims(_dnat.parse_forwards([{"port": 8080, "target": "10.87.0.20", "target_port": 80}]),
-                       _dnat_claims.other_claims(HOST, owners, "WEB_2"))
+                              _dnat_claims.other_claims(HOST, owners, "WEB_2"))
+
 
 # ---- the host's listeners ------------------------------------------------------------------------
 # /proc/net/* of a host with sshd on 0.0.0.0:22 and [::]:22, LXD's dnsmasq on the bridge
@@ -167,6 +168,5 @@ def test_listeners_the_forward_cannot_catch_do_not_block(forward):
 def test_a_loopback_listener_does_not_block():
     only_loopback = [l for l in listeners() if l.address.is_loopback]
     assert {(l.proto, l.port) for l in only_loopback} == {("tcp", 53), ("tcp", 631), ("udp", 53)}
-    assert _dnat_claims.listener_conflicts(_dnat.parse_forwards([{"port": 53, "target": "10.87.0.5"},
-                                                     {"proto": "udp", "port": 53, "target": "10.87.0.5"}]),
-                                    only_loopback) == []
+    forwards = _dnat.parse_forwards([{"port": 53, "target": "10.87.0.5"}, {"proto": "udp", "port": 53, "target": "10.87.0.5"}])
+    assert _dnat_claims.listener_conflicts(forwards, only_loopback) == []

@@ -10,6 +10,7 @@ def test_connected_networks_and_hairpin():
     assert _dnat_rules.hairpin_network("10.87.0.10", NETWORKS) == "10.87.0.0/24"
     assert _dnat_rules.hairpin_network("198.51.100.7", NETWORKS) is None
 
+
 # ---- rules -----------------------------------------------------------------------------------
 def test_rules_match_only_traffic_to_the_host():
     rules = state(WEB).chains
@@ -109,7 +110,7 @@ def test_save_file_and_restore_script():
     assert "-j ONEBOX_PREROUTING" not in saved  # the jumps are the script's job
     assert ":ONEBOX_PREROUTING - [0:0]" in saved and saved.rstrip().endswith("COMMIT")
     script = _dnat_rules.restore_script("/etc/onebox/dnat.rules", "/usr/sbin/iptables-nft",
-                                  "/usr/sbin/iptables-nft-restore", "ONEBOX")
+                                        "/usr/sbin/iptables-nft-restore", "ONEBOX")
     assert script.startswith("#!/bin/sh\n")
     assert "/usr/sbin/iptables-nft-restore --wait=10 --noflush < \"$rules\"" in script
     assert "jump filter FORWARD first -m comment --comment homelab.onebox -j ONEBOX_FORWARD" in script
@@ -170,6 +171,7 @@ def test_isolate_is_in_the_save_file():
     saved = _dnat_rules.save_file(_dnat_rules.desired_rules([], "ONEBOX", (), ("lxdbr0",)), "ONEBOX")
     for body in ISOLATE_LXDBR0:
         assert "-A ONEBOX_FORWARD %s\n" % body in saved
+
 
 def test_owner_is_written_on_the_jumps_the_files_and_the_script():
     desired = _dnat_rules.desired_rules(_dnat.parse_forwards([WEB]), "WEB_2", NETWORKS, owner="web-2")
