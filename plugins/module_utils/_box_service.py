@@ -25,6 +25,7 @@ FORWARD_KEYS = {"proto", "port", "target_port", "source", "host_address", "comme
 # The port the proxy serves HTTP on, and a service's port when it runs no command (the image's nginx).
 HTTP_PORT = 80
 
+
 def _where(index, service, key=None):
     """Field path naming the service: services[web].port, or services[3].name for a bad name."""
     name = service.get("name") if isinstance(service, dict) else None
