@@ -31,7 +31,7 @@ COLLECTIONS = os.path.join(ROOT, ".collections")
 sys.path[:0] = [os.path.join(ROOT, "tests"), COLLECTIONS]
 
 from conftest import ansible_env, run_module  # noqa: E402  pylint: disable=wrong-import-position
-from ansible_collections.homelab.onebox.plugins.module_utils import _dnat  # noqa: E402
+from ansible_collections.homelab.onebox.plugins.module_utils import _dnat_rules  # noqa: E402
 
 PREFIX = "OBBENCH"
 MODULE = "ansible_collections.homelab.onebox.plugins.modules.dnat"
@@ -118,8 +118,8 @@ def main():
         print("through ansible (controller included, one run): no change %.2f s, one change %.2f s"
               % (no_change, one_change))
 
-        state = _dnat.parse_save(subprocess.run(["iptables-save"], capture_output=True, text=True,
-                                                check=True, timeout=60).stdout, PREFIX)
+        state = _dnat_rules.parse_save(subprocess.run(["iptables-save"], capture_output=True, text=True,
+                                                      check=True, timeout=60).stdout, PREFIX)
         checks = [(table, chain, body) for (table, chain), bodies in state.chains.items() for body in bodies]
         start = time.perf_counter()
         for table, chain, body in checks:

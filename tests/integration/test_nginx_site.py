@@ -15,7 +15,7 @@ import conftest
 import nginx_env as ne
 from conftest import run_module, run_playbook
 
-from ansible_collections.homelab.onebox.plugins.module_utils._nginx import site_name_for
+from ansible_collections.homelab.onebox.plugins.module_utils._nginx_values import site_name_for
 
 
 @pytest.fixture(scope="module", params=["host", "lxd"])
@@ -269,7 +269,7 @@ def test_prune_absent_and_hand_written_files(env):
         if env.kind == "host":
             os.remove(os.path.join(env.conf_dir, "hand.conf"))
         else:
-            env.lxd.delete_file(env.instance, "%s/hand.conf" % env.conf_dir)
+            env.lxd.run(env.instance, ["rm", "-f", "%s/hand.conf" % env.conf_dir])
 
 
 def test_check_mode_and_diff(env):

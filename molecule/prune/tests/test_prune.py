@@ -9,7 +9,7 @@ from box_client import http_get, udp_echo  # noqa: E402
 
 
 def test_their_containers_are_gone(lxd):
-    names = set(lxd.instance_names())
+    names = {instance["name"] for instance in lxd.instances()}
     assert not {"site-b", "vpn"} & names
     assert {"site-a", "app", "jenkins", "web-1", "db", "onebox-example-proxy"} <= names
 
