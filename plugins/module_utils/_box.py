@@ -14,7 +14,7 @@ from __future__ import annotations
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
 from ansible_collections.homelab.onebox.plugins.module_utils._box_service import HTTP_PORT, parse_service
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
-from ansible_collections.homelab.onebox.plugins.module_utils._nginx import site_name_for
+from ansible_collections.homelab.onebox.plugins.module_utils._nginx_values import site_name_for
 
 # A stopped pool member is found out by the connect timing out (its address stops answering
 # ARP): on the bridge a connect takes well under a millisecond, so 1 s bounds what that first
@@ -37,6 +37,7 @@ DEFAULTS = {
     "proxy_memory": None,
     "proxy_cpus": None,
     "proxy_priority": 90,
+    "proxy_sites": False,  # sites beyond the description's are given: the proxy is made for them too
 }
 
 
@@ -75,7 +76,8 @@ class BoxParts:
             raise ValidationError("services", services, "must be a list of services")
         self.services = [parse_service(i, raw, self.options) for i, raw in enumerate(services)]
         self.addresses = addresses or {}
-        self.proxy = self.options["proxy_name"] if any(s.http for s in self.services) else None
+        wanted = self.options["proxy_sites"] or any(s.http for s in self.services)
+        self.proxy = self.options["proxy_name"] if wanted else None
         self._check_names()
         self._check_domains()
         self._check_host_ports()

@@ -108,16 +108,10 @@ class BoxService:
             raise ValidationError(where("proxy"), self.proxy, "must be a dict of nginx_site proxy settings")
         # Explicit words for what is otherwise refused: taking over a container that exists without
         # the owner's mark, and forwarding a port the host itself listens on.
-        self.adopt = self._flag("adopt")
-        self.allow_host_listener = self._flag("allow_host_listener")
+        self.adopt = v.flag(raw.get("adopt", False), where("adopt"))
+        self.allow_host_listener = v.flag(raw.get("allow_host_listener", False), where("allow_host_listener"))
         if self.allow_host_listener and not (self.forwards or self.host_port):
             raise ValidationError(where("allow_host_listener"), True, "this service forwards no host port")
-
-    def _flag(self, key):
-        value = self.raw.get(key, False)
-        if not isinstance(value, bool):
-            raise ValidationError(self.where(key), value, "must be true or false")
-        return value
 
     def where(self, key=None):
         return _where(self.index, self.raw, key)

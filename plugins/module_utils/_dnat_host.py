@@ -117,7 +117,10 @@ class DnatManager:
         return bool(self.restore_text or self.files or self.ip_forward_off)
 
     def apply(self):
-        """One iptables-restore (the previous rules put back if it fails), then the files."""
+        """One iptables-restore (the previous rules put back if it fails), then the files; in check
+        mode nothing."""
+        if self.module.check_mode:
+            return
         if self.restore_text:
             self.load(self.restore_text)
         for path, _before, content, mode in self.files:
@@ -142,7 +145,7 @@ class DnatManager:
     def run(self):
         """The dnat module's run: read, plan, apply unless in check mode, result."""
         self.read()
-        if self.plan() and not self.module.check_mode:
+        if self.plan():
             self.apply()
         return self.result()
 

@@ -88,7 +88,7 @@ class InstanceSet:
     """
 
     def __init__(self, lxd, specs, owner=None, prune=False, check_mode=False, diff=False,
-                 prune_max=None, prune_confirm=False):
+                 prune_max=None, prune_confirm=False, only=None):
         if owner is not None:
             _validate.instance_name(owner, "owner")
         if prune and owner is None:
@@ -101,6 +101,9 @@ class InstanceSet:
         self.current = None
         self.doomed = []
         self.results = None
+        # The specs this set makes and changes (``only``: their names); the others are only read,
+        # for their addresses (another part of the same box makes them).
+        self.applied = specs if only is None else [spec for spec in specs if spec.name in only]
         self.order = waves(specs)  # a copy_from cycle fails here, before any change
 
     def read(self):
@@ -114,7 +117,7 @@ class InstanceSet:
         if self.current is None:
             self.read()
         self._check_owners()
-        for spec in self.specs:
+        for spec in self.applied:
             spec.check_host(self.lxd, "%s.cpus" % spec.field)
         self.doomed = self._doomed()
         self._check_prune()
@@ -129,7 +132,7 @@ class InstanceSet:
         by another tool, or another owner's) unless that item says ``adopt``."""
         if self.owner is None:
             return
-        for spec in self.specs:
+        for spec in self.applied:
             mark = self._mark(spec.name)
             if spec.name not in self.current or mark == self.owner or spec.adopt:
                 continue
@@ -180,8 +183,8 @@ class InstanceSet:
                                   current=self.current.get(spec.name), pending=pending, state_of=state_of)
 
     def apply(self, parallel, then=None):
-        """Reconcile every spec and prune (after plan(); in check mode nothing changes). Errors of
-        containers, and ``then``'s, raise once all are done, naming each container.
+        """Reconcile every applied spec and prune (after plan(); in check mode nothing changes).
+        Errors of containers, and ``then``'s, raise once all are done, naming each container.
 
         ``then(spec, result, settle)`` runs once the container is there and running, before it
         necessarily has its address (set-up inside overlaps its DHCP); ``settle()`` waits for the
@@ -207,14 +210,14 @@ class InstanceSet:
             # 16 at a time; read first instead (not beside), it made a loaded 50-box run slower.
             # Only when a running container is kept: a teardown or a new box has none to ask about.
             kept = any(spec.state != "absent" and (self.current.get(spec.name) or {}).get("status") == "Running"
-                       for spec in self.specs)
+                       for spec in self.applied)
             states = None
             if kept:
                 states = pool.submit(lambda: {inst["name"]: inst.get("state") for inst in self.lxd.instances(state=True)})
             # Submitted in dependency order, a waiting copy never holds up the source it waits for.
-            futures = {}
+            futures, applied = {}, {spec.name for spec in self.applied}
             for wave in self.order:
-                for spec in wave:
+                for spec in (s for s in wave if s.name in applied):
                     source = spec.copy_from.split("/")[0] if spec.copy_from else None
                     futures[spec.name] = pool.submit(one, spec, futures.get(source))
             pruning = {spec.name: pool.submit(self._reconciler(spec).run) for spec in self.doomed}
@@ -238,7 +241,7 @@ class InstanceSet:
         with its ``name`` and ``actions``), ``addresses``, ``pruned`` and, in diff mode, ``diff``:
         one entry (header ``containers``) of the changed containers before and after, by name."""
         results = self.results
-        ordered = [dict(results[spec.name], name=spec.name) for spec in self.specs]
+        ordered = [dict(results[spec.name], name=spec.name) for spec in self.applied]
         result = {
             "changed": any(r["changed"] for r in results.values()),
             "instances": ordered,

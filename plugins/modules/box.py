@@ -25,28 +25,45 @@ description:
     container is done, then the forwards (one C(iptables-restore)).
   - If a container fails, the others still finish, and neither sites nor forwards are changed;
     the error names every failed container. A re-run continues from there.
-  - With O(state=absent), every container of O(owner) and the forwards go; nothing else is touched.
+  - O(parts) chooses which parts of the box this run applies; the
+    P(homelab.onebox.service#role), P(homelab.onebox.reverse_proxy#role) and
+    P(homelab.onebox.port_forward#role) roles call this module with theirs, so a box converged
+    part by part goes through the same code as a box converged whole.
+  - With O(state=absent), the parts given go (every container of O(owner), the proxy's with
+    them, and the forwards); nothing else is touched.
   - One module task for the whole box, because each Ansible task costs a module start; a box of many
     services costs the same few tasks as a box of one.
-author:
-  - homelab.onebox developers (@homelab)
 extends_documentation_fragment:
   - homelab.onebox.lxd
+  - homelab.onebox.module
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    support: full
     details:
       - A container that would be created is reported, but nothing inside it is compared; when the
         proxy container would be created, the sites are not compared either.
   diff_mode:
-    support: full
     details:
       - The containers' settings, the files inside containers (secrets masked), each site file and
         the forwarding rules, before and after.
-  platform:
-    platforms: posix
 options:
+  parts:
+    description:
+      - The parts of the box this run applies. Every part is read and checked, before any change,
+        whatever is chosen; the containers of the parts not chosen are only read (their addresses
+        point sites and forwards at them).
+      - V(containers) - the services' containers; the containers of O(owner) that are no longer
+        described are deleted (within O(prune_max)).
+      - V(insides) - what runs inside the services' containers (users, packages, files, services).
+        Without V(containers), a container that does not exist fails the run (in check mode, it
+        is skipped).
+      - V(sites) - the proxy - its container, nginx inside it, and its sites (the description's
+        and O(proxy.sites)).
+      - V(forwards) - the host's forwards (the description's and O(forwards.extra)).
+    type: list
+    elements: str
+    choices: [containers, insides, sites, forwards]
+    default: [containers, insides, sites, forwards]
   services:
     description:
       - The box description, a list of services (name, kind, domains, routes, port, host_port,
@@ -54,7 +71,7 @@ options:
         environment, working_directory, proxy). See the P(homelab.onebox.box_parts#filter) filter.
       - Values of each service's C(environment) are secrets; they are kept out of the output.
       - Required with O(state=present). An empty list would delete every container of O(owner), so
-        it is refused unless O(allow_empty=true). A box is removed with O(state=absent) (the
+        it is refused (when O(parts) has V(containers)) unless O(allow_empty=true). A box is removed with O(state=absent) (the
         C(playbooks/teardown.yml) playbook).
     type: list
     elements: dict
@@ -109,7 +126,7 @@ options:
     type: int
     default: 600
   proxy:
-    description: The proxy container, made when a service is served over HTTP.
+    description: The proxy container, made when a service is served over HTTP or O(proxy.sites) is given.
     type: dict
     default: {}
     suboptions:
@@ -123,7 +140,9 @@ options:
         description: Its CPU limit (as C(cpus) of M(homelab.onebox.lxd_instance)).
         type: str
       autostart_priority:
-        description: Its boot priority (higher starts earlier); after the services by default.
+        description:
+          - Its boot priority. Higher starts earlier, so by default the proxy starts before the
+            services (nginx reaches them by address at each request).
         type: int
         default: 90
       conf_dir:
@@ -138,6 +157,13 @@ options:
         description: Whether a default server answers 404 to names no service claims.
         type: bool
         default: true
+      sites:
+        description:
+          - Sites beyond the description's, each a site of O(homelab.onebox.nginx_site#module:sites)
+            (a backend named by host name is resolved by nginx when it loads).
+        type: list
+        elements: dict
+        default: []
   forwards:
     description: How the host's forwards are kept (the forwards themselves come from O(services)).
     type: dict
@@ -214,7 +240,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 instances:
-  description: One result per container, as M(homelab.onebox.lxd_instances) returns them.
+  description: One result per container of the parts applied, as M(homelab.onebox.lxd_instances) returns them.
   returned: always
   type: list
   elements: dict
@@ -235,50 +261,58 @@ provision:
   elements: dict
 sites:
   description: Each site file of the proxy and what happened to it (C(name), C(file), C(action)).
-  returned: when the box has a proxy and it could be compared
+  returned: when O(parts) has V(sites), the box has a proxy and it could be compared
   type: list
   elements: dict
 reloaded:
   description: Whether nginx in the proxy was reloaded.
-  returned: always
+  returned: when O(parts) has V(sites)
   type: bool
 forwards:
   description: The forwards in place, as M(homelab.onebox.dnat) returns them.
-  returned: always
+  returned: when O(parts) has V(forwards)
   type: list
   elements: dict
 rules:
   description: The collection's iptables rules, as M(homelab.onebox.dnat) returns them.
-  returned: always
+  returned: when O(parts) has V(forwards)
   type: str
 forwards_kept:
   description:
     - Where the box's forwards are kept, as M(homelab.onebox.dnat) returns them (C(owner),
       C(chain_prefix), C(save_path), C(restore_script), C(sysctl_file), C(unit_name)); the boot unit
-      of the P(homelab.onebox.port_forward#role) role is made from these.
-  returned: always
+      of the P(homelab.onebox.box#role) role is made from these.
+  returned: when O(parts) has V(forwards)
   type: dict
   sample: {owner: mybox, chain_prefix: MYBOX, save_path: /etc/onebox/dnat-mybox.rules,
            restore_script: /usr/local/sbin/onebox-dnat-restore-mybox,
            sysctl_file: /etc/sysctl.d/60-onebox-ip-forward-mybox.conf, unit_name: onebox-dnat-mybox.service}
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-from ansible_collections.homelab.onebox.plugins.module_utils import _nginx as nginx
-from ansible_collections.homelab.onebox.plugins.module_utils import _provision
+from ansible_collections.homelab.onebox.plugins.module_utils import _nginx_target as nginx_target
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate
 from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
 from ansible_collections.homelab.onebox.plugins.module_utils._box_service import secret_values
 from ansible_collections.homelab.onebox.plugins.module_utils._dnat_host import ARGUMENT_SPEC as DNAT_SPEC, DnatManager
-from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
-from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, item_specs, warn_pruned
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, parse_instances, warn_pruned
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
+from ansible_collections.homelab.onebox.plugins.module_utils._nginx import SiteSet
+from ansible_collections.homelab.onebox.plugins.module_utils._nginx_render import catch_all_site
+from ansible_collections.homelab.onebox.plugins.module_utils._nginx_site import parse_sites
+from ansible_collections.homelab.onebox.plugins.module_utils._provision import Provisioner, take_diff
+from ansible_collections.homelab.onebox.plugins.module_utils._provision_spec import parse_inside
 
+PARTS = ("containers", "insides", "sites", "forwards")
 # The dnat options a box passes through (its forwards come from the description).
 _DNAT_OPTIONS = ("isolate", "chain_prefix", "backend", "ip_forward", "sysctl_file", "save_path", "restore_script")
 
 ARGUMENT_SPEC = dict(
+    parts=dict(type="list", elements="str", choices=list(PARTS), default=list(PARTS)),
     services=dict(type="list", elements="dict"),
     allow_empty=dict(type="bool", default=False),
     prune_max=dict(type="int"),
@@ -297,6 +331,7 @@ ARGUMENT_SPEC = dict(
         conf_dir=dict(type="path", default="/etc/nginx/conf.d"),
         log_dir=dict(type="path", default="/var/log/nginx"),
         catch_all=dict(type="bool", default=True),
+        sites=dict(type="list", elements="dict", default=[]),
     )),
     forwards=dict(type="dict", default={}, apply_defaults=True, options=dict(
         {key: DNAT_SPEC[key] for key in _DNAT_OPTIONS},
@@ -305,37 +340,107 @@ ARGUMENT_SPEC = dict(
 )
 
 
+class Insides:
+    """What runs inside the containers: one Provisioner per container, read, planned and applied
+    as soon as that container runs (``then`` is InstanceSet.apply's callback)."""
+
+    def __init__(self, lxd, specs, check_mode, diff, timeout, package_timeout):
+        self.lxd, self.specs, self.check_mode, self.diff = lxd, specs, check_mode, diff
+        self.timeout, self.package_timeout = timeout, package_timeout
+        self.workers = {}
+
+    def then(self, spec, result, settle):
+        if spec.name in self.specs:
+            self.converge(spec.name, "create" in result["actions"], settle)
+
+    def converge(self, name, new, settle):
+        if self.check_mode and new:
+            return  # a container that would be created has nothing inside to compare yet
+        worker = self.workers[name] = Provisioner(self.lxd, self.specs[name], self.timeout, self.package_timeout,
+                                                  self.diff)
+        worker.read()
+        if worker.plan().packages:
+            settle()  # packages come through the network: the container needs its address first
+        if worker.planned.changed and not self.check_mode:
+            worker.apply()
+
+    def alone(self, names, current, parallel):
+        """The insides of ``names``, containers this run does not make: each must be there (in
+        check mode one that is not is skipped, as one that would be made)."""
+        missing = sorted(name for name in names if name not in current)
+        if missing and not self.check_mode:
+            raise OneboxError("%s: no such container; the containers part (parts: [containers]) makes it"
+                              % ", ".join(missing), failed_instances=missing)
+        errors = []
+
+        def one(name):
+            try:
+                self.converge(name, False, lambda: None)
+            except OneboxError as exc:
+                errors.append((name, exc))
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            list(pool.map(one, [name for name in names if name in current]))
+        if errors:
+            name, first = min(errors, key=lambda item: item[0])
+            first.msg = "%s: %s" % (name, first.msg)
+            first.details.setdefault("failed_instances", sorted(n for n, _e in errors))
+            raise first
+
+    def result(self, order):
+        """``changed``, ``provision`` (the Provisioners' results in ``order``) and, in diff mode,
+        ``diff``: one entry of every changed container's files."""
+        results = [self.workers[name].result() for name in order if name in self.workers]
+        diff = take_diff(results)
+        result = dict(changed=any(w.planned.changed for w in self.workers.values()), provision=results)
+        if self.diff:
+            result["diff"] = [diff]
+        return result
+
+
 class BoxManager:
-    """Validate and read everything, then containers (each provisioned once up), sites, forwards."""
+    """One description, the parts of the box it asks for: everything read and checked first, then
+    the containers (each one's inside as soon as it runs), the proxy's sites, the forwards."""
 
     def __init__(self, module):
         self.module = module
         params = module.params
         _validate.at_least_one(params, ("parallel", "timeout", "package_timeout"))
+        self.parts = set(params["parts"])
         self.present = params["state"] == "present"
-        if self.present and not params["services"] and not params["allow_empty"]:
+        if self.present and "containers" in self.parts and not params["services"] and not params["allow_empty"]:
             raise ValidationError("services", params["services"],
                                   "an empty description would delete every container of owner %s; a box is removed "
                                   "with state: absent (playbooks/teardown.yml), and an empty one is converged only "
                                   "with allow_empty: true (onebox_allow_empty)" % params["owner"])
         proxy = params["proxy"]
-        self.plan = parse_box(params["services"] if self.present else [], dict(
+        self.extra_sites = parse_sites(proxy["sites"], "proxy.sites") if self.present and "sites" in self.parts else []
+        self.box = parse_box(params["services"] or [] if self.present else [], dict(
             owner=params["owner"], image=params["image"], proxy_name=proxy["name"], proxy_memory=proxy["memory"],
-            proxy_cpus=proxy["cpus"], proxy_priority=proxy["autostart_priority"]))
-        self.instance_specs = item_specs(self.plan.instances(), params["owner"])
+            proxy_cpus=proxy["cpus"], proxy_priority=proxy["autostart_priority"], proxy_sites=bool(self.extra_sites)))
+        self.instance_specs = parse_instances(self.box.instances(), params["owner"])
         for spec in self.instance_specs:
-            spec.field = self.plan.field_of(spec.name)
+            spec.field = self.box.field_of(spec.name)
         # Named after the service they come from (services[web].files[0].mode), as the user wrote it.
-        self.provision_specs = {item["name"]: _provision.instance_spec(item, self.plan.field_of(item["name"]))
-                                for item in self.plan.provision()}
-        self.forwards_params = self._dnat_params()
+        self.inside_specs = {item["name"]: parse_inside(item, self.box.field_of(item["name"]))
+                             for item in self.box.provision() if self._wants_inside(item["name"])}
+        self.dnat_params = self._dnat_params() if "forwards" in self.parts else None
+
+    def _wants_inside(self, name):
+        """The proxy's inside is the sites part's; the services' the insides part's."""
+        return ("sites" if name == self.box.proxy else "insides") in self.parts
+
+    def _applied(self):
+        """The containers this run makes and changes: the services' with the containers part,
+        the proxy with the sites part."""
+        return {spec.name for spec in self.instance_specs
+                if ("sites" if spec.name == self.box.proxy else "containers") in self.parts}
 
     def _dnat_params(self):
         given = self.module.params["forwards"]
         params = {key: given[key] for key in _DNAT_OPTIONS}
         # The box's owner names its forwards (chains, saved rules, restore script, boot unit).
         params.update(owner=self.module.params["owner"], state="present" if self.present else "absent",
-                      forwards=self.plan.forwards() + list(given["extra"]) if self.present else [])
+                      forwards=self.box.forwards() + list(given["extra"]) if self.present else [])
         checked = ArgumentSpecValidator(DNAT_SPEC).validate(params)
         if checked.error_messages:
             raise ValidationError("forwards", params["forwards"], "; ".join(checked.error_messages))
@@ -343,8 +448,8 @@ class BoxManager:
 
     @staticmethod
     def forward_field(field, fields):
-        """dnat names a forward forwards[i] (the i-th of the plan's, then the extra ones): the
-        description's name for it instead (``fields``: the plan's forward_fields(), so
+        """dnat names a forward forwards[i] (the i-th of the box's, then the extra ones): the
+        description's name for it instead (``fields``: the box's forward_fields(), so
         services[vpn].forwards[0], services[web].host_port)."""
         index = int(field[len("forwards["):].split("]")[0]) if field.startswith("forwards[") else -1
         if 0 <= index < len(fields):
@@ -354,86 +459,89 @@ class BoxManager:
     def run(self):
         module, params = self.module, self.module.params
         lxd, check, diff = module.lxd, module.check_mode, module._diff
-        instance_set = InstanceSet(lxd, self.instance_specs, owner=params["owner"], prune=True,
-                                   check_mode=check, diff=diff, prune_max=params["prune_max"],
-                                   # A teardown deletes the whole box: that is what it is for.
-                                   prune_confirm=params["prune_confirm"] or not self.present)
-        instance_set.read()
-        warn_pruned(module, instance_set)
-        # Static addresses are fixed now, so sites and forwards are known (and checked) before any change.
-        addresses = instance_set.static_addresses()
-        self.plan.addresses = addresses
-        sites = self._sites()
-        dnat = DnatManager(module, self.forwards_params)
-        dnat.forwards = [f if f.address or f.target not in addresses else f._replace(address=addresses[f.target][0])
-                         for f in dnat.forwards]
-        fields = self.plan.forward_fields()
-        dnat.forwards = [f._replace(field=self.forward_field(f.field, fields)) for f in dnat.forwards]
-        # Another owner's chains, files or ports, and the host's own listening ports: refused now,
-        # before any container changes.
-        dnat.preflight()
-
-        workers = {}
-
-        def provision(spec, result, settle):
-            pspec = self.provision_specs.get(spec.name)
-            if pspec is None or (check and "create" in result["actions"]):
-                return  # a container that would be created has nothing inside to compare yet
-            worker = workers[spec.name] = _provision.Provisioner(lxd, pspec, params["timeout"], params["package_timeout"])
-            worker.read()
-            if worker.plan.packages:
-                settle()  # packages come through the network: the container needs its address first
-            if worker.plan.changed:
-                if diff:
-                    worker.read_diff()
-                if not check:
-                    worker.apply()
-
-        result = instance_set.run(params["parallel"], then=provision)
-        changed_inside = [w for w in workers.values() if w.plan.changed]
-        result["provision"] = [workers[spec.name].result() for spec in self.instance_specs if spec.name in workers]
-        diffs = []
-        if diff:
-            diffs.append(dict(result.pop("diff"), before_header="containers", after_header="containers"))
-            diffs.append(dict(before={w.spec.name: w.diff["before"] for w in changed_inside},
-                              after={w.spec.name: w.diff["after"] for w in changed_inside},
-                              before_header="inside the containers", after_header="inside the containers"))
-        result["changed"] = result["changed"] or bool(changed_inside)
-        result["reloaded"] = False
-
-        proxy = self.plan.proxy
-        proxy_actions = next((r["actions"] for r in result["instances"] if r["name"] == proxy), [])
-        proxy_new = proxy and check and "create" in proxy_actions
-        if proxy and not check and "restart" in proxy_actions:
-            # Restarted after its set-up (it did not hold its static address): nginx starts only
-            # once the network is up, and a reload before that finds no nginx. `systemctl start`
-            # waits for the start job already queued.
-            lxd.run(proxy, ["systemctl", "start", "nginx.service"], timeout=params["timeout"])
-        if proxy and not proxy_new:
-            target = nginx.LxdTarget(lxd, proxy, params["proxy"]["conf_dir"], nginx.test_and_dump_command("nginx"),
-                                     nginx.reload_command("nginx"), timeout=max(params["lxd_timeout"] or 30, 30))
-            site_result = nginx.converge(target, sites, prune=True, check_mode=check, diff=diff, warn=module.warn)
-            result.update(sites=site_result["sites"], reloaded=site_result["reloaded"])
-            result["changed"] = result["changed"] or site_result["changed"]
-            diffs.extend(site_result.get("diff", []))
-
-        forward_result = dnat.run()
-        result.update(forwards=forward_result["forwards"], rules=forward_result["rules"],
-                      forwards_kept=dnat.names())
-        result["changed"] = result["changed"] or forward_result["changed"]
-        diffs.extend(forward_result.get("diff", []))
+        # 1. Read and plan every part: each refusal comes before any change.
+        applied = self._applied()
+        containers = InstanceSet(lxd, self.instance_specs, owner=params["owner"], prune="containers" in self.parts,
+                                 check_mode=check, diff=diff, prune_max=params["prune_max"],
+                                 # A teardown deletes the whole box: that is what it is for.
+                                 prune_confirm=params["prune_confirm"] or not self.present, only=applied)
+        containers.read()
+        containers.plan()
+        warn_pruned(module, containers)
+        # Static addresses are fixed now, so sites and forwards are known (and checked) up front.
+        self.box.addresses = addresses = containers.static_addresses()
+        sites = self._sites() if "sites" in self.parts else None
+        forwards = None
+        if "forwards" in self.parts:
+            fields = self.box.forward_fields()
+            forwards = DnatManager(module, self.dnat_params, addresses={name: ips[0] for name, ips in addresses.items()},
+                                   field_of=lambda field: self.forward_field(field, fields))
+            forwards.read()
+            forwards.plan()
+        # 2. The containers, each one's inside as soon as it runs; then the sites, then the forwards.
+        insides = Insides(lxd, self.inside_specs, check, diff, params["timeout"], params["package_timeout"])
+        if applied or containers.doomed:
+            containers.apply(params["parallel"], then=insides.then)
+            result = containers.result()
+        else:
+            result = dict(changed=False, instances=[], addresses={}, pruned=[])
+        result["addresses"] = dict(addresses, **result["addresses"])
+        elsewhere = [name for name in self.inside_specs if name not in applied]
+        if elsewhere:
+            insides.alone(elsewhere, containers.current, params["parallel"])
+        diffs = result.pop("diff", [])
+        inside_result = insides.result([spec.name for spec in self.instance_specs])
+        result["provision"] = inside_result["provision"]
+        result["changed"] = result["changed"] or inside_result["changed"]
+        diffs.extend(inside_result.get("diff", []))
+        if sites is not None:
+            diffs.extend(self._converge_sites(sites, result))
+        if forwards is not None:
+            forwards.apply()
+            forward_result = forwards.result()
+            result.update(forwards=forward_result["forwards"], rules=forward_result["rules"],
+                          forwards_kept=forwards.names())
+            result["changed"] = result["changed"] or forward_result["changed"]
+            diffs.extend(forward_result.get("diff", []))
         if diff:
             result["diff"] = diffs
         return result
 
-    def _sites(self):
-        """The proxy's sites, normalised (checked) now, pointing at the containers' static addresses."""
-        if not self.plan.proxy:
+    def _converge_sites(self, sites, result):
+        """The proxy's sites, once it runs (nginx started if it was restarted); its diff entries."""
+        module, lxd, params, proxy = self.module, self.module.lxd, self.module.params, self.box.proxy
+        result["reloaded"] = False
+        if not proxy:
             return []
-        sites = self.plan.sites()
+        actions = next((r["actions"] for r in result["instances"] if r["name"] == proxy), [])
+        if module.check_mode and "create" in actions:
+            return []  # no proxy yet: nothing to compare the sites with
+        if not module.check_mode and "restart" in actions:
+            # Restarted after its set-up (it did not hold its static address): nginx starts only
+            # once the network is up, and a reload before that finds no nginx. `systemctl start`
+            # waits for the start job already queued.
+            lxd.run(proxy, ["systemctl", "start", "nginx.service"], timeout=params["timeout"])
+        target = nginx_target.LxdTarget(lxd, proxy, params["proxy"]["conf_dir"],
+                                        nginx_target.test_and_dump_command("nginx"),
+                                        nginx_target.reload_command("nginx"),
+                                        timeout=max(params["lxd_timeout"] or 30, 30))
+        site_set = SiteSet(target, sites, prune=True, check_mode=module.check_mode, diff=module._diff, warn=module.warn)
+        site_set.read()
+        site_set.plan()
+        site_set.apply()  # in check mode it changes nothing, as every part's apply()
+        site_result = site_set.result()
+        result.update(sites=site_result["sites"], reloaded=site_result["reloaded"])
+        result["changed"] = result["changed"] or site_result["changed"]
+        return site_result.get("diff", [])
+
+    def _sites(self):
+        """The proxy's sites, parsed (checked) now, pointing at the containers' static addresses."""
+        if not self.box.proxy:
+            return []
+        sites = self.box.sites() + list(self.module.params["proxy"]["sites"])
         if self.module.params["proxy"]["catch_all"]:
-            sites.insert(0, nginx.catch_all_site(sites=sites))
-        return nginx.normalise_sites(sites, log_dir=self.module.params["proxy"]["log_dir"])
+            sites.insert(0, catch_all_site(sites=sites))
+        return parse_sites(sites, log_dir=self.module.params["proxy"]["log_dir"])
 
 
 def main():

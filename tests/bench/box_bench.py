@@ -144,11 +144,11 @@ def scale_inventory(tmp, count):
     with open(os.path.join(inventory, "group_vars", "all.yml"), "w") as handle:
         json.dump({"onebox_owner": "onebox-bench", "onebox_proxy_instance": "bench-proxy",
                    "onebox_services": services, "onebox_box_parallel": PARALLEL,
-                   "port_forward_chain_prefix": "OBSCALE",
-                   "port_forward_save_path": os.path.join(tmp, "dnat.rules"),
-                   "port_forward_restore_script": os.path.join(tmp, "dnat-restore"),
-                   "port_forward_sysctl_file": os.path.join(tmp, "ip-forward.conf"),
-                   "port_forward_systemd": False}, handle)
+                   "onebox_forward_chain_prefix": "OBSCALE",
+                   "onebox_forward_save_path": os.path.join(tmp, "dnat.rules"),
+                   "onebox_forward_restore_script": os.path.join(tmp, "dnat-restore"),
+                   "onebox_forward_sysctl_file": os.path.join(tmp, "ip-forward.conf"),
+                   "onebox_forward_systemd": False}, handle)
     return inventory
 
 

@@ -962,16 +962,16 @@ def test_port_forward_role(box, client, user_rules, tmp_path):
 
     def variables(who, tmp):
         return dict(
-            onebox_owner=who, port_forward_save_path=str(tmp / "etc" / "dnat.rules"),
-            port_forward_restore_script=str(tmp / "sbin" / "restore"), port_forward_sysctl_file=str(tmp / "sysctl.conf"),
-            port_forward_systemd=True, port_forward_unit_dir=str(tmp_path), port_forward_unit_enable=False)
+            onebox_owner=who, onebox_forward_save_path=str(tmp / "etc" / "dnat.rules"),
+            onebox_forward_restore_script=str(tmp / "sbin" / "restore"), onebox_forward_sysctl_file=str(tmp / "sysctl.conf"),
+            onebox_forward_systemd=True, onebox_forward_unit_dir=str(tmp_path), onebox_forward_unit_enable=False)
 
     first = dict(variables(owner, tmp_path / "a"),
                  onebox_services=[{"name": box["a"], "forwards": [{"port": UNDECLARED, "target_port": WEB_A, "comment": "role"}]},
                                   {"name": box["b"]}],
-                 port_forward_extra=[{"proto": "udp", "port": UNDECLARED, "target": box["ip"][box["a"]], "target_port": UDP}])
+                 onebox_forward_extra=[{"proto": "udp", "port": UNDECLARED, "target": box["ip"][box["a"]], "target_port": UDP}])
     second = dict(variables(other, tmp_path / "b"),
-                  port_forward_extra=[{"port": OWN_B + 100, "target": box["ip"][box["b"]], "target_port": WEB_B}])
+                  onebox_forward_extra=[{"port": OWN_B + 100, "target": box["ip"][box["b"]], "target_port": WEB_B}])
 
     def converge(values, **extra):
         rc, out = run_playbook(str(playbook), dict(values, **extra))
@@ -988,23 +988,23 @@ def test_port_forward_role(box, client, user_rules, tmp_path):
         assert ask_from_ns(client, "tcp", client.host_address, UNDECLARED) == "%s %d %s" % (box["a"], WEB_A, client.address)
         assert ask_from_ns(client, "udp", client.host_address, UNDECLARED).startswith("%s %d " % (box["a"], UDP))
         text = unit.read_text()
-        assert "ExecStart=%s" % first["port_forward_restore_script"] in text
-        assert "ConditionPathExists=%s" % first["port_forward_save_path"] in text
+        assert "ExecStart=%s" % first["onebox_forward_restore_script"] in text
+        assert "ConditionPathExists=%s" % first["onebox_forward_save_path"] in text
         assert "chains %s_*" % prefix in text and "of %s" % owner in text
         assert converge(first) == 0
 
         assert converge(second) > 0
-        assert other_unit.exists() and "ExecStart=%s" % second["port_forward_restore_script"] in other_unit.read_text()
+        assert other_unit.exists() and "ExecStart=%s" % second["onebox_forward_restore_script"] in other_unit.read_text()
         assert ask_from_ns(client, "tcp", client.host_address, OWN_B + 100).startswith(box["b"])
         lines, unit_text = lines_of(prefix), unit.read_text()
-        converge(second, port_forward_state="absent")
+        converge(second, onebox_forward_state="absent")
         assert not other_unit.exists() and lines_of(_dnat.owner_prefix(other)) == []
         assert lines_of(prefix) == lines and unit.read_text() == unit_text
         assert ask_from_ns(client, "tcp", client.host_address, UNDECLARED).startswith(box["a"])
         assert converge(first) == 0
     finally:
-        converge(second, port_forward_state="absent")
-        converge(first, port_forward_state="absent")
+        converge(second, onebox_forward_state="absent")
+        converge(first, onebox_forward_state="absent")
     assert iptables_save() == before
     assert not unit.exists() and not (tmp_path / "a" / "etc" / "dnat.rules").exists()
     assert ask_from_ns(client, "tcp", client.host_address, UNDECLARED).startswith("ERROR")

@@ -39,7 +39,7 @@ def converge(tmp_path, state="present"):
 
 def test_service_role_builds_keeps_and_removes(lxd, tmp_path):
     try:
-        assert converge(tmp_path)["changed"] == 2   # the container, then its inside
+        assert converge(tmp_path)["changed"] == 1   # one box call: the container and its inside
         assert lxd.run(APP, ["cat", "/srv/app/index.html"], timeout=30) == "service role\n"
         user = lxd.run(APP, ["sh", "-c", "ps -o user= -C python3"], timeout=30).split()
         assert user and "root" not in user

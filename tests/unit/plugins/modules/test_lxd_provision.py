@@ -39,8 +39,8 @@ def test_check_mode_reads_and_predicts_but_runs_no_writing_command():
         ["file /srv/app/app.py", "unit onebox-app", "environment onebox-app", "daemon-reload", "enable onebox-app",
          "start onebox-app"]]
     assert result["changed"] is True and all("diff" not in r for r in result["instances"])
-    assert result["diff"]["after"]["web"] == {"/var/www/html/index.html": "<h1>hi</h1>\n"}
-    assert result["diff"]["after"]["app"]["/etc/onebox/app.env"].endswith("TOKEN=********\n")
+    assert result["diff"][0]["after"]["web"] == {"/var/www/html/index.html": "<h1>hi</h1>\n"}
+    assert result["diff"][0]["after"]["app"]["/etc/onebox/app.env"].endswith("TOKEN=********\n")
 
 
 def test_the_same_run_outside_check_mode_writes_what_it_predicted():
@@ -57,7 +57,8 @@ def test_an_unchanged_inside_makes_no_write():
     lxd = inside_lxd({name: (spec, converged(spec)) for name, spec in specs.items()})
     result = run(lxd, [WEB, APP], diff=True)
     assert writes(lxd) == [] and lxd.names("pull_file") == []
-    assert result == {"changed": False, "diff": {"before": {}, "after": {}},
+    assert result == {"changed": False, "diff": [{"before_header": "inside the containers",
+                                                  "after_header": "inside the containers", "before": {}, "after": {}}],
                       "instances": [{"name": "web", "changed": False, "actions": []},
                                     {"name": "app", "changed": False, "actions": []}]}
 

@@ -1,0 +1,136 @@
+"""The box module's orchestration against the in-memory LXD, in seconds: which containers each part
+makes, insides set up once their container runs, check mode changing nothing, prune choosing only
+the owner's containers, a failed container named while the others finish."""
+from types import SimpleNamespace
+
+import pytest
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import OWNER_KEY
+from ansible_collections.homelab.onebox.plugins.modules.box import ARGUMENT_SPEC, BoxManager
+
+from unit.fake_lxd import FakeLxd
+from unit.plugins.module_utils.test_provision import APP_USER, is_state_script, output_for, writes
+
+OWNER = "unit"
+SERVICES = [
+    {"name": "web", "domains": ["web.test"], "files": [{"path": "/var/www/html/index.html", "content": "hi\n"}]},
+    {"name": "app", "command": ["/usr/bin/python3", "-m", "http.server", "8000"], "port": 8000},
+    {"name": "db", "kind": "internal"},
+]
+
+
+def manager(lxd, check=False, diff=False, **params):
+    checked = ArgumentSpecValidator(ARGUMENT_SPEC).validate(dict(dict(services=SERVICES, owner=OWNER), **params))
+    assert not checked.error_messages, checked.error_messages
+    warnings = []
+    module = SimpleNamespace(params=dict(checked.validated_parameters, lxd_timeout=30), lxd=lxd, check_mode=check,
+                             _diff=diff, warn=warnings.append, warnings=warnings)
+    box = BoxManager(module)
+
+    def inside(name, command, _kwargs):
+        """A new container's inside: nothing of its spec there yet (its units known, stopped)."""
+        if is_state_script(command):
+            spec = box.inside_specs[name]
+            return 0, output_for(spec, units={svc.unit: "enabled|inactive" for svc in spec.services}), ""
+        if command[:2] == ["sh", "-c"] and "useradd" in command[2]:
+            return 0, APP_USER.replace("app:", "%s:" % name), ""
+        return None
+    lxd.on_exec = inside
+    return box
+
+
+def box_lxd(*instances):
+    return FakeLxd(instances, images=("onebox-debian12",))
+
+
+def owned(name, owner=OWNER, status="Stopped"):
+    return {"name": name, "status": status, "config": {OWNER_KEY: owner} if owner else {}}
+
+
+def test_containers_and_insides_make_the_services_and_what_runs_in_them_not_the_proxy():
+    lxd = box_lxd()
+    result = manager(lxd, parts=["containers", "insides"]).run()
+    assert sorted(lxd.names("create_instance")) == ["app", "db", "web"]   # unit-proxy is the sites part's
+    assert [r["name"] for r in result["instances"]] == ["web", "app", "db"]
+    assert all("create" in r["actions"] for r in result["instances"])
+    assert lxd.files[("web", "/var/www/html/index.html")] == b"hi\n"
+    assert ("app", "/etc/systemd/system/onebox-app.service") in lxd.files
+    assert [r["name"] for r in result["provision"]] == ["web", "app"]      # db has nothing inside
+    assert result["changed"] and result["pruned"] == [] and "sites" not in result and "forwards" not in result
+    # each container is created before anything is done inside it
+    calls = [(c[0], c[1]) for c in lxd.calls if c[0] in ("create_instance", "push_file")]
+    assert calls.index(("create_instance", "web")) < calls.index(("push_file", "web"))
+
+
+def test_check_mode_changes_nothing_and_says_what_would_be_made():
+    lxd = box_lxd()
+    result = manager(lxd, check=True, diff=True, parts=["containers", "insides", "sites"]).run()
+    assert lxd.changes() == []
+    assert sorted(r["name"] for r in result["instances"]) == ["app", "db", "unit-proxy", "web"]
+    assert all("create" in r["actions"] for r in result["instances"])
+    assert result["provision"] == [] and "sites" not in result   # nothing inside a container that is not there
+    assert [d["before_header"] for d in result["diff"]][:2] == ["containers", "inside the containers"]
+
+
+def test_sites_alone_makes_only_the_proxy():
+    lxd = box_lxd()
+    result = manager(lxd, check=True, parts=["sites"]).run()
+    assert [(r["name"], "create" in r["actions"]) for r in result["instances"]] == [("unit-proxy", True)]
+    assert set(result["addresses"]) == {"web", "app", "db", "unit-proxy"}   # the sites' backends, known up front
+
+
+def test_prune_deletes_only_the_owners_containers_no_longer_described():
+    lxd = box_lxd(owned("web"), owned("app"), owned("db"), owned("gone"),
+                  owned("hand-made", owner=None), owned("theirs", owner="other"))
+    box = manager(lxd, parts=["containers"])
+    result = box.run()
+    assert lxd.names("delete_instance") == ["gone"]
+    assert result["pruned"] == ["gone"] and "gone" in box.module.warnings[0]
+    assert {"hand-made", "theirs"} <= set(lxd.instances_by_name)
+
+
+def test_a_run_that_would_delete_most_of_the_box_stops_before_any_change():
+    lxd = box_lxd(owned("web"), owned("old-1"), owned("old-2"), owned("old-3"))
+    with pytest.raises(ValidationError) as err:
+        manager(lxd, services=[SERVICES[0]], parts=["containers"]).run()
+    assert err.value.field == "prune" and "old-1, old-2, old-3" in err.value.reason
+    assert lxd.changes() == []
+
+
+def test_a_container_without_the_mark_is_refused_before_any_change():
+    lxd = box_lxd(owned("app", owner=None))
+    with pytest.raises(ValidationError) as err:
+        manager(lxd, parts=["containers", "insides"]).run()
+    assert err.value.field == "services[app].name" and "carries no owner mark" in err.value.reason
+    assert lxd.changes() == []
+
+
+def test_a_failed_container_is_named_and_the_others_finish():
+    lxd = box_lxd()
+    lxd.fail("create_instance", "app")
+    with pytest.raises(OneboxError) as err:
+        manager(lxd, parts=["containers", "insides"]).run()
+    assert err.value.msg.startswith("app: ") and err.value.details["failed_instances"] == ["app"]
+    assert {"web", "db"} <= set(lxd.instances_by_name) and "app" not in lxd.instances_by_name
+    assert lxd.files[("web", "/var/www/html/index.html")] == b"hi\n"
+
+
+def test_insides_alone_need_their_containers():
+    lxd = box_lxd(owned("web", status="Running"))
+    with pytest.raises(OneboxError) as err:
+        manager(lxd, parts=["insides"]).run()
+    assert err.value.msg.startswith("app: no such container") and err.value.details["failed_instances"] == ["app"]
+    assert lxd.changes() == []
+    # in check mode the missing one is skipped (it would be made first); the one there is compared
+    result = manager(lxd, check=True, parts=["insides"]).run()
+    assert [r["name"] for r in result["provision"]] == ["web"] and writes(lxd) == []
+
+
+def test_an_empty_description_is_refused_only_where_it_would_prune():
+    with pytest.raises(ValidationError) as err:
+        manager(box_lxd(), services=[])
+    assert err.value.field == "services" and "allow_empty" in err.value.reason
+    assert manager(box_lxd(), services=[], parts=["insides"]).inside_specs == {}
