@@ -282,14 +282,14 @@ class Provisioner:
         return result
 
 
-def take_diffs(results):
-    """The diffs of Provisioner results, taken out of them, keyed by container:
-    ({name: {path: before}}, {name: {path: after}}) of the containers that change."""
+def take_diff(results):
+    """The one diff entry of Provisioner results, taken out of them (each result loses its
+    ``diff``): header ``inside the containers``, keyed by container then path."""
     before, after = {}, {}
     for result in results:
         for item in result.pop("diff", []):
             before[result["name"]], after[result["name"]] = item["before"], item["after"]
-    return before, after
+    return entry("inside the containers", before, after)
 
 
 def _text(data):

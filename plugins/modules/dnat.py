@@ -33,7 +33,8 @@ description:
     Uses the backend (nft or legacy) that C(iptables) on the host uses.
   - Turns IPv4 forwarding on, now and across reboots (O(sysctl_file)).
   - Saves the chains to O(save_path) and writes O(restore_script), which loads them again at boot;
-    the P(homelab.onebox.port_forward#role) role installs a systemd unit that runs it.
+    the P(homelab.onebox.box#role) role (which P(homelab.onebox.port_forward#role) runs with its
+    one part) installs a systemd unit that runs it.
   - Several boxes can share a host, each with its own O(owner). An owner's forwards live in chains
     and files of its own (derived from the owner unless given), and the jumps to its chains carry
     the comment C(homelab.onebox owner=NAME), which says whose they are.
@@ -45,19 +46,14 @@ description:
     address the forward catches, unless it says O(forwards[].allow_host_listener=true). The
     message names the field, the value and the other owner or what listens. V(state=absent)
     checks only the owner of the chains and files.
-author:
-  - homelab.onebox developers (@homelab)
 extends_documentation_fragment:
   - homelab.onebox.lxd
+  - homelab.onebox.module
   - ansible.builtin.action_common_attributes
 attributes:
-  check_mode:
-    support: full
   diff_mode:
-    support: full
     details: The collection's rules before and after, and the saved files that change.
   platform:
-    platforms: posix
     details: Linux with iptables (nft or legacy backend). LXD is needed only when a target is an instance name.
 options:
   forwards:

@@ -15,18 +15,10 @@ description:
   - Reads the instance once, writes at most one update, and waits for every LXD operation with a
     timeout. With O(state=started), waits until the container has an IPv4 address and fails if it
     gets none in O(wait_timeout) seconds.
-author:
-  - homelab.onebox developers (@homelab)
 extends_documentation_fragment:
   - homelab.onebox.lxd
+  - homelab.onebox.module
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
 options:
   name:
     description:
@@ -230,6 +222,7 @@ actions:
 """
 
 from ansible_collections.homelab.onebox.plugins.module_utils._addresses import assign_addresses
+from ansible_collections.homelab.onebox.plugins.module_utils._diff import entry
 from ansible_collections.homelab.onebox.plugins.module_utils._instance import OPTION_RULES, InstanceSpec, parse_instance
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
 from ansible_collections.homelab.onebox.plugins.module_utils._reconcile import InstanceReconciler
@@ -245,13 +238,17 @@ class InstanceManager:
     def run(self):
         lxd = self.module.lxd
         self.spec.check_host(lxd)
+        known = {}
         if self.spec.ipv4_address == "auto":
             # Choosing a free address needs every instance's devices: one listing.
             current = {inst["name"]: inst for inst in lxd.instances()}
             assign_addresses(lxd, [self.spec], current)
-            return InstanceReconciler(lxd, self.spec, check_mode=self.module.check_mode,
-                                      diff=self.module._diff, current=current.get(self.spec.name)).run()
-        return InstanceReconciler(lxd, self.spec, check_mode=self.module.check_mode, diff=self.module._diff).run()
+            known["current"] = current.get(self.spec.name)
+        result = InstanceReconciler(lxd, self.spec, check_mode=self.module.check_mode, diff=self.module._diff,
+                                    **known).run()
+        if "diff" in result:
+            result["diff"] = [entry("container %s" % self.spec.name, result["diff"]["before"], result["diff"]["after"])]
+        return result
 
 
 def main():

@@ -16,18 +16,10 @@ description:
     C(user.onebox.owner)); with O(prune), deletes the owner's containers that are no longer
     declared. Containers of other owners, or of none, are never touched.
   - Every item is validated before anything changes.
-author:
-  - homelab.onebox developers (@homelab)
 extends_documentation_fragment:
   - homelab.onebox.lxd
+  - homelab.onebox.module
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
 options:
   instances:
     description:

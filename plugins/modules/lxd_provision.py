@@ -29,21 +29,15 @@ description:
     exists and runs; each user, group and unit named exists or is declared), before anything
     changes.
     Errors name the field (C(instances[0].files[2].path)) and the value.
-author:
-  - homelab.onebox developers (@homelab)
 extends_documentation_fragment:
   - homelab.onebox.lxd
+  - homelab.onebox.module
   - ansible.builtin.action_common_attributes
 attributes:
-  check_mode:
-    support: full
   diff_mode:
-    support: full
     details:
       - The content of every changed file, before and after, keyed by container then path.
         Environment files show C(********) for every value.
-  platform:
-    platforms: posix
 options:
   instances:
     description: The containers and what each must contain. Each must exist and be running.
@@ -243,7 +237,7 @@ instances:
   elements: dict
   contains:
     name:
-      description: Container name.
+      description: The container worked in.
       type: str
     changed:
       description: Whether anything in this container changed (in check mode, would change).
@@ -265,7 +259,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
-from ansible_collections.homelab.onebox.plugins.module_utils._provision import Provisioner, check_instances, take_diffs
+from ansible_collections.homelab.onebox.plugins.module_utils._provision import Provisioner, check_instances, take_diff
 from ansible_collections.homelab.onebox.plugins.module_utils._provision_spec import (
     FILE_STATES, RESTART_CHOICES, SERVICE_STATES, parse_insides)
 
@@ -325,13 +319,13 @@ class ProvisionManager:
             if not module.check_mode:
                 failures = dict(filter(None, pool.map(self._apply, changed)))
         results = [worker.result() for worker in workers]
-        before, after = take_diffs(results)
+        diff = take_diff(results)
         if failures:
             raise OneboxError("; ".join("%s: %s" % item for item in failures.items()),
                               instances=results, failed_instances=sorted(failures))
         result = {"changed": bool(changed), "instances": results}
         if module._diff:
-            result["diff"] = {"before": before, "after": after}
+            result["diff"] = [diff]
         return result
 
     @staticmethod

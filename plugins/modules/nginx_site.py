@@ -29,19 +29,13 @@ description:
     with neither backend nor root, unknown balancing methods).
   - B(Quiet.) Every server block it renders (the default server too) carries C(server_tokens off),
     so no response header or error page names the nginx version.
-author:
-  - homelab.onebox developers (@homelab)
 extends_documentation_fragment:
   - homelab.onebox.lxd
+  - homelab.onebox.module
   - ansible.builtin.action_common_attributes
 attributes:
-  check_mode:
-    support: full
   diff_mode:
-    support: full
     details: The rendered text of every changed file, before and after.
-  platform:
-    platforms: posix
 options:
   name:
     description:

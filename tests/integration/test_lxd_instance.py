@@ -111,7 +111,7 @@ def test_check_mode_creates_nothing(lxd, instance_names):
     name = instance_names("check")
     result = run_module("lxd_instance", {"name": name, "image": IMAGE}, check=True, diff=True)
     assert result["changed"] is True and result["actions"] == ["create", "start"]
-    assert result["diff"]["before"] == {} and result["diff"]["after"]["name"] == name
+    assert result["diff"][0]["before"] == {} and result["diff"][0]["after"]["name"] == name
     assert instance(lxd, name) is None
 
 
@@ -134,9 +134,9 @@ def test_config_change_applied_reported_and_diffed(lxd, shared):
 
     result = run_module("lxd_instance", args, diff=True)
     assert result["changed"] is True and result["actions"] == ["update"]
-    assert result["diff"]["before"]["config"] == {"limits.memory": "256MiB"}
-    assert result["diff"]["after"]["config"] == {"limits.memory": "384MiB", "limits.processes": "500",
-                                                 "security.nesting": "true"}
+    assert result["diff"][0]["before"]["config"] == {"limits.memory": "256MiB"}
+    assert result["diff"][0]["after"]["config"] == {"limits.memory": "384MiB", "limits.processes": "500",
+                                                    "security.nesting": "true"}
     # Live in the container's cgroup, not just in LXD's database.
     limit = lxd.run(shared, ["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"], timeout=10).strip() \
         if lxd.exec(shared, ["test", "-e", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]).rc == 0 \

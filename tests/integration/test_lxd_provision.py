@@ -99,8 +99,8 @@ def test_app_runs_as_its_user_restarts_when_killed_and_on_change(lxd, box):
     outputs.append(first)
     assert first.get("failed") is not True, first
     assert first["instances"][0]["actions"] == expected
-    assert first["diff"]["after"][name]["/srv/app/app.py"] == APP_PY % "v1"
-    assert first["diff"]["after"][name]["/etc/onebox/app.env"].endswith("SECRET_KEY=********\n")
+    assert first["diff"][0]["after"][name]["/srv/app/app.py"] == APP_PY % "v1"
+    assert first["diff"][0]["after"][name]["/etc/onebox/app.env"].endswith("SECRET_KEY=********\n")
     print("first provision of the app: %.2f s (ansible included)" % elapsed)
 
     body = http_get(url)
@@ -131,8 +131,8 @@ def test_app_runs_as_its_user_restarts_when_killed_and_on_change(lxd, box):
     outputs.append(predicted)
     assert predicted["changed"] is True
     assert predicted["instances"][0]["actions"] == ["file /srv/app/app.py", "restart onebox-app"]
-    assert predicted["diff"]["before"][name]["/srv/app/app.py"] == APP_PY % "v1"
-    assert predicted["diff"]["after"][name]["/srv/app/app.py"] == APP_PY % "v2"
+    assert predicted["diff"][0]["before"][name]["/srv/app/app.py"] == APP_PY % "v1"
+    assert predicted["diff"][0]["after"][name]["/srv/app/app.py"] == APP_PY % "v2"
     assert lxd.pull_file(name, "/srv/app/app.py") == (APP_PY % "v1").encode()
     assert python_pid(lxd, name) == pid
 
@@ -173,8 +173,8 @@ def test_static_site_and_a_second_container_in_the_same_call(lxd, box):
         ["file /var/www/html/index.html", "file /var/www/html/sub/about.html",
          "remove /var/www/html/index.nginx-debian.html", "enable nginx", "start nginx"],
         ["file /opt/onebox-parallel/marker.txt"]]
-    assert first["diff"]["before"][web]["/var/www/html/index.nginx-debian.html"].startswith("<!DOCTYPE html>")
-    assert "/var/www/html/index.nginx-debian.html" not in first["diff"]["after"][web]
+    assert first["diff"][0]["before"][web]["/var/www/html/index.nginx-debian.html"].startswith("<!DOCTYPE html>")
+    assert "/var/www/html/index.nginx-debian.html" not in first["diff"][0]["after"][web]
 
     assert http_get("http://%s/" % box["ip"]["web"]) == page
     assert http_get("http://%s/sub/about.html" % box["ip"]["web"]) == "about\n"

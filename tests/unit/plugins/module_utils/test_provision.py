@@ -313,8 +313,9 @@ def test_a_failed_command_names_the_container():
     assert err.value.msg.startswith("in web, sh -c set -e") and err.value.msg.endswith("Job for nginx.service failed.")
 
 
-def test_take_diffs_keys_them_by_container_and_leaves_the_results_plain():
+def test_take_diff_keys_them_by_container_and_leaves_the_results_plain():
     results = [{"name": "a", "changed": True, "actions": ["file /x"], "diff": [{"before": {"/x": "1"}, "after": {"/x": "2"}}]},
                {"name": "b", "changed": False, "actions": [], "diff": []}]
-    assert p.take_diffs(results) == ({"a": {"/x": "1"}}, {"a": {"/x": "2"}})
+    assert p.take_diff(results) == {"before_header": "inside the containers", "after_header": "inside the containers",
+                                    "before": {"a": {"/x": "1"}}, "after": {"a": {"/x": "2"}}}
     assert results == [{"name": "a", "changed": True, "actions": ["file /x"]}, {"name": "b", "changed": False, "actions": []}]
