@@ -69,10 +69,7 @@ class BoxService:
         self.count = 1
         self.method = "round_robin"
         if self.kind == "pool":
-            count = raw.get("count")
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ValidationError(where("count"), count, "a pool needs a whole number of members, 1 or more")
-            self.count = count
+            self.count = v.whole(raw.get("count"), where("count"), 1)
             self.method = v.one_of(raw.get("method", "round_robin"), METHODS, where("method"))
         elif "count" in raw or "method" in raw:
             key = "count" if "count" in raw else "method"
@@ -170,10 +167,7 @@ class BoxService:
         out = {"autostart": bool(boot.get("autostart", True))}
         for key in ("priority", "delay"):
             if boot.get(key) is not None:
-                value = boot[key]
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ValidationError("%s.%s" % (self.where("boot"), key), value, "must be a whole number, 0 or more")
-                out["autostart_" + key] = value
+                out["autostart_" + key] = v.whole(boot[key], "%s.%s" % (self.where("boot"), key))
         return out
 
     def _files(self):

@@ -238,8 +238,8 @@ def parse_instance(params, cgroup2=None):
         v.instance_name(source[0], "copy_from")
         if len(source) > 1:
             v.safe_token(source[1], "copy_from")
-    if params.get("wait_timeout") is not None and params["wait_timeout"] <= 0:
-        raise ValidationError("wait_timeout", params["wait_timeout"], "must be more than 0 seconds")
+    if params.get("wait_timeout") is not None:
+        v.whole(params["wait_timeout"], "wait_timeout", 1)
 
     return InstanceSpec(name, config, devices, params.get("profiles"), params.get("ephemeral"), params.get("image"),
                         params.get("image_server"), params.get("image_protocol") or "simplestreams",
@@ -276,9 +276,7 @@ def _typed_config(params, cgroup2):
     for option, key in (("autostart_priority", "boot.autostart.priority"),
                         ("autostart_delay", "boot.autostart.delay")):
         if params.get(option) is not None:
-            if params[option] < 0:
-                raise ValidationError(option, params[option], "must be 0 or more")
-            typed[key] = str(params[option])
+            typed[key] = str(v.whole(params[option], option))
     return typed
 
 

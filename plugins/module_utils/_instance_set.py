@@ -93,8 +93,8 @@ class InstanceSet:
             _validate.instance_name(owner, "owner")
         if prune and owner is None:
             raise ValidationError("prune", True, "needs owner: only an owner's containers are pruned")
-        if prune_max is not None and prune_max < 0:
-            raise ValidationError("prune_max", prune_max, "must be 0 or more")
+        if prune_max is not None:
+            _validate.whole(prune_max, "prune_max")
         self.lxd, self.specs, self.owner, self.prune = lxd, specs, owner, prune
         self.prune_max, self.prune_confirm = prune_max, prune_confirm
         self.check_mode, self.diff = check_mode, diff

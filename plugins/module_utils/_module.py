@@ -10,7 +10,8 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.parameters import remove_values
 
-from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils import _validate
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
 from ansible_collections.homelab.onebox.plugins.module_utils._lock import RunLock
 
 # Options every module that talks to LXD accepts (documented in doc_fragments/lxd.py).
@@ -89,8 +90,7 @@ class OneboxModule(AnsibleModule):
         """The lock of the LXD daemon this run talks to (one converge at a time per daemon)."""
         if "lock_timeout" not in self.params:
             return _NoLock()
-        if self.params["lock_timeout"] < 0:
-            raise ValidationError("lock_timeout", self.params["lock_timeout"], "must be 0 or more seconds")
+        _validate.whole(self.params["lock_timeout"], "lock_timeout")
         from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdError, endpoint_from_url
         try:
             key = endpoint_from_url(self.params.get("lxd_url"))

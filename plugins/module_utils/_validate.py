@@ -413,11 +413,18 @@ def env_name(value, field="environment"):
     return _matching(value, field, _ENV_NAME, "must be a shell identifier (letters, digits, '_', not starting with a digit)")
 
 
+def whole(value, field, least=0):
+    """A whole number (an int, not a bool, not text), ``least`` or more: counts, priorities,
+    delays, timeouts."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValidationError(field, value, "must be a whole number, %d or more" % least)
+    return value
+
+
 def at_least_one(params, names):
     """Each of the integer options ``names`` of ``params`` is 1 or more (counts, timeouts)."""
     for name in names:
-        if params[name] < 1:
-            raise ValidationError(name, params[name], "must be at least 1")
+        whole(params[name], name, 1)
 
 
 def flag(value, field):
