@@ -211,3 +211,52 @@ def test_counts_and_timeouts_below_one_name_the_option(params, field):
         v.at_least_one(params, ("parallel", "timeout"))
     assert err.value.field == field and str(params[field]) in str(err.value)
     v.at_least_one({"parallel": 1, "timeout": 30}, ("parallel", "timeout"))
+
+
+@pytest.mark.parametrize("value,expected", [("/srv/app", "/srv/app"), ("/srv//app/", "/srv/app"), ("/", "/"),
+                                            ("/a b/c..d", "/a b/c..d")])
+def test_absolute_path_normalises(value, expected):
+    assert v.absolute_path(value) == expected
+
+
+@pytest.mark.parametrize("value", ["srv/app", "", "/srv/../etc/passwd", "/srv/./x", "/a\nb", "/a\x00b", 5])
+def test_absolute_path_rejects(value):
+    with pytest.raises(ValidationError) as err:
+        v.absolute_path(value, "files[0].path")
+    assert err.value.field == "files[0].path" and repr(value) in err.value.msg
+
+
+@pytest.mark.parametrize("value,expected", [("0644", 0o644), ("644", 0o644), ("0o600", 0o600), ("4755", 0o4755),
+                                            ("04755", 0o4755), (0o644, 0o644), (0, 0)])
+def test_file_mode(value, expected):
+    assert v.file_mode(value) == expected
+
+
+@pytest.mark.parametrize("value", ["rw-r--r--", "0999", "88", "", "0o77777", True, -1, 0o10000, None, 6.4])
+def test_file_mode_rejects(value):
+    with pytest.raises(ValidationError):
+        v.file_mode(value, "mode")
+
+
+@pytest.mark.parametrize("value", ["app", "_apt", "www-data", "a1"])
+def test_posix_name(value):
+    assert v.posix_name(value) == value
+
+
+@pytest.mark.parametrize("value", ["", "App", "1app", "-app", "a;b", "a{b", "a/b", "a\nb", "a'b", 'a"b', "x" * 33])
+def test_posix_name_rejects(value):
+    with pytest.raises(ValidationError):
+        v.posix_name(value)
+
+
+@pytest.mark.parametrize("value,ok", [("PORT", True), ("_X1", True), ("1X", False), ("A-B", False), ("A B", False),
+                                      ("", False)])
+def test_env_name(value, ok):
+    if ok:
+        assert v.env_name(value) == value
+    else:
+        with pytest.raises(ValidationError):
+            v.env_name(value)
+
+
+# ---- the declaration ----------------------------------------------------------------------------
