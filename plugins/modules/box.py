@@ -480,8 +480,16 @@ class BoxManager:
             forwards.plan()
         # 2. The containers, each one's inside as soon as it runs; then the sites, then the forwards.
         insides = Insides(lxd, self.inside_specs, check, diff, params["timeout"], params["package_timeout"])
+        site_set, site_read = self._site_set(sites), []
+
+        def then(spec, result, settle):
+            if site_set is not None and spec.name == self.box.proxy and not (check and "create" in result["actions"]):
+                # The proxy's site files, read beside its inside and the other containers.
+                site_read.append(reading.submit(site_set.read))
+            insides.then(spec, result, settle)
         if applied or containers.doomed:
-            containers.apply(params["parallel"], then=insides.then)
+            with ThreadPoolExecutor(max_workers=1) as reading:
+                containers.apply(params["parallel"], then=then)
             result = containers.result()
         else:
             result = dict(changed=False, instances=[], addresses={}, pruned=[])
@@ -495,7 +503,7 @@ class BoxManager:
         result["changed"] = result["changed"] or inside_result["changed"]
         diffs.extend(inside_result.get("diff", []))
         if sites is not None:
-            diffs.extend(self._converge_sites(sites, result))
+            diffs.extend(self._converge_sites(site_set, site_read, result))
         if forwards is not None:
             forwards.apply()
             forward_result = forwards.result()
@@ -507,11 +515,23 @@ class BoxManager:
             result["diff"] = diffs
         return result
 
-    def _converge_sites(self, sites, result):
-        """The proxy's sites, once it runs (nginx started if it was restarted); its diff entries."""
+    def _site_set(self, sites):
+        """The proxy's SiteSet (None without the sites part or a proxy)."""
+        if sites is None or not self.box.proxy:
+            return None
+        module, params = self.module, self.module.params
+        target = nginx_target.LxdTarget(module.lxd, self.box.proxy, params["proxy"]["conf_dir"],
+                                        nginx_target.test_and_dump_command("nginx"),
+                                        nginx_target.reload_command("nginx"),
+                                        timeout=max(params["lxd_timeout"] or 30, 30))
+        return SiteSet(target, sites, prune=True, check_mode=module.check_mode, diff=module._diff, warn=module.warn)
+
+    def _converge_sites(self, site_set, site_read, result):
+        """The proxy's sites, once every container is done (nginx started if the proxy was
+        restarted; its files read already when ``site_read`` holds that read); its diff entries."""
         module, lxd, params, proxy = self.module, self.module.lxd, self.module.params, self.box.proxy
         result["reloaded"] = False
-        if not proxy:
+        if site_set is None:
             return []
         actions = next((r["actions"] for r in result["instances"] if r["name"] == proxy), [])
         if module.check_mode and "create" in actions:
@@ -521,12 +541,10 @@ class BoxManager:
             # once the network is up, and a reload before that finds no nginx. `systemctl start`
             # waits for the start job already queued.
             lxd.run(proxy, ["systemctl", "start", "nginx.service"], timeout=params["timeout"])
-        target = nginx_target.LxdTarget(lxd, proxy, params["proxy"]["conf_dir"],
-                                        nginx_target.test_and_dump_command("nginx"),
-                                        nginx_target.reload_command("nginx"),
-                                        timeout=max(params["lxd_timeout"] or 30, 30))
-        site_set = SiteSet(target, sites, prune=True, check_mode=module.check_mode, diff=module._diff, warn=module.warn)
-        site_set.read()
+        if site_read:
+            site_read[0].result()
+        else:
+            site_set.read()  # the proxy was not made or changed by this run (it is only read)
         site_set.plan()
         site_set.apply()  # in check mode it changes nothing, as every part's apply()
         site_result = site_set.result()
