@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass, field as dataclass_field
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
@@ -52,34 +53,37 @@ class FileSpec:
         return hashlib.sha256(self.content).hexdigest()
 
 
+@dataclass(eq=False)  # compared as objects, as the other specs are
 class ServiceSpec:
     """One systemd service: a unit the module writes (with a command) or an existing one."""
 
-    def __init__(self, name, unit, command=None, user=None, working_directory=None, environment=None,
-                 restart="always", state="started", enabled=True, field="services[0]"):
-        self.name = name
-        self.unit = unit
-        self.command = command
-        self.user = user
-        self.working_directory = working_directory
-        self.environment = environment or {}
-        self.restart = restart
-        self.state = state
-        self.enabled = enabled
-        self.field = field
-        self.unit_file = None
-        self.env_file = None
-        if command:
-            self.unit_file = FileSpec("%s/%s" % (UNIT_DIR, unit), render_unit(self).encode(),
-                                      field=field + ".name", label="unit %s" % self.short)
-            env_path = env_file_path(name)
-            if self.environment:
-                self.env_file = FileSpec(env_path, render_env(self.environment).encode(), mode=0o600,
-                                         field=field + ".environment", label="environment %s" % self.short,
-                                         masked=render_env(self.environment, masked=True))
-            else:  # no environment (any more): the file it had is removed
-                self.env_file = FileSpec(env_path, state="absent", field=field + ".environment",
-                                         label="environment %s" % self.short, masked="")
+    name: str
+    unit: str
+    command: list = None
+    user: str = None
+    working_directory: str = None
+    environment: dict = None
+    restart: str = "always"
+    state: str = "started"
+    enabled: bool = True
+    field: str = "services[0]"
+    unit_file: FileSpec = dataclass_field(default=None, init=False)
+    env_file: FileSpec = dataclass_field(default=None, init=False)
+
+    def __post_init__(self):
+        self.environment = self.environment or {}
+        if not self.command:
+            return
+        self.unit_file = FileSpec("%s/%s" % (UNIT_DIR, self.unit), render_unit(self).encode(),
+                                  field=self.field + ".name", label="unit %s" % self.short)
+        env_path = env_file_path(self.name)
+        if self.environment:
+            self.env_file = FileSpec(env_path, render_env(self.environment).encode(), mode=0o600,
+                                     field=self.field + ".environment", label="environment %s" % self.short,
+                                     masked=render_env(self.environment, masked=True))
+        else:  # no environment (any more): the file it had is removed
+            self.env_file = FileSpec(env_path, state="absent", field=self.field + ".environment",
+                                     label="environment %s" % self.short, masked="")
 
     @property
     def short(self):
