@@ -26,3 +26,15 @@ class ValidationError(OneboxError):
         self.field = field
         self.value = value
         self.reason = reason
+
+
+def named_failure(errors):
+    """One error for several containers' failures, ``errors`` being (name, OneboxError) in the
+    order to report them: the first, its message prefixed with its container's name and followed
+    by the others', with ``failed_instances`` naming them all."""
+    name, first = errors[0]
+    first.msg = "%s: %s" % (name, first.msg)
+    if len(errors) > 1:
+        first.msg += " (and %s)" % "; ".join("%s: %s" % (n, e.msg) for n, e in errors[1:])
+    first.details.setdefault("failed_instances", [n for n, _e in errors])
+    return first

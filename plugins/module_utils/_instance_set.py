@@ -13,7 +13,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate
 from ansible_collections.homelab.onebox.plugins.module_utils._addresses import assign_addresses
 from ansible_collections.homelab.onebox.plugins.module_utils._diff import entry
-from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError, named_failure
 from ansible_collections.homelab.onebox.plugins.module_utils._instance import OPTION_RULES, InstanceSpec, parse_instance
 from ansible_collections.homelab.onebox.plugins.module_utils._reconcile import InstanceReconciler
 
@@ -228,12 +228,7 @@ class InstanceSet:
                 except OneboxError as exc:
                     errors.append((name, exc))
         if errors:
-            name, first = errors[0]
-            first.msg = "%s: %s" % (name, first.msg)
-            if len(errors) > 1:
-                first.msg += " (and %s)" % "; ".join("%s: %s" % (n, e.msg) for n, e in errors[1:])
-            first.details.setdefault("failed_instances", [n for n, _e in errors])
-            raise first
+            raise named_failure(errors)
         self.results = results
 
     def result(self):

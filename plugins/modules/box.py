@@ -298,7 +298,7 @@ from ansible_collections.homelab.onebox.plugins.module_utils import _validate
 from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
 from ansible_collections.homelab.onebox.plugins.module_utils._box_service import secret_values
 from ansible_collections.homelab.onebox.plugins.module_utils._dnat_host import ARGUMENT_SPEC as DNAT_SPEC, DnatManager
-from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError, named_failure
 from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, parse_instances, warn_pruned
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx import SiteSet
@@ -381,10 +381,7 @@ class Insides:
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             list(pool.map(one, [name for name in names if name in current]))
         if errors:
-            name, first = min(errors, key=lambda item: item[0])
-            first.msg = "%s: %s" % (name, first.msg)
-            first.details.setdefault("failed_instances", sorted(n for n, _e in errors))
-            raise first
+            raise named_failure(sorted(errors, key=lambda item: item[0]))
 
     def result(self, order):
         """``changed``, ``provision`` (the Provisioners' results in ``order``) and, in diff mode,
