@@ -410,10 +410,14 @@ class BoxManager:
                                   "with state: absent (playbooks/teardown.yml), and an empty one is converged only "
                                   "with allow_empty: true (onebox_allow_empty)" % params["owner"])
         proxy = params["proxy"]
-        self.extra_sites = parse_sites(proxy["sites"], "proxy.sites") if self.present and "sites" in self.parts else []
+        extra_sites = proxy["sites"] if self.present else []
+        # Checked as the user wrote them (proxy.sites[0]...) whatever the parts; checked again in
+        # _sites() with the description's, for names used twice. Given, they make the proxy part of
+        # the box in every run: a run of other parts must not prune it.
+        parse_sites(extra_sites, "proxy.sites")
         self.box = parse_box(params["services"] or [] if self.present else [], dict(
             owner=params["owner"], image=params["image"], proxy_name=proxy["name"], proxy_memory=proxy["memory"],
-            proxy_cpus=proxy["cpus"], proxy_priority=proxy["autostart_priority"], proxy_sites=bool(self.extra_sites)))
+            proxy_cpus=proxy["cpus"], proxy_priority=proxy["autostart_priority"], proxy_sites=bool(extra_sites)))
         self.instance_specs = parse_instances(self.box.instances(), params["owner"])
         for spec in self.instance_specs:
             spec.field = self.box.field_of(spec.name)

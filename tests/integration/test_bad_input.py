@@ -200,6 +200,10 @@ def _modules():
         ("box parallel 0", "box", {"services": [GOOD], "owner": OWNER, "parallel": 0}, "parallel", "0"),
         ("box owner", "box", {"services": [GOOD], "owner": "bad owner"}, "owner", "bad owner"),
         ("lock_timeout below 0", "box", {"services": [GOOD], "owner": OWNER, "lock_timeout": -1}, "lock_timeout", "-1"),
+        ("box part unknown", "box", {"services": [GOOD], "owner": OWNER, "parts": ["containers", "volumes"]},
+         "parts", "volumes"),
+        ("box proxy site server name", "box", {"services": [GOOD], "owner": OWNER, "parts": ["sites"], "proxy": {
+            "sites": [dict(nginx["sites"][0], server_names=["a;b"])]}}, "proxy.sites[0].server_names", "a;b"),
     ]
 
 

@@ -134,3 +134,20 @@ def test_an_empty_description_is_refused_only_where_it_would_prune():
         manager(box_lxd(), services=[])
     assert err.value.field == "services" and "allow_empty" in err.value.reason
     assert manager(box_lxd(), services=[], parts=["insides"]).inside_specs == {}
+
+
+def test_the_proxy_of_extra_sites_is_kept_by_a_run_of_other_parts():
+    """reverse_proxy made the proxy for onebox_proxy_sites; the service role's run (containers
+    only) is given the same sites and must not prune that proxy."""
+    site = {"name": "extra", "server_names": ["extra.test"], "locations": [{"path": "/", "status": 404}]}
+    plain = [{"name": "app", "command": ["/usr/bin/python3", "-m", "http.server", "8000"], "port": 8000}]
+    lxd = box_lxd(owned("app"), owned("unit-proxy", status="Running"))
+    result = manager(lxd, services=plain, parts=["containers"], proxy={"sites": [site]}).run()
+    assert result["pruned"] == [] and lxd.names("delete_instance") == []
+    assert [r["name"] for r in result["instances"]] == ["app"]   # the proxy is the sites part's to change
+
+
+def test_extra_sites_are_checked_whatever_the_parts():
+    with pytest.raises(ValidationError) as err:
+        manager(box_lxd(), parts=["containers"], proxy={"sites": [{"name": "bad;name"}]})
+    assert err.value.field.startswith("proxy.sites[0]")
