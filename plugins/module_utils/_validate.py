@@ -35,7 +35,6 @@ def text(value, field):
     return value
 
 
-_text = text
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 # What a secret is shown as in an error (environment values).
@@ -107,7 +106,7 @@ def no_control(value, field, secret=False):
 def _matching(value, field, pattern, reason):
     """The value when the whole of it matches ``pattern`` (never just a prefix, never with a
     trailing newline), else a ValidationError giving ``reason``."""
-    _text(value, field)
+    text(value, field)
     if not pattern.fullmatch(value):
         raise ValidationError(field, value, reason)
     return value
@@ -128,7 +127,7 @@ def domain(value, field="domain", wildcard=True):
     ``.example.org``, at any depth, and never ``example.org`` itself. Every other use of ``*``
     (``www.*.org``, ``*foo.org``, ``**.org``, ``*`` alone) is refused: nginx rejects those or reads
     them otherwise; so is a leading dot (``.example.org``, nginx's shorthand for two names)."""
-    _text(value, field)
+    text(value, field)
     name = value[:-1] if value.endswith(".") else value
     if not name or len(name) > 253:
         raise ValidationError(field, value, "must be a DNS name of 1-253 characters")
@@ -191,7 +190,7 @@ def port_range(value, field="port"):
 
 def safe_token(value, field):
     """A word that goes into a generated config file: no quotes, braces, semicolons or spaces."""
-    _text(value, field)
+    text(value, field)
     if not value:
         raise ValidationError(field, value, "must not be empty")
     bad = sorted(set(value) & _UNSAFE)
@@ -203,7 +202,7 @@ def safe_token(value, field):
 def comment(value, field="comment", max_length=255):
     """One line of free text for a generated file (spaces allowed): no quotes, backslashes or
     control characters, at most ``max_length`` characters."""
-    _text(value, field)
+    text(value, field)
     if not value or len(value) > max_length:
         raise ValidationError(field, value, "must be 1-%d characters" % max_length)
     bad = sorted(set(c for c in value if c in "\"'`\\") | set(_control_characters(value)))
@@ -355,7 +354,7 @@ def _cpu_count(count):
 
 
 def ipv4_address(value, field="address"):
-    _text(value, field)
+    text(value, field)
     try:
         return str(ipaddress.IPv4Address(value))
     except ValueError:
@@ -363,7 +362,7 @@ def ipv4_address(value, field="address"):
 
 
 def ipv4_network(value, field="network"):
-    _text(value, field)
+    text(value, field)
     try:
         return str(ipaddress.IPv4Network(value, strict=False))
     except ValueError:
@@ -378,7 +377,7 @@ _MODE = re.compile(r"^(?:0o?)?([0-7]{3,4})$")
 def absolute_path(value, field="path"):
     """An absolute path without ``.``/``..`` components or control characters, normalised
     (repeated and trailing ``/`` dropped)."""
-    _text(value, field)
+    text(value, field)
     if not value.startswith("/"):
         raise ValidationError(field, value, "must be an absolute path (start with '/')")
     no_control(value, field)
