@@ -155,13 +155,21 @@ def render_site(site):
     for loc in site["locations"]:
         locations.append("")
         locations += _location_block(site, loc)
+    challenge = _challenge_block(tls) if tls and tls["acme_webroot"] else []
     if tls and tls["redirect"] and site["listen"]:
         port = tls["listen"][0].rsplit(":", 1)[-1]
         target = "https://$host%s$request_uri" % ("" if port == "443" else ":" + port)
         out += ["", "server {"]
         out += ["    " + _listen_line(a, site) for a in site["listen"]]
         out += ["    " + line for line in _server_common(site)]
-        out += ["    return 301 %s;" % target, "}"]
+        if challenge:
+            # The challenge answers over HTTP (the CA asks there first): everything else moves to HTTPS.
+            out += [("    " + line) if line else "" for line in challenge + ["", "location / {",
+                                                                               "    return 301 %s;" % target, "}"]]
+        else:
+            out += ["    return 301 %s;" % target]
+        out += ["}"]
+        challenge = []
     out += ["", "server {"]
     body = []
     if not (tls and tls["redirect"]):
@@ -181,12 +189,28 @@ def render_site(site):
                  "ssl_session_timeout 1d;",
                  "ssl_session_tickets off;"]
         if tls["hsts"]:
-            body.append('add_header Strict-Transport-Security "max-age=%d" always;' % tls["hsts_max_age"])
+            body.append('add_header Strict-Transport-Security "%s" always;' % _hsts_value(tls))
     body.append("client_max_body_size %s;" % site["proxy"]["client_max_body_size"])
     out += ["    " + line for line in body]
-    out += [("    " + line) if line else "" for line in locations]
+    out += [("    " + line) if line else "" for line in challenge + locations]
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _hsts_value(tls):
+    value = "max-age=%d" % tls["hsts_max_age"]
+    if tls["hsts_include_subdomains"]:
+        value += "; includeSubDomains"
+    if tls["hsts_preload"]:
+        value += "; preload"
+    return value
+
+
+def _challenge_block(tls):
+    """ACME HTTP-01: /.well-known/acme-challenge/ served from the webroot the ACME client writes
+    its tokens to (``^~``: no regex location of the site takes it)."""
+    return ["", "location ^~ /.well-known/acme-challenge/ {", "    root %s;" % tls["acme_webroot"],
+            "    default_type text/plain;", "}"]
 
 
 def catch_all_site(name="000-default", listen=("80",), https_listen=("443",), sites=()):

@@ -47,10 +47,13 @@ TLS_DEFAULTS = {
     "redirect": True,
     "hsts": True,
     "hsts_max_age": 63072000,
+    "hsts_include_subdomains": False,
+    "hsts_preload": False,
     "http2": True,
     "protocols": ["TLSv1.2", "TLSv1.3"],
     "ciphers": MODERN_CIPHERS,
     "reject_handshake": False,
+    "acme_webroot": None,
 }
 SERVER_DEFAULTS = {"weight": 1, "max_fails": 1, "fail_timeout": "10s", "backup": False, "down": False}
 UPSTREAM_DEFAULTS = {"method": "round_robin", "keepalive": 0}
@@ -192,9 +195,14 @@ def parse_tls(spec, field):
         out["listen"] = _each(spec["listen"], _j(field, "listen"), nv.listen)
         if not out["listen"]:
             raise ValidationError(_j(field, "listen"), spec["listen"], "must name at least one port")
-    for key in ("redirect", "hsts", "http2"):
+    for key in ("redirect", "hsts", "http2", "hsts_include_subdomains", "hsts_preload"):
         if spec.get(key) is not None:
             out[key] = v.boolean(spec[key], _j(field, key))
+    if out["hsts_preload"] and not out["hsts_include_subdomains"]:
+        # Browsers' preload lists take only a header with includeSubDomains.
+        raise ValidationError(_j(field, "hsts_preload"), True, "needs hsts_include_subdomains (the preload list requires it)")
+    if spec.get("acme_webroot") is not None:
+        out["acme_webroot"] = nv.abs_path(spec["acme_webroot"], _j(field, "acme_webroot"))
     if out["reject_handshake"]:
         # A catch-all for names no site has a certificate for: refuse the TLS handshake rather
         # than answer with another site's certificate and content.

@@ -159,8 +159,11 @@ options:
       - Serve the site over HTTPS. Keys C(certificate) and C(key) (paths on the nginx host,
         required), C(listen) (default C([443])), C(redirect) (default true, plain HTTP answers
         C(301) to HTTPS), C(hsts) (default true) with C(hsts_max_age) (default 63072000),
-        C(http2) (default true), C(protocols) (default C([TLSv1.2, TLSv1.3])) and C(ciphers)
-        (default Mozilla's intermediate set).
+        C(hsts_include_subdomains) and C(hsts_preload) (default false; preload needs
+        includeSubDomains), C(http2) (default true), C(protocols) (default C([TLSv1.2, TLSv1.3]))
+        and C(ciphers) (default Mozilla's intermediate set).
+      - C(acme_webroot) (a directory on the nginx host) serves C(/.well-known/acme-challenge/) from
+        it over plain HTTP, the one path the redirect leaves, for an ACME client's HTTP-01 tokens.
       - C(reject_handshake) (default false) makes the site a TLS catch-all without a certificate
         (C(ssl_reject_handshake on)), for a default server that must not answer unknown names
         with another site's certificate.

@@ -6,6 +6,7 @@ import pytest
 from ansible_collections.homelab.onebox.plugins.module_utils import _nginx_render as nr
 from ansible_collections.homelab.onebox.plugins.module_utils import _nginx_site as ns
 from ansible_collections.homelab.onebox.plugins.module_utils import _nginx_values as nv
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
 from unit.fake_nginx import APP
 
 
@@ -206,3 +207,23 @@ def test_catch_all_site_answers_404_and_rejects_tls_only_when_a_site_has_tls():
     assert with_tls["tls"] == {"reject_handshake": True, "listen": ["8443"]}
     gone = nr.catch_all_site(sites=[{"name": "a", "state": "absent", "tls": {"certificate": "/c"}}])
     assert "tls" not in gone
+
+
+def test_render_tls_acme_webroot_is_the_one_path_the_redirect_leaves():
+    spec = dict(APP, tls={"certificate": "/c.pem", "key": "/c.key", "acme_webroot": "/var/www/acme"})
+    text = render(spec)
+    http, https = text.split("\nserver {")[1:]
+    assert "location ^~ /.well-known/acme-challenge/ {\n        root /var/www/acme;" in http
+    assert "location / {\n        return 301 https://$host$request_uri;" in http
+    assert "acme-challenge" not in https
+    both = render(dict(spec, tls=dict(spec["tls"], redirect=False)))
+    assert both.count("server {") == 1 and "location ^~ /.well-known/acme-challenge/ {" in both
+
+
+def test_render_hsts_flags_only_when_asked():
+    tls = {"certificate": "/c.pem", "key": "/c.key", "hsts_max_age": 300}
+    assert 'add_header Strict-Transport-Security "max-age=300" always;' in render(dict(APP, tls=tls))
+    text = render(dict(APP, tls=dict(tls, hsts_include_subdomains=True, hsts_preload=True)))
+    assert '"max-age=300; includeSubDomains; preload"' in text
+    with pytest.raises(ValidationError, match="hsts_preload"):
+        ns.parse_site(dict(APP, tls=dict(tls, hsts_preload=True)))
