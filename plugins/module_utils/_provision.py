@@ -92,7 +92,7 @@ def plan_inside(spec, state):
             result.actions.append(fspec.label)
             svc = own.get(id(fspec))
             if svc is None:
-                user_files_changed = True
+                user_files_changed = user_files_changed or fspec.restart
             else:
                 touched_units.add(svc.unit)
                 if fspec is svc.unit_file:

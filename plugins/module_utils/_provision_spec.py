@@ -37,7 +37,7 @@ class FileSpec:
     """One file the task owns: a declared file, or a service's unit or environment file."""
 
     def __init__(self, path, content=b"", mode=0o644, owner="root", group=None, state="present",
-                 field="path", label=None, masked=None):
+                 field="path", label=None, masked=None, restart=True):
         self.path = path
         self.content = content
         self.mode = mode
@@ -47,6 +47,7 @@ class FileSpec:
         self.field = field
         self.label = label or "file %s" % path    # its name in `actions`
         self.masked = masked                      # what diff shows instead of the content (secrets)
+        self.restart = restart                    # a change restarts the container's services
 
     @property
     def digest(self):
@@ -176,8 +177,9 @@ def parse_file(item, field):
     path = v.absolute_path(item.get("path"), field + ".path")
     if path == "/" or item["path"].endswith("/"):
         raise ValidationError(field + ".path", item["path"], "must name a file, not a directory")
+    restart = v.boolean(True if item.get("restart") is None else item["restart"], field + ".restart")
     if state == "absent":
-        return FileSpec(path, state="absent", field=field + ".path", label="remove %s" % path)
+        return FileSpec(path, state="absent", field=field + ".path", label="remove %s" % path, restart=restart)
     content = item.get("content")
     if content is None:
         raise ValidationError(field + ".content", content, "is required when state is present (use '' for an empty file)")
@@ -187,7 +189,7 @@ def parse_file(item, field):
     group = item.get("group")
     if group is not None:
         v.posix_name(group, field + ".group")
-    return FileSpec(path, content.encode("utf-8"), mode, owner, group, field=field + ".path")
+    return FileSpec(path, content.encode("utf-8"), mode, owner, group, field=field + ".path", restart=restart)
 
 
 def parse_service(item, field):

@@ -24,7 +24,8 @@ description:
     mode set before content), unit and environment files, one C(systemctl daemon-reload) if a
     unit changed, C(enable)/C(disable), C(stop), then C(restart) or C(start)."
   - A service is restarted when its unit or environment file changed, or when any declared file
-    or package of the same container changed; a service that is not running is started.
+    (unless its O(instances[].files[].restart=false)) or package of the same container changed; a
+    service that is not running is started.
   - Every item is validated, and every container's state is read and checked (the container
     exists and runs; each user, group and unit named exists or is declared), before anything
     changes.
@@ -107,6 +108,12 @@ options:
             type: str
             choices: [present, absent]
             default: present
+          restart:
+            description:
+              - Whether a change of this file restarts the container's services. V(false) for a file
+                no running service reads at start (a script, a configuration read by a timer).
+            type: bool
+            default: true
       services:
         description:
           - Services under the container's systemd.
@@ -278,6 +285,7 @@ ARGUMENT_SPEC = dict(
             owner=dict(type="str", default="root"),
             group=dict(type="str"),
             state=dict(type="str", choices=list(FILE_STATES), default="present"),
+            restart=dict(type="bool", default=True),
         )),
         services=dict(type="list", elements="dict", options=dict(
             name=dict(type="str", required=True),

@@ -8,7 +8,7 @@ from ansible_collections.homelab.onebox.plugins.module_utils import _provision_s
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
 
 from unit.fake_lxd import FakeLxd
-from unit.plugins.module_utils.test_provision_spec import spec_of
+from unit.plugins.module_utils.test_provision_spec import APP, spec_of
 
 
 def test_check_instances_unknown_and_stopped():
@@ -99,6 +99,14 @@ def test_a_changed_file_restarts_every_started_service_of_the_instance():
     todo = plan_for(spec, **state)
     assert todo.actions == ["file /srv/app/app.py", "restart onebox-app", "restart nginx"]
     assert not todo.daemon_reload and [f.path for f in todo.pushes] == ["/srv/app/app.py"] and not todo.meta
+
+
+def test_a_changed_file_that_says_restart_false_restarts_nothing():
+    spec = spec_of(files=[dict(APP["files"][0], restart=False)] + APP["files"][1:])
+    state = converged(spec)
+    state["files"]["/srv/app/app.py"] = "file 644 998 998 " + "0" * 64
+    todo = plan_for(spec, **state)
+    assert todo.actions == ["file /srv/app/app.py"] and not todo.restart
 
 
 def test_a_changed_environment_restarts_only_its_service_without_daemon_reload():
