@@ -339,6 +339,23 @@ class LxdClient:
         """DHCP leases (and the gateway) of a managed network, one request."""
         return self.metadata("get", self.api.networks[name].leases, "leases of network %s" % name)
 
+    # ---- custom storage volumes ---------------------------------------------------------
+    def volume(self, pool, name):
+        """A custom volume's record, or None."""
+        try:
+            return self.metadata("get", self.api.storage_pools[pool].volumes.custom[name],
+                                 "storage volume %s/%s" % (pool, name))
+        except LxdNotFound:
+            return None
+
+    def create_volume(self, pool, body):
+        self.request("post", self.api.storage_pools[pool].volumes.custom, "create storage volume %s/%s"
+                     % (pool, body["name"]), json=body)
+
+    def delete_volume(self, pool, name):
+        self.request("delete", self.api.storage_pools[pool].volumes.custom[name],
+                     "delete storage volume %s/%s" % (pool, name))
+
     def profile(self, name):
         """A profile's record, or None. Read once per client: a module run changes no profile."""
         node = self.api.profiles[name]

@@ -41,6 +41,7 @@ class FakeLxd:
         self.networks = networks if networks is not None else {
             NETWORK: {"name": NETWORK, "config": {"ipv4.address": GATEWAY}}}
         self.files = {}  # (instance, path) -> bytes
+        self.volumes = {}  # (pool, name) -> volume dict (name, type, config, description)
         self.leases = {}  # network -> [address] of the leases LXD's API lists (beside the gateway)
         self.calls = []
         self.failures = {}  # (method, name) -> LxdError to raise
@@ -74,7 +75,7 @@ class FakeLxd:
     def changes(self):
         """The calls that change something (no reads), in order."""
         reads = {"instance", "instances", "instance_state", "host_cpus", "image_alias", "image",
-                 "network", "network_leases", "profile", "pull_file"}
+                 "network", "network_leases", "profile", "pull_file", "volume"}
         return [call for call in self.calls if call[0] not in reads]
 
     def _record(self, method, name, *args):
@@ -225,6 +226,26 @@ class FakeLxd:
         gateway = self.networks[name]["config"]["ipv4.address"].split("/")[0]
         dynamic = [{"address": a, "type": "dynamic"} for a in self.leases.get(name, [])]
         return [{"address": gateway, "type": "gateway"}] + dynamic
+
+    def volume(self, pool, name):
+        self._record("volume", name, pool)
+        return copy.deepcopy(self.volumes.get((pool, name)))
+
+    def create_volume(self, pool, body):
+        self._record("create_volume", body["name"], pool)
+        with self._lock:
+            if (pool, body["name"]) in self.volumes:
+                raise LxdError("create storage volume %s/%s: Volume by that name already exists" % (pool, body["name"]))
+            self.volumes[(pool, body["name"])] = copy.deepcopy(body)
+
+    def delete_volume(self, pool, name):
+        self._record("delete_volume", name, pool)
+        with self._lock:
+            if any(d.get("source") == name and d.get("pool") == pool for i in self.instances_by_name.values()
+                   for d in i["devices"].values()):
+                raise LxdError("delete storage volume %s/%s: The storage volume is still in use" % (pool, name))
+            if self.volumes.pop((pool, name), None) is None:
+                raise LxdNotFound("delete storage volume %s/%s: not found" % (pool, name))
 
     def profile(self, name):
         self._record("profile", name)
