@@ -11,9 +11,9 @@ from ansible_collections.homelab.onebox.plugins.module_utils._errors import Vali
 
 
 def box_parts(services, owner=None, image=None, proxy_name=None, proxy_memory=None, proxy_cpus=None,
-              proxy_priority=None, addresses=None):
+              proxy_priority=None, addresses=None, tls=None):
     options = {"owner": owner, "image": image, "proxy_name": proxy_name, "proxy_memory": proxy_memory,
-               "proxy_cpus": proxy_cpus, "proxy_priority": proxy_priority}
+               "proxy_cpus": proxy_cpus, "proxy_priority": proxy_priority, "tls": tls}
     try:
         return parse_box(services, options, addresses).as_dict()
     except ValidationError as exc:

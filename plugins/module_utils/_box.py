@@ -11,6 +11,7 @@ forwards). An error names the service and the field.
 """
 from __future__ import annotations
 
+from ansible_collections.homelab.onebox.plugins.module_utils import _box_tls
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
 from ansible_collections.homelab.onebox.plugins.module_utils._box_service import HTTP_PORT, parse_service
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
@@ -38,6 +39,9 @@ DEFAULTS = {
     "proxy_cpus": None,
     "proxy_priority": 90,
     "proxy_sites": False,  # sites beyond the description's are given: the proxy is made for them too
+    "tls": None,           # the box's TLS options (onebox_tls), as given; None: no TLS unless a service asks
+    "tls_pool": "default",  # the storage pool of the proxy's TLS volume
+    "tls_agent": "",       # the agent's source, pushed into the proxy (_tls_agent.py)
 }
 
 
@@ -74,12 +78,14 @@ class BoxParts:
         v.instance_name(self.options["proxy_name"], "proxy_name")
         if not isinstance(services, list):
             raise ValidationError("services", services, "must be a list of services")
-        self.services = [parse_service(i, raw, self.options) for i, raw in enumerate(services)]
+        tls_options = _box_tls.parse_tls_options(self.options["tls"])
+        self.services = [parse_service(i, raw, dict(self.options, tls=tls_options)) for i, raw in enumerate(services)]
         self.addresses = addresses or {}
         wanted = self.options["proxy_sites"] or any(s.http for s in self.services)
         self.proxy = self.options["proxy_name"] if wanted else None
         self._check_names()
         self._check_domains()
+        self.tls = _box_tls.BoxTls(tls_options, self.services)
         self._check_host_ports()
 
     # ---- whole-description checks -------------------------------------------------------
@@ -142,6 +148,8 @@ class BoxParts:
         taken = []
         if self.proxy and any(s.domains or s.routes for s in self.services):
             taken.append(("tcp", HTTP_PORT, HTTP_PORT, "the proxy (HTTP)", "proxy"))
+        if self.proxy and self.tls.enabled:
+            taken.append(("tcp", _box_tls.HTTPS_PORT, _box_tls.HTTPS_PORT, "the proxy (HTTPS)", "proxy"))
         for service in self.services:
             if service.host_port:
                 taken.append(("tcp", service.host_port, service.host_port, service.name, service.where("host_port")))
@@ -176,6 +184,11 @@ class BoxParts:
             for key in ("memory", "cpus"):
                 if self.options["proxy_" + key] is not None:
                     proxy[key] = self.options["proxy_" + key]
+            if self.tls_active:
+                # certbot's account and certificates outlive the container (a re-created proxy
+                # serves the same certificates and orders none).
+                proxy["devices"] = {_box_tls.VOLUME_DEVICE: {"type": "disk", "pool": self.options["tls_pool"],
+                                                             "source": self.tls_volume, "path": _box_tls.VOLUME_PATH}}
             items.append(proxy)
         return items
 
@@ -210,11 +223,26 @@ class BoxParts:
         if self.proxy:
             # nginx serving, without Debian's packaged site (it claims default_server on :80), with
             # room for every name the description accepts (PROXY_HTTP_SETTINGS).
-            items.append({"name": self.proxy, "packages": ["nginx-light"],
-                          "files": [{"path": "/etc/nginx/sites-enabled/default", "state": "absent"},
-                                    {"path": PROXY_HTTP_FILE, "content": PROXY_HTTP_SETTINGS}],
-                          "services": [{"name": "nginx"}]})
+            item = {"name": self.proxy, "packages": ["nginx-light"],
+                    "files": [{"path": "/etc/nginx/sites-enabled/default", "state": "absent"},
+                              {"path": PROXY_HTTP_FILE, "content": PROXY_HTTP_SETTINGS}],
+                    "services": [{"name": "nginx"}]}
+            if self.tls_active:
+                item["packages"] += self.tls.packages()
+                item["files"] += self.tls.files(self.options["owner"], self.options["tls_agent"])
+            items.append(item)
         return items
+
+    @property
+    def tls_active(self):
+        """Whether the proxy keeps certificates: a site is HTTPS, or the box has TLS options (its
+        agent then drops what a removed site had)."""
+        return bool(self.proxy) and (self.tls.enabled or self.options["tls"] is not None)
+
+    @property
+    def tls_volume(self):
+        """The storage volume of the proxy's certificates (certbot's /etc/letsencrypt)."""
+        return "%s-tls" % self.options["proxy_name"]
 
     def _backend_host(self, name):
         found = self.addresses.get(name) or []
@@ -269,6 +297,9 @@ class BoxParts:
         sites = []
         for key in order:
             spec = by_domain[key]
+            tls = self.tls.site_tls(spec["name"])
+            if tls:
+                spec["tls"] = tls
             spec["locations"].sort(key=lambda loc: loc["path"])
             if not spec["upstreams"]:
                 del spec["upstreams"]
@@ -287,8 +318,12 @@ class BoxParts:
         out = []
         proxied = [s for s in self.services if s.domains or s.routes]
         if self.proxy and proxied:
-            out.append(({"proto": "tcp", "port": HTTP_PORT, "target": self.proxy, "comment": "onebox proxy http"},
-                        proxied[0].where("domains" if proxied[0].domains else "routes")))
+            field = proxied[0].where("domains" if proxied[0].domains else "routes")
+            out.append(({"proto": "tcp", "port": HTTP_PORT, "target": self.proxy, "comment": "onebox proxy http"}, field))
+            if self.tls.enabled:
+                https = next(s for s in proxied if s.tls["mode"] != "off")
+                out.append(({"proto": "tcp", "port": _box_tls.HTTPS_PORT, "target": self.proxy,
+                             "comment": "onebox proxy https"}, https.where("tls")))
         for service in self.services:
             said = {"allow_host_listener": True} if service.allow_host_listener else {}
             if service.host_port:
@@ -311,4 +346,5 @@ class BoxParts:
             "provision": self.provision(),
             "sites": self.sites(),
             "forwards": self.forwards(),
+            "certificates": self.tls.certificates() if self.proxy else [],
         }

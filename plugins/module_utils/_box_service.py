@@ -10,6 +10,7 @@ description (names, domains and host ports claimed twice) is _box.py's.
 from __future__ import annotations
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
+from ansible_collections.homelab.onebox.plugins.module_utils._box_tls import parse_service_tls
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
 
 KINDS = ("static", "app", "pool", "plain", "internal")
@@ -18,7 +19,7 @@ METHODS = ("round_robin", "least_conn", "ip_hash")
 SERVICE_KEYS = {
     "name", "kind", "description", "image", "domains", "routes", "port", "host_port", "forwards",
     "count", "method", "memory", "memory_swap", "cpus", "boot", "files", "packages", "user",
-    "command", "environment", "working_directory", "proxy", "adopt", "allow_host_listener",
+    "command", "environment", "working_directory", "proxy", "adopt", "allow_host_listener", "tls",
 }
 ROUTE_KEYS = {"domain", "path", "strip_prefix"}
 FORWARD_KEYS = {"proto", "port", "target_port", "source", "host_address", "comment", "allow_host_listener"}
@@ -89,6 +90,9 @@ class BoxService:
                                   "a pool is reached through the proxy (domains or host_port), not a plain forward")
         if self.kind == "app" and not self.command:
             raise ValidationError(where("command"), None, "an app runs a command")
+        if raw.get("tls") is not None and not (self.domains or self.routes):
+            raise ValidationError(where("tls"), raw["tls"], "HTTPS is for a service's domains and routes; this one has none")
+        self.tls = parse_service_tls(raw.get("tls"), where("tls"), defaults.get("tls"))
         self.limits = self._limits()
         self.boot = self._boot()
         self.files = self._files()
@@ -196,10 +200,13 @@ class BoxService:
 
 
 def secret_values(services):
-    """Every service's environment values (secrets), from a description not yet validated."""
+    """Every service's secrets (environment values, a provided TLS key), from a description not yet validated."""
     for service in services if isinstance(services, list) else ():
         environment = service.get("environment") if isinstance(service, dict) else None
         if isinstance(environment, dict):
             for value in environment.values():
                 if isinstance(value, (str, int, float)) and not isinstance(value, bool):
                     yield str(value)
+        tls = service.get("tls") if isinstance(service, dict) else None
+        if isinstance(tls, dict) and isinstance(tls.get("key"), str):
+            yield tls["key"]
