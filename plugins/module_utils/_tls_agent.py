@@ -372,12 +372,22 @@ class Agent:
                 self.must(["systemctl", "disable", "--now", "certbot.timer"])
                 self.must(["systemctl", "mask", "certbot.timer"])
 
+    def webroot(self, config, actions):
+        """The directory certbot writes HTTP-01 tokens to and nginx serves them from."""
+        if any(c["mode"] == "acme" and c.get("challenge", "http") == "http" for c in config["certs"]) \
+                and not os.path.isdir(self.path(config["webroot"])):
+            self.act(actions, "webroot " + config["webroot"])
+            if not self.check:
+                os.makedirs(self.path(config["webroot"]), mode=0o755)
+
     def prune(self, config, actions):
-        """Remove what no declared certificate uses: serving dirs, placeholders, self-signed pairs and
-        certbot lineages (so the timer renews nothing that no site serves); -> the undeclared names."""
+        """Remove what no declared certificate uses: serving dirs, placeholders, self-signed and provided
+        pairs and certbot lineages (so the timer renews nothing that no site serves); -> the undeclared names."""
         modes = {c["name"]: c["mode"] for c in config["certs"]}
         removed = set()
-        for base, mode in ((SERVING, None), (GENERATED["placeholder"][0], "acme"), (GENERATED["self_signed"][0], "self_signed")):
+        # A provided pair the description no longer gives (the module stops declaring its files) goes too.
+        for base, mode in ((SERVING, None), (GENERATED["placeholder"][0], "acme"), (GENERATED["self_signed"][0], "self_signed"),
+                           (PROVIDED, "provided")):
             for name in sorted(os.listdir(self.path(base))) if os.path.isdir(self.path(base)) else []:
                 if name in modes and mode in (None, modes[name]):
                     continue
@@ -465,6 +475,7 @@ class Agent:
 def cmd_prepare(agent, config, flags, names):
     actions = []
     agent.units(config, actions)
+    agent.webroot(config, actions)
     certs = [agent.settle(config, cert, actions) for cert in config["certs"]]
     removed = agent.prune(config, actions)
     return 0, dict(changed=bool(actions), actions=actions, certs=certs, removed=removed)

@@ -363,6 +363,16 @@ def test_removed_certs_lose_links_pairs_and_lineage(box):
     assert os.path.exists(box.path(agent.SERVING, "app.example.test", "fullchain.pem"))
 
 
+def test_a_provided_pair_no_longer_given_is_removed(box):
+    box.config(certs=[APP, SHOP])
+    box.provide("shop.example.test", ["shop.example.test"])
+    box.run("prepare")
+    box.config(certs=[APP])
+    status, out, _err = box.run("prepare")
+    assert status == 0 and out["removed"] == ["shop.example.test"]
+    assert not os.path.exists(box.path(agent.PROVIDED, "shop.example.test"))
+
+
 def test_a_cert_turned_self_signed_loses_its_lineage_and_placeholder(box):
     box.run("prepare")
     box.lineage("app.example.test", ["app.example.test"])
@@ -395,8 +405,10 @@ def test_check_writes_nothing_and_runs_nothing(box):
     assert status == 0 and out["changed"] and box.tree() == before
     assert [c["pending"] for c in out["certs"]] == [True, False]
     assert "unit onebox-tls-renew.timer" in out["actions"] and "generate placeholder app.example.test" in out["actions"]
+    assert "webroot /var/www/onebox-acme" in out["actions"]
     assert box.calls() == []
     box.run("prepare")
+    assert os.path.isdir(box.path("/var/www/onebox-acme"))
     box.lineage("old.example.test", ["old.example.test"])
     box.config(certs=[APP, WILD])
     before = box.tree()
