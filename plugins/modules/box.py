@@ -125,6 +125,78 @@ options:
     description: Seconds a package install inside a container may take.
     type: int
     default: 600
+  tls:
+    description:
+      - HTTPS for the box's domains. Given, every domain and route of a service is served over HTTPS
+        with a certificate of its own (one per domain, named as its site), unless the service says
+        otherwise (its C(tls) key - V(acme), V(provided) with C(certificate) and C(key), V(self_signed)
+        or V(off)). Port 443 is forwarded to the proxy; plain HTTP answers 301 to HTTPS except
+        C(/.well-known/acme-challenge/); HSTS and HTTP/2 are on; the default server refuses the TLS
+        handshake of a name no site has.
+      - ACME certificates are obtained by certbot inside the proxy over HTTP-01 (DNS-01 through
+        O(tls.dns), required for a wildcard domain) and renewed there by a systemd timer
+        (C(onebox-tls-renew.timer)) with nobody running Ansible; nginx is reloaded only after a
+        renewal and a passing C(nginx -t). Until a certificate is issued its site serves a
+        self-signed placeholder. The ACME account and the certificates live on a storage volume
+        (C(PROXY-tls)) that outlives the proxy container; only O(purge) deletes it.
+      - A certificate that cannot be obtained (DNS not pointing at the box yet, the CA down) is a
+        warning, not a failure - its placeholder serves and the timer tries again.
+    type: dict
+    suboptions:
+      email:
+        description: The ACME account's contact e-mail (none when omitted).
+        type: str
+      directory:
+        description: The ACME directory URL. Default Let's Encrypt's production directory.
+        type: str
+      staging:
+        description: Let's Encrypt's staging directory instead of production (untrusted certificates, high rate limits).
+        type: bool
+      ca_bundle:
+        description: PEM text of the CA that signs the ACME server's own HTTPS certificate, for a private ACME server.
+        type: str
+      key_type:
+        description: The certificates' key type. Default V(ecdsa).
+        type: str
+        choices: [ecdsa, rsa]
+      default:
+        description: The C(tls) of a service that names none. Default V(acme).
+        type: str
+        choices: [acme, self_signed, "off"]
+      redirect:
+        description: Plain HTTP answers 301 to HTTPS (except the ACME challenge path). Default true.
+        type: bool
+      hsts:
+        description: Send C(Strict-Transport-Security) on HTTPS answers. Default true.
+        type: bool
+      hsts_max_age:
+        description: Its C(max-age) in seconds. Default 63072000 (two years).
+        type: int
+      hsts_include_subdomains:
+        description: Add C(includeSubDomains). Default false.
+        type: bool
+      hsts_preload:
+        description: Add C(preload) (needs O(tls.hsts_include_subdomains)). Default false.
+        type: bool
+      dns:
+        description:
+          - DNS-01, for wildcard domains and services whose C(tls.challenge) is V(dns). Either
+            C(auth_hook) and C(cleanup_hook), the text of scripts certbot's manual plugin runs in the
+            proxy (C(CERTBOT_DOMAIN) and C(CERTBOT_VALIDATION) in their environment), or C(plugin),
+            a certbot DNS plugin of Debian (C(python3-certbot-dns-PLUGIN) is installed) with
+            C(credentials), the text of its credentials file (a secret), and
+            C(propagation_seconds).
+        type: dict
+      renew_calendar:
+        description: When the renewal timer runs (systemd C(OnCalendar)). Default twice a day, with up to an hour of random delay.
+        type: str
+  purge:
+    description:
+      - With O(state=absent), also delete the box's data volumes (the proxy's certificates and ACME
+        account). Without it a teardown keeps them, and a box converged again serves the same
+        certificates and orders none.
+    type: bool
+    default: false
   proxy:
     description: The proxy container, made when a service is served over HTTP or O(proxy.sites) is given.
     type: dict
@@ -277,6 +349,18 @@ rules:
   description: The collection's iptables rules, as M(homelab.onebox.dnat) returns them.
   returned: when O(parts) has V(forwards)
   type: str
+certificates:
+  description:
+    - Each HTTPS site's certificate - C(name), C(mode), C(serving) (V(acme), V(placeholder),
+      V(self_signed), V(provided)), C(pending) and C(action) (V(obtained), V(failed),
+      V(requested) in check mode, V(none)).
+  returned: when O(parts) has V(sites) and the box has HTTPS sites
+  type: list
+  elements: dict
+volume:
+  description: The proxy's certificate volume and what happened to it (C(name), C(pool), C(action)).
+  returned: when the box has HTTPS sites, or O(purge) deleted it
+  type: dict
 forwards_kept:
   description:
     - Where the box's forwards are kept, as M(homelab.onebox.dnat) returns them (C(owner),
@@ -289,14 +373,17 @@ forwards_kept:
            sysctl_file: /etc/sysctl.d/60-onebox-ip-forward-mybox.conf, unit_name: onebox-dnat-mybox.service}
 """
 
+import inspect
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _nginx_target as nginx_target
+from ansible_collections.homelab.onebox.plugins.module_utils import _tls_agent
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate
 from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
 from ansible_collections.homelab.onebox.plugins.module_utils._box_service import secret_values
+from ansible_collections.homelab.onebox.plugins.module_utils._box_tls import AGENT_PATH, tls_secrets
 from ansible_collections.homelab.onebox.plugins.module_utils._dnat_host import ARGUMENT_SPEC as DNAT_SPEC, DnatManager
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError, named_failure
 from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, parse_instances, warn_pruned
@@ -306,6 +393,8 @@ from ansible_collections.homelab.onebox.plugins.module_utils._nginx_render impor
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx_site import parse_sites
 from ansible_collections.homelab.onebox.plugins.module_utils._provision import Provisioner, take_diff
 from ansible_collections.homelab.onebox.plugins.module_utils._provision_spec import parse_inside
+from ansible_collections.homelab.onebox.plugins.module_utils._tls import ProxyCertificates
+from ansible_collections.homelab.onebox.plugins.module_utils._volume import OwnedVolume
 
 PARTS = ("containers", "insides", "sites", "forwards")
 # The dnat options a box passes through (its forwards come from the description).
@@ -323,6 +412,22 @@ ARGUMENT_SPEC = dict(
     parallel=dict(type="int", default=16),
     timeout=dict(type="int", default=120),
     package_timeout=dict(type="int", default=600),
+    tls=dict(type="dict", options=dict(
+        email=dict(type="str"),
+        directory=dict(type="str"),
+        staging=dict(type="bool"),
+        ca_bundle=dict(type="str"),
+        key_type=dict(type="str", choices=["ecdsa", "rsa"]),
+        default=dict(type="str", choices=["acme", "self_signed", "off"]),
+        redirect=dict(type="bool"),
+        hsts=dict(type="bool"),
+        hsts_max_age=dict(type="int"),
+        hsts_include_subdomains=dict(type="bool"),
+        hsts_preload=dict(type="bool"),
+        dns=dict(type="dict"),
+        renew_calendar=dict(type="str"),
+    )),
+    purge=dict(type="bool", default=False),
     proxy=dict(type="dict", default={}, apply_defaults=True, options=dict(
         name=dict(type="str"),
         memory=dict(type="str"),
@@ -417,7 +522,12 @@ class BoxManager:
         parse_sites(extra_sites, "proxy.sites")
         self.box = parse_box(params["services"] or [] if self.present else [], dict(
             owner=params["owner"], image=params["image"], proxy_name=proxy["name"], proxy_memory=proxy["memory"],
-            proxy_cpus=proxy["cpus"], proxy_priority=proxy["autostart_priority"], proxy_sites=bool(extra_sites)))
+            proxy_cpus=proxy["cpus"], proxy_priority=proxy["autostart_priority"], proxy_sites=bool(extra_sites),
+            tls=params["tls"] if self.present else None, tls_agent=agent_source()))
+        # The proxy's certificates live on a volume: with the sites part, or a teardown's purge.
+        self.keeps_volume = ("sites" in self.parts and self.box.tls_active) or (not self.present and params["purge"])
+        if self.keeps_volume:
+            self.box.options["tls_pool"] = root_pool(module.lxd)
         self.instance_specs = parse_instances(self.box.instances(), params["owner"])
         for spec in self.instance_specs:
             spec.field = self.box.field_of(spec.name)
@@ -461,6 +571,14 @@ class BoxManager:
         module, params = self.module, self.module.params
         lxd, check, diff = module.lxd, module.check_mode, module._diff
         # 1. Read and plan every part: each refusal comes before any change.
+        volume = None
+        if self.keeps_volume:
+            volume = OwnedVolume(lxd, self.box.options["tls_pool"], self.box.tls_volume, params["owner"],
+                                 state="present" if self.present else "purged", field="tls" if self.present else "purge",
+                                 description="homelab.onebox: the certificates and ACME account of %s" % self.box.tls_volume,
+                                 check_mode=check)
+            volume.read()
+            volume.plan()
         applied = self._applied()
         containers = InstanceSet(lxd, self.instance_specs, owner=params["owner"], prune="containers" in self.parts,
                                  check_mode=check, diff=diff, prune_max=params["prune_max"],
@@ -480,14 +598,22 @@ class BoxManager:
             forwards.read()
             forwards.plan()
         # 2. The containers, each one's inside as soon as it runs; then the sites, then the forwards.
+        if volume is not None and self.present:
+            volume.apply()  # before the proxy that mounts it is made or changed
         insides = Insides(lxd, self.inside_specs, check, diff, params["timeout"], params["package_timeout"])
         site_set, site_read = self._site_set(sites), []
+        certs = self._certificates(site_set)
 
         def then(spec, result, settle):
-            if site_set is not None and spec.name == self.box.proxy and not (check and "create" in result["actions"]):
+            proxy_now = site_set is not None and spec.name == self.box.proxy
+            new = "create" in result["actions"]
+            if proxy_now and not (check and new):
                 # The proxy's site files, read beside its inside and the other containers.
                 site_read.append(reading.submit(site_set.read))
             insides.then(spec, result, settle)
+            if proxy_now and certs is not None:
+                # Its certificates placed (links nginx -t will want) once the agent is in.
+                site_read.append(reading.submit(certs.place, check and (new or self._agent_missing(insides))))
         if applied or containers.doomed:
             with ThreadPoolExecutor(max_workers=1) as reading:
                 containers.apply(params["parallel"], then=then)
@@ -504,7 +630,7 @@ class BoxManager:
         result["changed"] = result["changed"] or inside_result["changed"]
         diffs.extend(inside_result.get("diff", []))
         if sites is not None:
-            diffs.extend(self._converge_sites(site_set, site_read, result))
+            diffs.extend(self._converge_sites(site_set, site_read, result, certs))
         if forwards is not None:
             forwards.apply()
             forward_result = forwards.result()
@@ -512,6 +638,21 @@ class BoxManager:
                           forwards_kept=forwards.names())
             result["changed"] = result["changed"] or forward_result["changed"]
             diffs.extend(forward_result.get("diff", []))
+        if certs is not None and certs.placed is not None:
+            # The CA reaches the challenge through the sites and the forwards, both in place now.
+            certs.obtain(reload=bool(certs.placed["changed"]) and not result.get("reloaded"))
+            cert_result = certs.result()
+            result["certificates"] = cert_result["certificates"]
+            result["changed"] = result["changed"] or cert_result["changed"]
+            diffs.extend([cert_result["diff"]] if diff else [])
+        if volume is not None:
+            if not self.present:
+                volume.apply()  # purged once the proxy that mounted it is gone
+            volume_result = volume.result(diff)
+            diffs.extend([volume_result.pop("diff")] if diff and volume_result["changed"] else [])
+            volume_result.pop("diff", None)
+            result["volume"] = volume_result
+            result["changed"] = result["changed"] or volume_result["changed"]
         if diff:
             result["diff"] = diffs
         return result
@@ -527,9 +668,24 @@ class BoxManager:
                                         timeout=max(params["lxd_timeout"] or 30, 30))
         return SiteSet(target, sites, prune=True, check_mode=module.check_mode, diff=module._diff, warn=module.warn)
 
-    def _converge_sites(self, site_set, site_read, result):
+    def _certificates(self, site_set):
+        """The proxy's ProxyCertificates (None without the sites part or a proxy keeping any)."""
+        if site_set is None or not self.box.tls_active:
+            return None
+        return ProxyCertificates(self.module.lxd, self.box.proxy, self.box.tls.certificates(),
+                                 self.box.tls.config(self.module.params["owner"]), check_mode=self.module.check_mode,
+                                 diff=self.module._diff, warn=self.module.warn)
+
+    def _agent_missing(self, insides):
+        """In check mode: whether the TLS agent is still to be put into the proxy (nothing to ask)."""
+        worker = insides.workers.get(self.box.proxy)
+        return worker is None or any(fspec.path == AGENT_PATH and current.kind == "none"
+                                     for fspec, current in worker.planned.changed_files)
+
+    def _converge_sites(self, site_set, site_read, result, certs):
         """The proxy's sites, once every container is done (nginx started if the proxy was
-        restarted; its files read already when ``site_read`` holds that read); its diff entries."""
+        restarted; its files read and its certificates placed already when ``site_read`` holds
+        those steps); its diff entries."""
         module, lxd, params, proxy = self.module, self.module.lxd, self.module.params, self.box.proxy
         result["reloaded"] = False
         if site_set is None:
@@ -543,9 +699,12 @@ class BoxManager:
             # waits for the start job already queued.
             lxd.run(proxy, ["systemctl", "start", "nginx.service"], timeout=params["timeout"])
         if site_read:
-            site_read[0].result()
+            for step in site_read:
+                step.result()
         else:
             site_set.read()  # the proxy was not made or changed by this run (it is only read)
+            if certs is not None:
+                certs.place()
         site_set.plan()
         site_set.apply()  # in check mode it changes nothing, as every part's apply()
         site_result = site_set.result()
@@ -563,11 +722,24 @@ class BoxManager:
         return parse_sites(sites, log_dir=self.module.params["proxy"]["log_dir"])
 
 
+def agent_source():
+    """The TLS agent's program as the proxy runs it (/usr/local/sbin/onebox-tls)."""
+    return "#!/usr/bin/python3\n" + inspect.getsource(_tls_agent)
+
+
+def root_pool(lxd):
+    """The storage pool of the default profile's root disk: where the box's volumes go."""
+    root = ((lxd.profile("default") or {}).get("devices") or {}).get("root") or {}
+    if not root.get("pool"):
+        raise OneboxError("the default profile has no root disk with a pool: the box's volumes need one")
+    return root["pool"]
+
+
 def main():
     # Environment values are secrets: out of the log and the result wherever they occur.
     module = OneboxModule(ARGUMENT_SPEC, lxd=True, supports_check_mode=True,
                           required_if=[("state", "present", ["services"])],
-                          secrets=lambda params: secret_values(params["services"]))
+                          secrets=lambda params: list(secret_values(params["services"])) + tls_secrets(params["tls"]))
     module.run(BoxManager)
 
 

@@ -1,6 +1,7 @@
 """The box module's orchestration against the in-memory LXD, in seconds: which containers each part
 makes, insides set up once their container runs, check mode changing nothing, prune choosing only
 the owner's containers, a failed container named while the others finish."""
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -151,3 +152,97 @@ def test_extra_sites_are_checked_whatever_the_parts():
     with pytest.raises(ValidationError) as err:
         manager(box_lxd(), parts=["containers"], proxy={"sites": [{"name": "bad;name"}]})
     assert err.value.field.startswith("proxy.sites[0]")
+
+
+# ---- HTTPS: the certificate volume and the agent in the proxy ------------------------------------
+TLS = {"email": "admin@example.org"}
+
+
+def tls_manager(lxd, pending=("web.test",), failed=(), **params):
+    """A box with TLS whose proxy's agent answers as told: ``pending`` certificates after prepare,
+    ``failed`` ones not obtained."""
+    box = manager(lxd, tls=TLS, **params)
+    answer = lxd.on_exec
+
+    def agent(name, command, kwargs):
+        if command[0] == "/usr/local/sbin/onebox-tls":
+            if command[1] == "prepare":
+                certs = [dict(name=c["name"], mode=c["mode"], pending=c["name"] in pending,
+                              serving="placeholder" if c["name"] in pending else "acme") for c in box.box.tls.certificates()]
+                return 0, json.dumps({"changed": True, "actions": [], "certs": certs, "removed": []}), ""
+            if command[1] == "obtain":
+                return 0, json.dumps({"changed": True, "obtained": [n for n in pending if n not in failed],
+                                      "failed": [{"name": n, "reason": "connection refused"} for n in failed],
+                                      "reloaded": True}), ""
+        if command[:3] == ["nginx", "-T", "-q"]:  # the dump shows every file of the conf dir loaded
+            names = ["000-default"] + [site["name"] for site in box.box.sites()]
+            return 0, "".join("# configuration file /etc/nginx/conf.d/%s.conf:\n" % n for n in names), ""
+        return answer(name, command, kwargs)
+    lxd.on_exec = agent
+    return box
+
+
+def agent_calls(lxd):
+    return [c[2][1:] for c in lxd.calls if c[0] == "exec" and c[2][0] == "/usr/local/sbin/onebox-tls"]
+
+
+def test_tls_makes_the_volume_before_the_proxy_that_mounts_it_then_places_and_obtains():
+    lxd = box_lxd()
+    result = tls_manager(lxd, parts=["containers", "insides", "sites"]).run()
+    changes = [(c[0], c[1]) for c in lxd.changes() if c[0] in ("create_volume", "create_instance")]
+    assert changes.index(("create_volume", "unit-proxy-tls")) < changes.index(("create_instance", "unit-proxy"))
+    assert lxd.volumes[("default", "unit-proxy-tls")]["config"] == {OWNER_KEY: OWNER}
+    proxy = lxd.instances_by_name["unit-proxy"]
+    assert proxy["devices"]["onebox-tls"]["source"] == "unit-proxy-tls"
+    assert lxd.files[("unit-proxy", "/usr/local/sbin/onebox-tls")].startswith(b"#!/usr/bin/python3\n")
+    # placed before the sites are written (their certificates must exist for nginx -t), obtained after
+    execs = [c for c in lxd.calls if c[0] in ("exec", "push_file") and c[1] == "unit-proxy"]
+    placed = next(i for i, c in enumerate(execs) if c[0] == "exec" and c[2][:2] == ["/usr/local/sbin/onebox-tls", "prepare"])
+    site_file = next(i for i, c in enumerate(execs) if c[0] == "push_file" and "web.test.conf" in c[2])
+    assert placed < site_file
+    assert agent_calls(lxd) == [["prepare"], ["obtain"]]
+    assert result["certificates"] == [{"name": "web.test", "mode": "acme", "serving": "acme", "pending": False,
+                                       "action": "obtained"}]
+    assert result["volume"]["action"] == "create"
+
+
+def test_tls_nothing_pending_asks_the_ca_nothing():
+    lxd = box_lxd()
+    box = tls_manager(lxd, pending=(), parts=["containers", "insides", "sites"])
+    result = box.run()
+    assert agent_calls(lxd) == [["prepare"]]   # the links changed with the new site files: one reload with them
+    assert result["certificates"][0]["action"] == "none"
+
+
+def test_tls_a_certificate_not_obtained_is_a_warning_and_its_placeholder_serves():
+    lxd = box_lxd()
+    box = tls_manager(lxd, failed=("web.test",), parts=["containers", "insides", "sites"])
+    result = box.run()
+    assert result["certificates"][0]["action"] == "failed" and result["certificates"][0]["serving"] == "placeholder"
+    assert "web.test not obtained: connection refused" in box.module.warnings[-1]
+
+
+def test_tls_check_mode_on_a_new_proxy_says_which_certificates_would_be_requested():
+    lxd = box_lxd()
+    result = tls_manager(lxd, check=True, diff=True, parts=["containers", "insides", "sites"]).run()
+    assert lxd.changes() == [] and agent_calls(lxd) == []
+    assert result["certificates"][0]["action"] == "requested" and result["volume"]["action"] == "create"
+    cert_diff = [d for d in result["diff"] if d["before_header"] == "certificates in unit-proxy"][0]
+    assert cert_diff["after"] == "web.test: acme (requested)\n"
+
+
+def test_tls_volume_of_another_owner_is_refused_before_any_change():
+    lxd = box_lxd()
+    lxd.volumes[("default", "unit-proxy-tls")] = {"name": "unit-proxy-tls", "config": {OWNER_KEY: "other"}}
+    with pytest.raises(ValidationError) as err:
+        tls_manager(lxd, parts=["containers", "insides", "sites"]).run()
+    assert err.value.field == "tls" and lxd.changes() == []
+
+
+def test_teardown_keeps_the_certificates_unless_purged():
+    lxd = box_lxd(owned("web"), owned("unit-proxy"))
+    lxd.volumes[("default", "unit-proxy-tls")] = {"name": "unit-proxy-tls", "config": {OWNER_KEY: OWNER}}
+    manager(lxd, state="absent", services=None, parts=["containers", "sites"]).run()
+    assert ("default", "unit-proxy-tls") in lxd.volumes and lxd.instances_by_name == {}
+    result = manager(lxd, state="absent", services=None, purge=True, parts=["containers", "sites"]).run()
+    assert result["volume"]["action"] == "delete" and lxd.volumes == {}
