@@ -164,8 +164,8 @@ def render_site(site):
         out += ["    " + line for line in _server_common(site)]
         if challenge:
             # The challenge answers over HTTP (the CA asks there first): everything else moves to HTTPS.
-            out += [("    " + line) if line else "" for line in challenge + ["", "location / {",
-                                                                               "    return 301 %s;" % target, "}"]]
+            redirect = ["", "location / {", "    return 301 %s;" % target, "}"]
+            out += [("    " + line) if line else "" for line in challenge + redirect]
         else:
             out += ["    return 301 %s;" % target]
         out += ["}"]

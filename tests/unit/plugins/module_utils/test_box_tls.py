@@ -16,11 +16,11 @@ KEY = "-----BEGIN PRIVATE KEY-----\nsecret-key\n-----END PRIVATE KEY-----"
 HOOK = "#!/bin/sh\necho set\n"
 
 
-def box(services=None, tls=TLS, **options):
-    return parse_box(BOX if services is None else services, dict(options, tls=tls))
+def box(services=None, tls="default", **options):
+    return parse_box(BOX if services is None else services, dict(options, tls=TLS if tls == "default" else tls))
 
 
-def error(services=None, tls=TLS):
+def error(services=None, tls="default"):
     with pytest.raises(ValidationError) as err:
         box(services, tls)
     return err.value
