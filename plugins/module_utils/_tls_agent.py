@@ -5,9 +5,11 @@
 
 The box module ships this file's source into the proxy container (a ``#!/usr/bin/python3`` line
 prepended), writes /etc/onebox-tls/config.json and runs one of:
-  prepare [--check]                      units, serving links, cleanup; never contacts the CA
-  obtain [--check] [--reload] [NAME...]  certbot certonly for pending ACME certificates (or NAMEs)
-  renew [--force]                        what the timer runs: certbot renew, self-signed pairs, obtain; one reload
+  prepare [--check]                      units, serving links, cleanup; registers the ACME account when a
+                                         certificate is pending and there is none, else never contacts the CA
+  obtain [--check] [--reload] [NAME...]  certbot certonly for pending ACME certificates (or NAMEs), at once
+  renew [--force]                        what the timer runs: certbot renew per lineage (at once), self-signed
+                                         pairs, obtain; one reload
   reload                                 nginx -t, then systemctl reload nginx
   status                                 what each declared certificate serves
 Each prints one JSON object on stdout (exit 0; 1 when something failed; 2 for a broken config or
@@ -17,12 +19,22 @@ nginx names /etc/nginx/onebox-tls/NAME/{fullchain,privkey}.pem: symlinks, switch
 the certbot lineage, a placeholder, a self-signed pair (both kept on the /etc/letsencrypt volume,
 so a re-created container is re-linked without the CA) or the provided pair. state.json beside them
 says which, so a converge that changes nothing reads a few files and runs no openssl.
+
+Layout of the /etc/letsencrypt volume: the ACME account, registered once, in certbot's own place
+(accounts/HOST[:PORT]/PATH/ID/, which names no certificate); each lineage in a certbot config dir
+of its own, onebox/lineages/NAME/ (accounts/ a copy of that account, live/NAME, archive/NAME,
+renewal/NAME.conf), with its work and logs dirs in the container (/var/lib/onebox-tls/work/NAME,
+/var/log/onebox-tls/certbot/NAME). certbot locks its config, work and logs dirs for a whole run, so
+one config dir per lineage is what lets the orders (about 2 s each, nearly all certbot's polling
+sleeps) and the renewals run at once: one certbot process per lineage, at most PARALLEL at a time.
+Placeholders and self-signed pairs are in onebox/placeholder/NAME and onebox/self-signed/NAME.
 Every path is under a root (ONEBOX_TLS_ROOT, for tests); commands are found on PATH. The
 environment's ONEBOX_TLS_CONFIG, when set, is the configuration's text instead of the file's.
 Stdlib only: this runs on the container's python3.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import json
@@ -35,11 +47,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 CONFIG = "/etc/onebox-tls/config.json"
 PROVIDED = "/etc/onebox-tls/provided"
-LIVE = "/etc/letsencrypt/live"
-RENEWAL = "/etc/letsencrypt/renewal"
+LETSENCRYPT = "/etc/letsencrypt"  # the volume; certbot's config dir of the ACME account
+LINEAGES = "/etc/letsencrypt/onebox/lineages"  # NAME/: the certbot config dir of lineage NAME
+WORK = "/var/lib/onebox-tls/work"  # NAME/: its certbot work dir
+CERTBOT_LOGS = "/var/log/onebox-tls/certbot"  # NAME/: its certbot logs dir
+REGISTER_DIRS = ("/var/lib/onebox-tls/register", "/var/log/onebox-tls/register")  # work and logs dirs of the registration
+ACCOUNT_FILES = ("meta.json", "private_key.json", "regr.json")
+PARALLEL = 8  # certbot processes at once
 # kind -> (directory on the volume, days valid, regenerated when fewer days are left)
 GENERATED = {"placeholder": ("/etc/letsencrypt/onebox/placeholder", 30, 1),
              "self_signed": ("/etc/letsencrypt/onebox/self-signed", 365, 30)}
@@ -54,8 +72,9 @@ MODES = ("acme", "self_signed", "provided")
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 DOMAIN = re.compile(r"(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 PLUGIN = re.compile(r"[a-z0-9][a-z0-9-]*")
-# certonly: one order, DNS propagation included; renew: every lineage, inside the unit's TimeoutStartSec.
-CERTBOT_TIMEOUT, RENEW_TIMEOUT, TOOL_TIMEOUT = 600, 1800, 120
+# certonly: one order, DNS propagation included; renew: one lineage, inside the unit's TimeoutStartSec;
+# register: a few requests, inside the module's timeout for prepare.
+CERTBOT_TIMEOUT, RENEW_TIMEOUT, REGISTER_TIMEOUT, TOOL_TIMEOUT = 600, 1800, 60, 120
 SERVICE_TEXT = """# Managed by homelab.onebox (onebox-tls of box {owner}). Do not edit: changes are overwritten.
 [Unit]
 Description=Renew the TLS certificates of the onebox proxy
@@ -185,23 +204,61 @@ def config_problems(config):
     return problems
 
 
-def certonly_args(config, cert):
-    """certbot certonly for one certificate. A lineage of that name with other names is replaced:
-    certbot 2.1 asks "Update certificate" (default yes under --non-interactive);
-    --renew-with-new-domains says yes without relying on that default."""
-    args = ["certbot", "certonly", "--non-interactive", "--agree-tos"]
-    args += ["--email", config["email"]] if config.get("email") else ["--register-unsafely-without-email"]
+def contact_args(config):
+    return ["--email", config["email"]] if config.get("email") else ["--register-unsafely-without-email"]
+
+
+def certonly_args(config, cert, dirs):
+    """certbot certonly for one certificate, in its lineage's dirs (dirs_args). A lineage of that name
+    with other names is replaced: certbot 2.1 asks "Update certificate" (default yes under
+    --non-interactive); --renew-with-new-domains says yes without relying on that default."""
+    args = ["certbot", "certonly", "--non-interactive", "--agree-tos"] + contact_args(config)
     args += ["--server", config["directory"], "--cert-name", cert["name"], "--key-type", config["key_type"], "--renew-with-new-domains"]
     for domain in cert["domains"]:
         args += ["-d", domain]
     dns = config.get("dns") or {}
     if cert["challenge"] == "http":
-        return args + ["--webroot", "-w", config["webroot"]]
-    if dns.get("plugin"):
+        args += ["--webroot", "-w", config["webroot"]]
+    elif dns.get("plugin"):
         flag = "--dns-" + dns["plugin"]
         args += [flag, flag + "-credentials", dns["credentials"]]
-        return args + ([flag + "-propagation-seconds", str(dns["propagation_seconds"])] if dns.get("propagation_seconds") is not None else [])
-    return args + ["--manual", "--preferred-challenges", "dns", "--manual-auth-hook", dns["auth_hook"], "--manual-cleanup-hook", dns["cleanup_hook"]]
+        args += [flag + "-propagation-seconds", str(dns["propagation_seconds"])] if dns.get("propagation_seconds") is not None else []
+    else:
+        args += ["--manual", "--preferred-challenges", "dns", "--manual-auth-hook", dns["auth_hook"], "--manual-cleanup-hook", dns["cleanup_hook"]]
+    return args + dirs
+
+
+def dirs_args(config_dir, work_dir, logs_dir):
+    return ["--config-dir", config_dir, "--work-dir", work_dir, "--logs-dir", logs_dir]
+
+
+def accounts_dir(config_dir, directory):
+    """Where certbot 2.1 keeps the accounts of ACME server directory in config_dir: accounts/ then the
+    URL's host[:port] and path (NamespaceConfig.accounts_dir_for_server_path), one ID/ dir per account."""
+    url = urllib.parse.urlparse(directory)
+    return os.path.join(config_dir, "accounts", *[p for p in (url.netloc + url.path).split("/") if p])
+
+
+def find_account(config_dir, directory):
+    """The ID of an account for directory in config_dir (its three files there), else None."""
+    where = accounts_dir(config_dir, directory)
+    found = sorted(a for a in os.listdir(where) if all(os.path.isfile(os.path.join(where, a, f)) for f in ACCOUNT_FILES)) \
+        if os.path.isdir(where) else []
+    return found[0] if found else None
+
+
+def batches(certs):
+    """The names of certs in lists that may run at once, each list's names one after the other.
+    DNS-01 certificates that validate a same name (example.org and *.example.org: both
+    _acme-challenge.example.org) share a list: a hook may clear every value of a TXT name (pebble's
+    clear-txt does), which would fail the other's validation. HTTP-01 tokens are files of their own."""
+    groups = []  # [validated names, certificate names]
+    for cert in certs:
+        keys = {d.lower()[2:] if d.startswith("*.") else d.lower() for d in cert["domains"]} if cert.get("challenge") == "dns" else set()
+        joined = [g for g in groups if g[0] & keys]
+        group = [keys.union(*[g[0] for g in joined]), [n for g in joined for n in g[1]] + [cert["name"]]]
+        groups = [g for g in groups if g not in joined] + [group]
+    return [g[1] for g in groups]
 
 
 class Agent:
@@ -328,7 +385,7 @@ class Agent:
         name, domains, mode = cert["name"], cert["domains"], cert["mode"]
         state = self.read_state(name)
         known = state if state.get("names") == domains and state.get("mode") == mode else {}
-        live, not_after = self.path(LIVE, name), None
+        live, not_after = self.live(name), None
         if mode == "provided":
             serving, target = "provided", self.path(PROVIDED, name)
             if not all(os.path.isfile(os.path.join(target, f)) for f in PAIR):
@@ -373,12 +430,15 @@ class Agent:
                 self.must(["systemctl", "mask", "certbot.timer"])
 
     def webroot(self, config, actions):
-        """The directory certbot writes HTTP-01 tokens to and nginx serves them from."""
+        """The directory certbot writes HTTP-01 tokens to and nginx serves them from, with its
+        .well-known/acme-challenge: certbot removes the ones it made when it ends, which under a
+        certbot running at once (another lineage) would pull the directory from beneath its token."""
         if any(c["mode"] == "acme" and c.get("challenge", "http") == "http" for c in config["certs"]) \
-                and not os.path.isdir(self.path(config["webroot"])):
+                and not os.path.isdir(self.path(config["webroot"], ".well-known", "acme-challenge")):
             self.act(actions, "webroot " + config["webroot"])
             if not self.check:
-                os.makedirs(self.path(config["webroot"]), mode=0o755)
+                for parts in ((), (".well-known",), (".well-known", "acme-challenge")):
+                    os.makedirs(self.path(config["webroot"], *parts), mode=0o755, exist_ok=True)
 
     def prune(self, config, actions):
         """Remove what no declared certificate uses: serving dirs, placeholders, self-signed and provided
@@ -397,17 +457,80 @@ class Agent:
                     shutil.rmtree(self.path(base, name))
                 elif not self.check:
                     os.remove(self.path(base, name))
-        for name in self.lineages():
-            if modes.get(name) != "acme":
+        # A lineage's config dir is removed whole, not through certbot delete: that would take certbot's
+        # start-up (~0.5 s) to remove live/, archive/ and renewal/ (it contacts no CA: it revokes nothing)
+        # and leave the dir, the account's copy, keys/ and csr/ behind. Its work and logs dirs go with it.
+        for name in sorted(set(self.listdir(LINEAGES)) | set(self.listdir(WORK)) | set(self.listdir(CERTBOT_LOGS))):
+            if modes.get(name) == "acme" or not NAME.fullmatch(name):
+                continue
+            if os.path.isdir(self.path(LINEAGES, name)):
                 removed.update({name} - set(modes))
                 self.act(actions, "delete lineage " + name)
-                if not self.check:
-                    self.must(["certbot", "delete", "--non-interactive", "--cert-name", name], CERTBOT_TIMEOUT)
+            for base in (LINEAGES, WORK, CERTBOT_LOGS):
+                if not self.check and os.path.isdir(self.path(base, name)):
+                    shutil.rmtree(self.path(base, name))
         return sorted(removed)
 
+    def listdir(self, base):
+        return sorted(os.listdir(self.path(base))) if os.path.isdir(self.path(base)) else []
+
+    def live(self, name):
+        return self.path(LINEAGES, name, "live", name)
+
     def lineages(self):
-        confs = sorted(os.listdir(self.path(RENEWAL))) if os.path.isdir(self.path(RENEWAL)) else []
-        return [c[:-len(".conf")] for c in confs if c.endswith(".conf") and NAME.fullmatch(c[:-len(".conf")])]
+        """The names of the lineages certbot has made (their renewal/NAME.conf)."""
+        return [n for n in self.listdir(LINEAGES) if NAME.fullmatch(n) and os.path.isfile(self.path(LINEAGES, n, "renewal", n + ".conf"))]
+
+    def dirs(self, name):
+        """certbot's --config-dir, --work-dir and --logs-dir for lineage name."""
+        return dirs_args(self.path(LINEAGES, name), self.path(WORK, name), self.path(CERTBOT_LOGS, name))
+
+    def register(self, config):
+        """The ACME account for the configured directory in /etc/letsencrypt, registered when there is
+        none; -> (its ID or None, "present"|"registered"|"failed: REASON")."""
+        found = find_account(self.path(LETSENCRYPT), config["directory"])
+        if found:
+            return found, "present"
+        args = ["certbot", "register", "--non-interactive", "--agree-tos"] + contact_args(config) + ["--server", config["directory"]]
+        status, out = self.run(args + dirs_args(self.path(LETSENCRYPT), *(self.path(d) for d in REGISTER_DIRS)), REGISTER_TIMEOUT,
+                               self.certbot_env(config))
+        found = find_account(self.path(LETSENCRYPT), config["directory"])
+        if found:
+            self.log("registered an ACME account at %s" % config["directory"])
+            return found, "registered"
+        reason = certbot_reason(out, status) if status else "certbot register made no account under %s" % accounts_dir(LETSENCRYPT, config["directory"])
+        self.log("the ACME account could not be registered at %s: %s; obtain tries again" % (config["directory"], reason))
+        return None, "failed: " + reason
+
+    def account(self, config, certs):
+        """prepare's part: the account registered when a certificate is pending and there is none, so that
+        obtain (which waits for the sites and forwards) only orders; -> what the JSON says of it."""
+        if not any(c["mode"] == "acme" for c in config["certs"]):
+            return "none"
+        if find_account(self.path(LETSENCRYPT), config["directory"]):
+            return "present"
+        if not any(c["pending"] for c in certs):
+            return "none"
+        return "would register" if self.check else self.register(config)[1]
+
+    def give_account(self, directory, account, name):
+        """A copy of the account (modes kept: the key is 0400) into lineage name's config dir, unless it
+        has one for directory: certbot would register an account of its own there."""
+        config_dir = self.path(LINEAGES, name)
+        if find_account(config_dir, directory):
+            return
+        target = os.path.join(accounts_dir(config_dir, directory), account)
+        os.makedirs(config_dir, exist_ok=True)
+        parts = os.path.relpath(os.path.dirname(target), config_dir).split(os.sep)  # accounts, HOST[:PORT], PATH...
+        for i in range(1, len(parts) + 1):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(os.path.join(config_dir, *parts[:i]), 0o700)  # as certbot makes them
+        temp = os.path.join(config_dir, ".account.new")
+        shutil.rmtree(temp, ignore_errors=True)
+        shutil.copytree(os.path.join(accounts_dir(self.path(LETSENCRYPT), directory), account), temp)
+        if os.path.lexists(target):  # an incomplete one
+            shutil.rmtree(target)
+        os.rename(temp, target)
 
     def reload_nginx(self):
         status, out = self.run(["nginx", "-t"], TOOL_TIMEOUT)
@@ -422,51 +545,87 @@ class Agent:
         self.log("reloaded nginx")
         return True
 
+    def at_once(self, groups, args_of, timeout, env):
+        """One certbot process per name (args_of(name)), the groups (lists of names, batches()) at once,
+        at most PARALLEL, each group's names one after the other; -> {name: (status, output)}. The
+        threads only run processes: what is logged and linked is done by the caller, in this thread."""
+        def run_group(group):
+            return {name: self.run(args_of(name), timeout, env) for name in group}
+        results = {}
+        if groups:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=min(PARALLEL, len(groups))) as pool:
+                for done in pool.map(run_group, groups):
+                    results.update(done)
+        return results
+
     def obtain(self, config, names):
-        """certbot certonly for the named acme certificates, else the pending ones; -> (obtained, failed)."""
+        """certbot certonly for the named acme certificates, else the pending ones, all at once (a certbot
+        process each, in the lineage's own dirs, with a copy of the account); -> (obtained, failed)."""
         acme = {c["name"]: c for c in config["certs"] if c["mode"] == "acme"}
         if set(names) - set(acme):
             raise ConfigError("not a declared acme certificate: %s" % ", ".join(sorted(set(names) - set(acme))))
+        todo = names or [n for n in acme if self.read_state(n).get("serving") != "acme"]
+        if self.check or not todo:
+            return list(todo), []
+        self.webroot(config, [])
+        was_acme = {name: self.read_state(name).get("serving") == "acme" for name in todo}
+        account, said = self.register(config)
+        results = {}
+        for name in todo:
+            try:
+                if account:
+                    self.give_account(config["directory"], account, name)
+                else:
+                    results[name] = (1, "no ACME account: " + said[len("failed: "):])
+            except OSError as e:
+                results[name] = (1, "copying the ACME account into %s failed: %s" % (self.path(LINEAGES, name), e))
+        results.update(self.at_once(batches([acme[n] for n in todo if n not in results]),
+                                    lambda n: certonly_args(config, acme[n], self.dirs(n)), CERTBOT_TIMEOUT, self.certbot_env(config)))
         obtained, failed = [], []
-        for name in names or [n for n in acme if self.read_state(n).get("serving") != "acme"]:
-            if self.check:
-                obtained.append(name)
-                continue
-            was_acme, domains = self.read_state(name).get("serving") == "acme", acme[name]["domains"]
-            status, out = self.run(certonly_args(config, acme[name]), CERTBOT_TIMEOUT, self.certbot_env(config))
+        for name in todo:
+            status, out = results[name]
             if status == 0 and self.settle(config, acme[name], [])["serving"] == "acme":
                 self.log("obtained the certificate %s" % name)
                 obtained.append(name)
                 continue
-            reason = certbot_reason(out, status) if status else "certbot succeeded but %s/%s does not name %s" % (LIVE, name, " ".join(domains))
-            keeps = "the current certificate" if was_acme else "the placeholder"
+            reason = certbot_reason(out, status) if status else "certbot succeeded but %s/%s/live/%s does not name %s" % (
+                LINEAGES, name, name, " ".join(acme[name]["domains"]))
+            keeps = "the current certificate" if was_acme[name] else "the placeholder"
             self.log("certificate %s could not be obtained: %s; %s keeps serving" % (name, reason, keeps))
             failed.append(dict(name=name, reason=reason))
         return obtained, failed
 
     def renew(self, config, force):
-        """certbot renew of every lineage (nginx reloaded once at the end, not per lineage by a hook); -> (renewed, failed)."""
-        if not self.lineages():
+        """certbot renew of every lineage, a process each in the lineage's dirs, at once (nginx reloaded
+        once at the end, not per lineage by a hook); -> (renewed, failed)."""
+        lineages = self.lineages()
+        if not lineages:
             return [], []
+        self.webroot(config, [])
         flag = self.path(RENEWED)
         os.makedirs(os.path.dirname(flag), exist_ok=True)
         if os.path.exists(flag):
             os.remove(flag)
         args = ["certbot", "renew", "--non-interactive", "--no-random-sleep-on-renew",
                 "--deploy-hook", 'basename "$RENEWED_LINEAGE" >> %s' % shlex.quote(flag)] + (["--force-renewal"] if force else [])
-        status, out = self.run(args, RENEW_TIMEOUT, self.certbot_env(config))
+        declared = {c["name"]: c for c in config["certs"]}
+        results = self.at_once(batches([declared.get(n) or dict(name=n, domains=[]) for n in lineages]),
+                               lambda n: args + self.dirs(n), RENEW_TIMEOUT, self.certbot_env(config))
         renewed = []
         with contextlib.suppress(OSError), open(flag, encoding="utf-8") as f:
-            renewed = sorted(set(f.read().split()))
-        failures = renew_failures(out)
-        for name, reason in sorted(failures.items()):
-            info = self.cert_info(self.path(LIVE, name, "fullchain.pem"))
+            renewed = sorted(set(f.read().split()) & set(lineages))
+        failed = []
+        for name in lineages:
+            # Each process speaks for its one lineage: its failure is a nonzero exit (or its words).
+            status, out = results[name]
+            failures = renew_failures(out)
+            if not status and not failures:
+                continue
+            reason = failures.get(name) or next(iter(failures.values()), None) or certbot_reason(out, status)
+            info = self.cert_info(os.path.join(self.live(name), "fullchain.pem"))
             current = "(serial %s, expires %s)" % (info["serial"], iso(info["not_after"])) if info else "(unreadable)"
             self.log("renewal of %s failed: %s; the current certificate %s keeps serving" % (name, reason, current))
-        failed = [dict(name=n, reason=r) for n, r in sorted(failures.items())]
-        if status and not failures:
-            failed.append(dict(name=None, reason=certbot_reason(out, status)))
-            self.log("certbot renew failed: %s; the current certificates keep serving" % failed[-1]["reason"])
+            failed.append(dict(name=name, reason=reason))
         for name in renewed:
             self.log("renewed the certificate %s" % name)
         return renewed, failed
@@ -478,7 +637,9 @@ def cmd_prepare(agent, config, flags, names):
     agent.webroot(config, actions)
     certs = [agent.settle(config, cert, actions) for cert in config["certs"]]
     removed = agent.prune(config, actions)
-    return 0, dict(changed=bool(actions), actions=actions, certs=certs, removed=removed)
+    # The account is no change to what serves: not an action (the module reloads nginx when prepare changed).
+    account = agent.account(config, certs)
+    return 0, dict(changed=bool(actions), actions=actions, certs=certs, removed=removed, account=account)
 
 
 def cmd_obtain(agent, config, flags, names):

@@ -17,10 +17,10 @@ OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="needs openssl")
 
 
-def make_lineage(root, name, names, openssl):
-    """A lineage as certbot leaves one: archive/NAME/*N.pem, live/NAME/*.pem links to the newest,
-    renewal/NAME.conf (here also saying the names, for the fake's renew)."""
-    le = os.path.join(root, "etc", "letsencrypt")
+def make_lineage(config_dir, name, names, openssl):
+    """A lineage as certbot leaves one in its config dir: archive/NAME/*N.pem, live/NAME/*.pem links
+    to the newest, renewal/NAME.conf (here also saying the names, for the fake's renew)."""
+    le = config_dir
     archive, live = os.path.join(le, "archive", name), os.path.join(le, "live", name)
     for d in (archive, live, os.path.join(le, "renewal")):
         os.makedirs(d, exist_ok=True)
@@ -40,14 +40,31 @@ def make_lineage(root, name, names, openssl):
         f.write("version = 2.1.0\ndomains = %s\n" % " ".join(names))
 
 
-# One fake for certbot, nginx, systemctl and the openssl wrapper: it records its argv (and
-# REQUESTS_CA_BUNDLE) in FAKE_CALLS and does what the FAKE_* variables say, with certbot 2.1's words.
+# One fake for certbot, nginx, systemctl and the openssl wrapper: it records its argv, REQUESTS_CA_BUNDLE,
+# the accounts in certbot's --config-dir and its start and end times in FAKE_CALLS and does what
+# the FAKE_* variables say, with certbot 2.1's words. certbot works in the dirs it is given.
 FAKE = r'''
-import json, os, shutil, subprocess, sys
+import json, os, shutil, subprocess, sys, time, urllib.parse, uuid
 ROOT, OPENSSL = os.environ["ONEBOX_TLS_ROOT"], os.environ["REAL_OPENSSL"]
 prog, args = os.path.basename(sys.argv[0]), sys.argv[1:]
-with open(os.environ["FAKE_CALLS"], "a") as f:
-    f.write(json.dumps({"argv": [prog] + args, "ca": os.environ.get("REQUESTS_CA_BUNDLE")}) + "\n")
+
+
+def accounts():
+    where = os.path.join(args[args.index("--config-dir") + 1], "accounts") if "--config-dir" in args else None
+    return sorted(os.path.relpath(d, where) for d, _dirs, files in os.walk(where or "/nonexistent") if "regr.json" in files)
+
+
+def record(**values):
+    with open(os.environ["FAKE_CALLS"], "a") as f:
+        f.write(json.dumps(dict(values, pid=os.getpid(), time=time.time())) + "\n")
+
+
+def run():
+    record(argv=[prog] + args, ca=os.environ.get("REQUESTS_CA_BUNDLE"), accounts=accounts())
+    try:
+        return main()
+    finally:
+        record(end=True)
 FRAME = "- " * 39 + "-"
 ADVICE = ("Ask for help or search for solutions at https://community.letsencrypt.org. See the logfile "
           "/var/log/letsencrypt/letsencrypt.log or re-run Certbot with -v for more details.")
@@ -77,6 +94,23 @@ def main():
         if args[0] == "mask":
             os.symlink("/dev/null", systemd(args[1]))
         return 0
+    if args[0] == "register":
+        if os.environ.get("FAKE_REGISTER_FAIL"):
+            print("Saving debug log to /var/log/letsencrypt/letsencrypt.log")
+            print(os.environ["FAKE_REGISTER_FAIL"])
+            print(ADVICE, file=sys.stderr)
+            return 1
+        url = urllib.parse.urlparse(arg("--server"))
+        where = os.path.join(arg("--config-dir"), "accounts", url.netloc + url.path, uuid.uuid4().hex)
+        os.umask(0o077)  # certbot makes accounts/ and every dir under it 0700
+        os.makedirs(where)
+        for f, mode in (("meta.json", 0o644), ("regr.json", 0o644), ("private_key.json", 0o400)):
+            with open(os.path.join(where, f), "w") as out:
+                out.write("{}")
+            os.chmod(os.path.join(where, f), mode)
+        print("Account registered.")
+        return 0
+    time.sleep(float(os.environ.get("FAKE_CERTBOT_SLEEP") or 0))
     if args[0] == "certonly":
         name = arg("--cert-name")
         fail = json.loads(os.environ.get("FAKE_CERTBOT_FAIL", "{}")).get(name)
@@ -86,23 +120,16 @@ def main():
             print(ADVICE, file=sys.stderr)
             return 1
         domains = [args[i + 1] for i, a in enumerate(args) if a == "-d"]
-        make_lineage(ROOT, name, os.environ.get("FAKE_CERTBOT_NAMES", "").split() or domains, OPENSSL)
+        make_lineage(arg("--config-dir"), name, os.environ.get("FAKE_CERTBOT_NAMES", "").split() or domains, OPENSSL)
         print("Successfully received certificate.")
         return 0
-    if args[0] == "delete":
-        name = arg("--cert-name")
-        for d in ("live", "archive"):
-            shutil.rmtree(os.path.join(ROOT, "etc", "letsencrypt", d, name))
-        os.remove(os.path.join(ROOT, "etc", "letsencrypt", "renewal", name + ".conf"))
-        print("Deleted all files relating to certificate %s." % name)
-        return 0
     if args[0] == "renew":
-        outcomes, ok, bad = json.loads(os.environ.get("FAKE_RENEW", "{}")), [], []
-        print("Saving debug log to /var/log/letsencrypt/letsencrypt.log")
-        renewal = os.path.join(ROOT, "etc", "letsencrypt", "renewal")
+        outcomes, ok, bad, le = json.loads(os.environ.get("FAKE_RENEW", "{}")), [], [], arg("--config-dir")
+        print("Saving debug log to %s/letsencrypt.log" % arg("--logs-dir"))
+        renewal = os.path.join(le, "renewal")
         for conf in sorted(os.listdir(renewal)):
             name = conf[:-len(".conf")]
-            print("\n%s\nProcessing /etc/letsencrypt/renewal/%s\n%s" % (FRAME, conf, FRAME))
+            print("\n%s\nProcessing %s/%s\n%s" % (FRAME, renewal, conf, FRAME))
             if name not in outcomes:
                 print("Certificate not yet due for renewal")
                 continue
@@ -110,9 +137,9 @@ def main():
             if outcomes[name] == "ok":
                 with open(os.path.join(renewal, conf)) as f:
                     names = [line.split(" = ")[1].split() for line in f if line.startswith("domains")][0]
-                make_lineage(ROOT, name, names, OPENSSL)
+                make_lineage(le, name, names, OPENSSL)
                 sys.stdout.flush()
-                subprocess.run(arg("--deploy-hook"), shell=True, check=True, env=dict(os.environ, RENEWED_LINEAGE="/etc/letsencrypt/live/" + name))
+                subprocess.run(arg("--deploy-hook"), shell=True, check=True, env=dict(os.environ, RENEWED_LINEAGE=os.path.join(le, "live", name)))
                 ok.append(name)
                 continue
             print("\nCertbot failed to authenticate some domains (authenticator: webroot). The Certificate Authority reported these problems:")
@@ -125,11 +152,11 @@ def main():
         print("\n" + FRAME)
         if ok:
             print("The following renewals succeeded:" if bad else "Congratulations, all renewals succeeded: ")
-            print("\n".join("  /etc/letsencrypt/live/%s/fullchain.pem (success)" % n for n in ok))
+            print("\n".join("  %s/live/%s/fullchain.pem (success)" % (le, n) for n in ok))
         sys.stdout.flush()
         if bad:
             print("All renewals failed. The following certificates could not be renewed:" if not ok else "The following renewals failed:", file=sys.stderr)
-            print("\n".join("  /etc/letsencrypt/live/%s/fullchain.pem (failure)" % n for n in bad), file=sys.stderr)
+            print("\n".join("  %s/live/%s/fullchain.pem (failure)" % (le, n) for n in bad), file=sys.stderr)
         print(FRAME)
         sys.stdout.flush()
         if bad:
@@ -155,14 +182,15 @@ class Box:
         self.monkeypatch = monkeypatch
         bin_dir = tmp_path / "bin"
         bin_dir.mkdir()
-        source = "#!%s\n%s%s\nsys.exit(main())\n" % (sys.executable, FAKE, inspect.getsource(make_lineage))
+        source = "#!%s\n%s%s\nsys.exit(run())\n" % (sys.executable, FAKE, inspect.getsource(make_lineage))
         for prog in ("certbot", "nginx", "systemctl", "openssl"):
             (bin_dir / prog).write_text(source)
             (bin_dir / prog).chmod(0o755)
         for name, value in dict(PATH="%s:%s" % (bin_dir, os.environ["PATH"]), ONEBOX_TLS_ROOT=self.root,
                                 REAL_OPENSSL=OPENSSL, FAKE_CALLS=self.calls_file).items():
             monkeypatch.setenv(name, value)
-        for name in ("FAKE_CERTBOT_FAIL", "FAKE_CERTBOT_NAMES", "FAKE_NGINX_FAIL", "FAKE_RENEW", "REQUESTS_CA_BUNDLE"):
+        for name in ("FAKE_CERTBOT_FAIL", "FAKE_CERTBOT_NAMES", "FAKE_CERTBOT_SLEEP", "FAKE_NGINX_FAIL", "FAKE_REGISTER_FAIL", "FAKE_RENEW",
+                     "REQUESTS_CA_BUNDLE"):
             monkeypatch.delenv(name, raising=False)
         self.config(certs=[APP])
 
@@ -194,10 +222,13 @@ class Box:
         return status, json.loads(out), err.splitlines()
 
     def calls(self, prog=None):
+        """The calls in the order they started, each with its start and end time."""
         if not os.path.exists(self.calls_file):
             return []
         with open(self.calls_file) as f:
-            calls = [json.loads(line) for line in f]
+            lines = [json.loads(line) for line in f]
+        ends = {c["pid"]: c["time"] for c in lines if "end" in c}
+        calls = [dict(c, start=c["time"], end=ends.get(c["pid"])) for c in lines if "argv" in c]
         return [c for c in calls if prog is None or c["argv"][0] == prog]
 
     def argvs(self, prog):
@@ -222,7 +253,15 @@ class Box:
                        check=True, capture_output=True)
 
     def lineage(self, name, names):
-        make_lineage(self.root, name, names, OPENSSL)
+        make_lineage(self.path(agent.LINEAGES, name), name, names, OPENSSL)
+
+    def live(self, name, f="fullchain.pem"):
+        return self.path(agent.LINEAGES, name, "live", name, f)
+
+    def dirs(self, name):
+        """The --config-dir, --work-dir and --logs-dir of lineage name's certbot."""
+        return ["--config-dir", self.path(agent.LINEAGES, name), "--work-dir", self.path(agent.WORK, name),
+                "--logs-dir", self.path(agent.CERTBOT_LOGS, name)]
 
     def tree(self):
         """Every path under the root with its kind, mode, and content or link target."""
@@ -251,7 +290,7 @@ def test_prepare_links_placeholders_self_signed_and_provided(box):
     box.config(certs=[APP, INTRA, SHOP])
     box.provide("shop.example.test", ["shop.example.test"])
     status, out, err = box.run("prepare")
-    assert status == 0 and out["changed"] and out["removed"] == [], (out, err)
+    assert status == 0 and out["changed"] and out["removed"] == [] and out["account"] == "registered", (out, err)
     assert out["certs"] == [dict(name="app.example.test", mode="acme", serving="placeholder", pending=True),
                             dict(name="intra.example.test", mode="self_signed", serving="self_signed", pending=False),
                             dict(name="shop.example.test", mode="provided", serving="provided", pending=False)]
@@ -276,7 +315,7 @@ def test_prepare_links_placeholders_self_signed_and_provided(box):
     assert service.startswith("# Managed by homelab.onebox") and "ExecStart=/usr/local/sbin/onebox-tls renew\n" in service
     assert "Type=oneshot\n" in service and "TimeoutStartSec=" in service
     assert box.argvs("systemctl") == [["daemon-reload"], ["enable", agent.TIMER], ["restart", agent.TIMER]]
-    assert box.argvs("certbot") == []
+    assert [argv[0] for argv in box.argvs("certbot")] == ["register"]
     with open(box.path(agent.LOG)) as f:
         assert "onebox-tls: link app.example.test -> placeholder" in f.read()
     assert all(line.startswith("onebox-tls: ") for line in err)
@@ -289,7 +328,7 @@ def test_second_prepare_changes_nothing_and_runs_no_openssl(box):
     box.lineage("b.example.test", ["b.example.test"])
     assert [c["serving"] for c in box.run("prepare")[1]["certs"]] == ["placeholder", "self_signed", "provided", "acme"]
     status, out, err = box.run("prepare")
-    assert status == 0 and out["changed"] is False and out["actions"] == [] and err == []
+    assert status == 0 and out["changed"] is False and out["actions"] == [] and out["account"] == "present" and err == []
     assert box.calls() == []
 
 
@@ -316,8 +355,8 @@ def test_a_lineage_with_the_declared_names_is_linked_without_certbot(box):
     box.lineage("app.example.test", ["app.example.test"])
     status, out, _err = box.run("prepare")
     assert out["certs"] == [dict(name="app.example.test", mode="acme", serving="acme", pending=False)]
-    assert box.target("app.example.test") == box.path(agent.LIVE, "app.example.test", "fullchain.pem")
-    assert box.argvs("certbot") == []
+    assert box.target("app.example.test") == box.live("app.example.test")
+    assert box.argvs("certbot") == [] and out["account"] == "none"
     assert not os.path.exists(box.path("/etc/letsencrypt/onebox/placeholder/app.example.test"))
 
 
@@ -353,13 +392,19 @@ def test_removed_certs_lose_links_pairs_and_lineage(box):
     box.config(certs=[APP, INTRA])
     box.run("prepare")
     box.lineage("old.example.test", ["old.example.test"])
+    box.lineage("app.example.test", ["app.example.test"])
+    for base in (agent.WORK, agent.CERTBOT_LOGS):
+        for name in ("old.example.test", "app.example.test", "gone.example.test"):
+            os.makedirs(box.path(base, name))
     box.config(certs=[APP])
     status, out, _err = box.run("prepare")
     assert status == 0 and out["removed"] == ["intra.example.test", "old.example.test"]
+    assert "delete lineage old.example.test" in out["actions"] and "delete lineage gone.example.test" not in out["actions"]
     assert not os.path.exists(box.path(agent.SERVING, "intra.example.test"))
     assert not os.path.exists(box.path("/etc/letsencrypt/onebox/self-signed/intra.example.test"))
-    assert box.argvs("certbot") == [["delete", "--non-interactive", "--cert-name", "old.example.test"]]
-    assert not os.path.exists(box.path(agent.LIVE, "old.example.test"))
+    assert box.argvs("certbot") == []
+    assert sorted(os.listdir(box.path(agent.LINEAGES))) == ["app.example.test"]
+    assert sorted(os.listdir(box.path(agent.WORK))) == sorted(os.listdir(box.path(agent.CERTBOT_LOGS))) == ["app.example.test"]
     assert os.path.exists(box.path(agent.SERVING, "app.example.test", "fullchain.pem"))
 
 
@@ -380,7 +425,54 @@ def test_a_cert_turned_self_signed_loses_its_lineage_and_placeholder(box):
     status, out, _err = box.run("prepare")
     assert out["removed"] == [] and out["certs"][0]["serving"] == "self_signed"
     assert "remove /etc/letsencrypt/onebox/placeholder/app.example.test" in out["actions"]
-    assert box.argvs("certbot") == [["delete", "--non-interactive", "--cert-name", "app.example.test"]]
+    assert "delete lineage app.example.test" in out["actions"] and box.argvs("certbot") == []
+    assert not os.path.exists(box.path(agent.LINEAGES, "app.example.test"))
+
+
+def account_dirs(box, config_dir):
+    """{path under config_dir/accounts: mode} of every dir and file there."""
+    top = os.path.join(config_dir, "accounts")
+    return {os.path.relpath(os.path.join(d, n), top): os.stat(os.path.join(d, n)).st_mode & 0o777
+            for d, dirs, files in os.walk(top) for n in dirs + files}
+
+
+def test_prepare_registers_the_account_only_when_a_cert_is_pending_and_there_is_none(box):
+    box.config(certs=[INTRA])
+    assert box.run("prepare")[1]["account"] == "none" and box.argvs("certbot") == []
+    box.lineage("app.example.test", ["app.example.test"])
+    box.config(certs=[APP, INTRA])
+    assert box.run("prepare")[1]["account"] == "none" and box.argvs("certbot") == []  # nothing pending: nothing to order
+    box.config(certs=[APP, INTRA, dict(APP, name="b.example.test", domains=["b.example.test"])])
+    before = box.tree()
+    assert box.run("prepare", "--check")[1]["account"] == "would register" and box.calls() == [] and box.tree() == before
+    status, out, err = box.run("prepare")
+    assert status == 0 and out["account"] == "registered" and "onebox-tls: registered an ACME account at https://acme.test/directory" in err
+    (call,) = box.calls("certbot")
+    assert call["argv"][1:] == ["register", "--non-interactive", "--agree-tos", "--email", "admin@example.org",
+                                "--server", "https://acme.test/directory", "--config-dir", box.path("/etc/letsencrypt"),
+                                "--work-dir", box.path("/var/lib/onebox-tls/register"), "--logs-dir", box.path("/var/log/onebox-tls/register")]
+    assert call["ca"] == "/etc/onebox-tls/acme-ca.pem"
+    # where certbot 2.1 keeps it: accounts/HOST[:PORT]/PATH/ID/
+    (account,) = os.listdir(box.path("/etc/letsencrypt/accounts/acme.test/directory"))
+    assert agent.find_account(box.path("/etc/letsencrypt"), "https://acme.test/directory") == account
+    assert agent.find_account(box.path("/etc/letsencrypt"), "https://other.test/directory") is None
+    assert box.run("prepare")[1]["account"] == "present" and box.calls() == []
+
+
+def test_a_failed_registration_is_a_note_and_obtain_registers_then(box):
+    box.env(FAKE_REGISTER_FAIL=CERTBOT_UNREACHABLE)
+    status, out, err = box.run("prepare")
+    reason = "requests.exceptions.ConnectionError: HTTPSConnectionPool(host='acme.test', port=443): Max retries exceeded with url: /directory"
+    assert status == 0 and out["account"] == "failed: " + reason and out["certs"][0]["pending"] is True
+    assert [line for line in err if "account" in line] == [
+        "onebox-tls: the ACME account could not be registered at https://acme.test/directory: %s; obtain tries again" % reason]
+    status, out, err = box.run("obtain")  # still down: no order without an account
+    assert status == 0 and out["failed"] == [dict(name="app.example.test", reason="no ACME account: " + reason)]
+    assert [argv[0] for argv in box.argvs("certbot")] == ["register"]
+    box.monkeypatch.delenv("FAKE_REGISTER_FAIL")
+    status, out, err = box.run("obtain")
+    assert status == 0 and out["obtained"] == ["app.example.test"]
+    assert [argv[0] for argv in box.argvs("certbot")] == ["register", "certonly"]
 
 
 @pytest.mark.parametrize("name", ["../evil", ".hidden", "a/b", "-x", "", "a\n"])
@@ -402,7 +494,7 @@ def test_check_writes_nothing_and_runs_nothing(box):
     box.config(certs=[APP, INTRA])
     before = box.tree()
     status, out, _err = box.run("prepare", "--check")
-    assert status == 0 and out["changed"] and box.tree() == before
+    assert status == 0 and out["changed"] and box.tree() == before and out["account"] == "would register"
     assert [c["pending"] for c in out["certs"]] == [True, False]
     assert "unit onebox-tls-renew.timer" in out["actions"] and "generate placeholder app.example.test" in out["actions"]
     assert "webroot /var/www/onebox-acme" in out["actions"]
@@ -439,12 +531,36 @@ def test_obtain_http_passes_certbot_its_arguments_links_and_reloads_once(box):
     assert [c["argv"][1:] for c in certbot] == [[
         "certonly", "--non-interactive", "--agree-tos", "--email", "admin@example.org", "--server", "https://acme.test/directory",
         "--cert-name", "app.example.test", "--key-type", "ecdsa", "--renew-with-new-domains", "-d", "app.example.test",
-        "--webroot", "-w", "/var/www/onebox-acme"]]
+        "--webroot", "-w", "/var/www/onebox-acme"] + box.dirs("app.example.test")]
     assert certbot[0]["ca"] == "/etc/onebox-tls/acme-ca.pem"
-    assert box.target("app.example.test") == box.path(agent.LIVE, "app.example.test", "fullchain.pem")
+    assert box.target("app.example.test") == box.live("app.example.test")
     assert box.state("app.example.test")["serving"] == "acme"
     assert [c["argv"] for c in box.calls() if c["argv"][0] in ("nginx", "systemctl")] == [["nginx", "-t"], ["systemctl", "reload", "nginx"]]
     assert box.run("obtain")[1] == dict(changed=False, obtained=[], failed=[], reloaded=False) and box.calls() == []
+
+
+def test_obtain_runs_the_orders_at_once_each_in_its_own_dirs_with_a_copy_of_the_account(box):
+    b = dict(APP, name="b.example.test", domains=["b.example.test"])
+    box.config(certs=[APP, b])
+    box.run("prepare")
+    (account,) = os.listdir(box.path("/etc/letsencrypt/accounts/acme.test/directory"))
+    box.env(FAKE_CERTBOT_SLEEP="0.5")
+    started = time.monotonic()
+    status, out, err = box.run("obtain")
+    took = time.monotonic() - started
+    assert status == 0 and out == dict(changed=True, obtained=["app.example.test", "b.example.test"], failed=[], reloaded=True), err
+    one, two = sorted(box.calls("certbot"), key=lambda c: c["argv"][c["argv"].index("--cert-name") + 1])
+    assert one["start"] < two["end"] and two["start"] < one["end"], (one, two)  # the two orders overlap
+    assert took < 2 * 0.5, took
+    for call, name in ((one, "app.example.test"), (two, "b.example.test")):
+        assert call["argv"][1] == "certonly" and call["argv"][-6:] == box.dirs(name)
+        assert call["accounts"] == ["acme.test/directory/" + account]  # copied in before the order
+        assert account_dirs(box, box.path(agent.LINEAGES, name)) == account_dirs(box, box.path("/etc/letsencrypt"))
+        assert box.target(name) == box.live(name)
+    assert account_dirs(box, box.path(agent.LINEAGES, "b.example.test"))["acme.test/directory/%s/private_key.json" % account] == 0o400
+    assert [c["argv"] for c in box.calls() if c["argv"][0] in ("nginx", "systemctl")] == [["nginx", "-t"], ["systemctl", "reload", "nginx"]]
+    assert [line for line in err if "obtained" in line] == [
+        "onebox-tls: obtained the certificate app.example.test", "onebox-tls: obtained the certificate b.example.test"]
 
 
 @pytest.mark.parametrize("dns, tail", [
@@ -462,7 +578,7 @@ def test_obtain_dns_passes_the_hooks_or_the_plugin(box, dns, tail):
     (call,) = box.calls("certbot")
     assert call["argv"][1:] == ["certonly", "--non-interactive", "--agree-tos", "--register-unsafely-without-email",
                                 "--server", "https://acme.test/directory", "--cert-name", "_wildcard.wild.example.test",
-                                "--key-type", "rsa", "--renew-with-new-domains", "-d", "*.wild.example.test"] + tail
+                                "--key-type", "rsa", "--renew-with-new-domains", "-d", "*.wild.example.test"] + tail + box.dirs(WILD["name"])
     assert call["ca"] is None
     assert box.names(box.path(agent.SERVING, "_wildcard.wild.example.test", "fullchain.pem")) == ["*.wild.example.test"]
 
@@ -553,16 +669,19 @@ def test_renew_reloads_nginx_once_for_two_renewed_lineages(box):
     box.env(FAKE_RENEW=json.dumps({"app.example.test": "ok", "b.example.test": "ok"}))
     status, out, _err = box.run("renew", "--force")
     assert status == 0 and out == dict(renewed=["app.example.test", "b.example.test"], failed=[], obtained=[], reloaded=True)
-    (argv,) = box.argvs("certbot")
-    assert argv[:3] == ["renew", "--non-interactive", "--no-random-sleep-on-renew"] and argv[-1] == "--force-renewal"
-    assert box.calls("certbot")[0]["ca"] == "/etc/onebox-tls/acme-ca.pem"
+    # one certbot renew per lineage, in its dirs, started before nginx is reloaded once
+    argvs = sorted(box.argvs("certbot"), key=lambda argv: argv[-5])
+    assert [argv[-6:] for argv in argvs] == [box.dirs("app.example.test"), box.dirs("b.example.test")]
+    for argv in argvs:
+        assert argv[:3] == ["renew", "--non-interactive", "--no-random-sleep-on-renew"] and argv[-7] == "--force-renewal"
+    assert [c["ca"] for c in box.calls("certbot")] == ["/etc/onebox-tls/acme-ca.pem"] * 2
     assert box.argvs("systemctl") == [["reload", "nginx"]] and box.argvs("nginx") == [["-t"]]
+    assert box.names(box.live("b.example.test")) == ["b.example.test"] and box.target("b.example.test") == box.live("b.example.test")
 
 
 def test_renew_logs_one_line_per_failed_lineage_and_exits_1(box):
     two_lineages(box)
-    live_b = box.path(agent.LIVE, "b.example.test", "fullchain.pem")
-    info = agent.Agent(box.root).cert_info(live_b)
+    info = agent.Agent(box.root).cert_info(box.live("b.example.test"))
     box.env(FAKE_RENEW=json.dumps({"app.example.test": "ok", "b.example.test": "203.0.113.7: Timeout during connect"}))
     status, out, err = box.run("renew")
     reason = "b.example.test: 203.0.113.7: Timeout during connect"
@@ -570,7 +689,7 @@ def test_renew_logs_one_line_per_failed_lineage_and_exits_1(box):
     expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info["not_after"]))
     assert [line for line in err if "failed" in line] == [
         "onebox-tls: renewal of b.example.test failed: %s; the current certificate (serial %s, expires %s) keeps serving" % (reason, info["serial"], expires)]
-    assert "--force-renewal" not in box.argvs("certbot")[0]
+    assert len(box.argvs("certbot")) == 2 and not any("--force-renewal" in argv for argv in box.argvs("certbot"))
 
 
 def test_renew_without_renewals_does_not_reload(box):
@@ -612,7 +731,7 @@ def test_status_names_the_served_certificate(box):
     box.lineage("app.example.test", ["app.example.test"])
     box.run("prepare")
     status, out, _err = box.run("status")
-    serial = subprocess.run([OPENSSL, "x509", "-noout", "-serial", "-in", box.path(agent.LIVE, "app.example.test", "fullchain.pem")],
+    serial = subprocess.run([OPENSSL, "x509", "-noout", "-serial", "-in", box.live("app.example.test")],
                             capture_output=True, text=True, check=True).stdout.strip().split("=")[1]
     app, intra = out["certs"]
     assert app["serving"] == "acme" and app["serial"] == serial and app["names"] == ["app.example.test"]
@@ -645,6 +764,14 @@ def test_renew_failures_from_certbots_closing_report_alone():
     output = ("Renewal configuration file /etc/letsencrypt/renewal/y.test.conf (cert: y.test) produced an unexpected error: "
               "'Namespace' object has no attribute 'x'. Skipping.\n")
     assert agent.renew_failures(output) == {"y.test": "'Namespace' object has no attribute 'x'"}
+
+
+def test_where_certbot_keeps_accounts_and_which_orders_run_one_after_the_other():
+    assert agent.accounts_dir("/c", "https://198.19.19.118:14000/dir") == "/c/accounts/198.19.19.118:14000/dir"
+    assert agent.accounts_dir("/c", "https://acme-v02.api.letsencrypt.org/directory") == "/c/accounts/acme-v02.api.letsencrypt.org/directory"
+    dns = [dict(WILD, name="w", domains=["*.example.org"]), dict(WILD, name="apex", domains=["example.org", "www.example.org"]),
+           dict(WILD, name="other", domains=["other.org"]), dict(APP, name="h", domains=["example.org"])]
+    assert agent.batches(dns) == [["w", "apex"], ["other"], ["h"]]
 
 
 def test_usage_errors(box):
