@@ -17,8 +17,9 @@ from ansible_collections.homelab.onebox.plugins.module_utils._box_tls import AGE
 from ansible_collections.homelab.onebox.plugins.module_utils._diff import entry
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
 
-# Placing reads a few files and makes at most a few small keys; obtaining talks to the CA, one
-# order after the other (certbot holds a lock on its directory).
+# Placing reads a few files and makes at most a few small keys (and, on a box's first TLS
+# converge, registers the ACME account); obtaining talks to the CA, up to 8 orders at once (the
+# agent gives each lineage its own certbot directories), each within certbot's own 600 s.
 PLACE_TIMEOUT = 120
 OBTAIN_TIMEOUT = 900
 

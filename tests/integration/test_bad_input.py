@@ -97,6 +97,12 @@ DESCRIPTION = [
     ("allow_host_listener not a boolean", [svc(kind="plain", forwards=[{"port": 9000}], allow_host_listener="yes")],
      X + ".allow_host_listener", "yes"),
     ("allow_host_listener without a host port", [svc(allow_host_listener=True)], X + ".allow_host_listener", "True"),
+    ("tls mode", [svc(domains=["t.example.test"], tls="https")], X + ".tls.mode", "https"),
+    ("tls acme without the box's tls options", [svc(domains=["t.example.test"], tls="acme")], X + ".tls.mode", "acme"),
+    ("tls provided certificate not PEM", [svc(domains=["t.example.test"], tls={"mode": "provided", "certificate": "x",
+                                                                               "key": "y"})],
+     X + ".tls.certificate", "********"),
+    ("tls without domains", [svc(tls="self_signed")], X + ".tls", "self_signed"),
 ]
 
 
@@ -200,6 +206,11 @@ def _modules():
         ("box parallel 0", "box", {"services": [GOOD], "owner": OWNER, "parallel": 0}, "parallel", "0"),
         ("box owner", "box", {"services": [GOOD], "owner": "bad owner"}, "owner", "bad owner"),
         ("lock_timeout below 0", "box", {"services": [GOOD], "owner": OWNER, "lock_timeout": -1}, "lock_timeout", "-1"),
+        ("box tls e-mail", "box", {"services": [GOOD], "owner": OWNER, "tls": {"email": "admin"}}, "tls.email", "admin"),
+        ("box tls directory not https", "box", {"services": [GOOD], "owner": OWNER, "tls": {"directory": "http://acme.test/d"}},
+         "tls.directory", "http://acme.test/d"),
+        ("box tls wildcard without DNS-01", "box", {"services": [GOOD, svc(domains=["*.w.example.test"])], "owner": OWNER,
+                                                   "tls": {}}, X + ".domains[0]", "*.w.example.test"),
         ("box part unknown", "box", {"services": [GOOD], "owner": OWNER, "parts": ["containers", "volumes"]},
          "parts", "volumes"),
         ("box proxy site server name", "box", {"services": [GOOD], "owner": OWNER, "parts": ["sites"], "proxy": {

@@ -7,6 +7,7 @@ The box has its own owner, proxy, chains and files; it forwards 80 and 443, so n
 (the example box is torn down before the suite, as Molecule leaves it)."""
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -243,13 +244,31 @@ def test_a_second_converge_changes_nothing_and_orders_nothing(built, env):
     assert len(env.acme.orders()) == built["orders"]
 
 
+def test_a_new_domain_gets_its_own_certificate_and_a_removed_one_leaves(built, env):
+    serial, orders = env.serving_serial(), len(env.acme.orders())
+    services = copy.deepcopy(env.args["services"])
+    services[0]["domains"] = DOMAINS + ["new.tls.test"]
+    added = run_module("box", dict(env.args, services=services), timeout=600)
+    assert not added.get("failed"), added
+    assert len(env.acme.orders()) == orders + 1              # the new name's, and no other
+    assert env.serving_serial() == serial
+    assert cert_facts(env.probe("new.tls.test")["der"])[1] == ["new.tls.test"]
+    removed = run_module("box", env.args, timeout=600)
+    assert removed["changed"] and not removed.get("failed"), removed
+    assert "new.tls.test" not in [c["name"] for c in removed["certificates"]]
+    assert "error" in env.probe("new.tls.test", cafile="-")  # its site and certificate are gone: no handshake
+    left = subprocess.run(["lxc", "exec", PROXY, "--", "sh", "-c", "ls /etc/nginx/onebox-tls; ls -R /etc/letsencrypt"],
+                          capture_output=True, text=True, timeout=30, check=True).stdout
+    assert "new.tls.test" not in left
+
+
 def test_a_recreated_proxy_serves_the_same_certificates_without_a_new_order(built, env):
-    serial = env.serving_serial()
+    serial, orders = env.serving_serial(), len(env.acme.orders())
     subprocess.run(["lxc", "delete", "--force", PROXY], check=True, timeout=120, capture_output=True)
     result = run_module("box", env.args, timeout=900)
     assert result["changed"] and not result.get("failed"), result
     assert env.serving_serial() == serial
-    assert len(env.acme.orders()) == built["orders"]
+    assert len(env.acme.orders()) == orders
 
 
 def test_a_forced_renewal_serves_a_new_certificate_with_no_failed_request(built, env):
