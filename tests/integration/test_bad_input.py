@@ -209,8 +209,9 @@ def _modules():
         ("box tls e-mail", "box", {"services": [GOOD], "owner": OWNER, "tls": {"email": "admin"}}, "tls.email", "admin"),
         ("box tls directory not https", "box", {"services": [GOOD], "owner": OWNER, "tls": {"directory": "http://acme.test/d"}},
          "tls.directory", "http://acme.test/d"),
-        ("box tls wildcard without DNS-01", "box", {"services": [GOOD, svc(domains=["*.w.example.test"])], "owner": OWNER,
-                                                   "tls": {}}, X + ".domains[0]", "*.w.example.test"),
+        ("box tls wildcard without DNS-01", "box",
+         {"services": [GOOD, svc(domains=["*.w.example.test"])], "owner": OWNER, "tls": {}},
+         X + ".domains[0]", "*.w.example.test"),
         ("box part unknown", "box", {"services": [GOOD], "owner": OWNER, "parts": ["containers", "volumes"]},
          "parts", "volumes"),
         ("box proxy site server name", "box", {"services": [GOOD], "owner": OWNER, "parts": ["sites"], "proxy": {
