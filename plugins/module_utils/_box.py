@@ -230,6 +230,8 @@ class BoxParts:
             if self.tls_active:
                 item["packages"] += self.tls.packages()
                 item["files"] += self.tls.files(self.options["owner"], self.options["tls_agent"])
+            else:
+                item["files"] += _box_tls.gone_files()
             items.append(item)
         return items
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 
+from ansible_collections.homelab.onebox.plugins.module_utils import _tls_agent as agent
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx_values import site_name_for
@@ -31,16 +32,19 @@ CHALLENGES = ("http", "dns")
 KEY_TYPES = ("ecdsa", "rsa")
 HTTPS_PORT = 443
 
+# The paths the agent reads are the agent's own (one place).
 AGENT_PATH = "/usr/local/sbin/onebox-tls"
-CONF_DIR = "/etc/onebox-tls"
-CONFIG_PATH = CONF_DIR + "/config.json"
+CONFIG_PATH = agent.CONFIG
+CONF_DIR = CONFIG_PATH.rsplit("/", 1)[0]
 CA_BUNDLE_PATH = CONF_DIR + "/acme-ca.pem"
 DNS_AUTH_PATH = CONF_DIR + "/dns-auth-hook"
 DNS_CLEANUP_PATH = CONF_DIR + "/dns-cleanup-hook"
 DNS_CREDENTIALS_PATH = CONF_DIR + "/dns-credentials.ini"
-PROVIDED_DIR = CONF_DIR + "/provided"
-LINK_DIR = "/etc/nginx/onebox-tls"
+PROVIDED_DIR = agent.PROVIDED
+LINK_DIR = agent.SERVING
 WEBROOT = "/var/www/onebox-acme"
+RENEW_UNITS = tuple("%s/%s" % (agent.UNIT_DIR, unit)
+                    for unit in (agent.TIMER[:-len(".timer")] + ".service", agent.TIMER, "timers.target.wants/" + agent.TIMER))
 VOLUME_PATH = "/etc/letsencrypt"
 VOLUME_DEVICE = "onebox-tls"
 # openssl makes placeholders and self-signed pairs and reads served certificates' names.
@@ -274,3 +278,11 @@ class BoxTls:
                 files.append(dict(quiet, path="%s/%s/privkey.pem" % (PROVIDED_DIR, name), content=cert["pair"][1],
                                   mode="0600"))
         return files
+
+
+def gone_files():
+    """A proxy of a box that no longer has TLS options or HTTPS sites: the agent, its
+    configuration and its renewal timer (the agent's own units) go; the certificates stay on the
+    volume until a purge."""
+    paths = (AGENT_PATH, CONFIG_PATH, CA_BUNDLE_PATH, DNS_AUTH_PATH, DNS_CLEANUP_PATH, DNS_CREDENTIALS_PATH) + RENEW_UNITS
+    return [{"path": path, "state": "absent", "restart": False} for path in paths]

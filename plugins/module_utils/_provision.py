@@ -15,7 +15,7 @@ import shlex
 
 from ansible_collections.homelab.onebox.plugins.module_utils._diff import entry
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
-from ansible_collections.homelab.onebox.plugins.module_utils._provision_spec import mask_env
+from ansible_collections.homelab.onebox.plugins.module_utils._provision_spec import UNIT_DIR, mask_env
 from ansible_collections.homelab.onebox.plugins.module_utils._provision_state import (
     id_lines, parents, parse_ids, parse_state, state_script, words)
 
@@ -93,6 +93,8 @@ def plan_inside(spec, state):
             svc = own.get(id(fspec))
             if svc is None:
                 user_files_changed = user_files_changed or fspec.restart
+                if fspec.state == "absent" and fspec.path.startswith(UNIT_DIR + "/"):
+                    result.daemon_reload = True  # a unit removed: systemd forgets it (a timer stops firing)
             else:
                 touched_units.add(svc.unit)
                 if fspec is svc.unit_file:

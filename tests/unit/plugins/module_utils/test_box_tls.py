@@ -38,6 +38,14 @@ def test_without_tls_options_the_box_is_plain_http_and_keeps_no_certificates():
     assert "devices" not in proxy
 
 
+def test_a_proxy_without_tls_drops_the_agent_and_its_timer_but_not_the_certificates():
+    item = [i for i in box(tls=None).provision() if i["name"] == "onebox-proxy"][0]
+    gone = {f["path"] for f in item["files"] if f.get("state") == "absent"}
+    assert {bt.AGENT_PATH, bt.CONFIG_PATH, "/etc/systemd/system/onebox-tls-renew.timer",
+            "/etc/systemd/system/timers.target.wants/onebox-tls-renew.timer"} <= gone
+    assert "certbot" not in item["packages"] and not any("letsencrypt" in path for path in gone)
+
+
 def test_tls_options_make_every_domain_https_with_its_own_certificate():
     parts = box()
     sites = sites_of(parts)

@@ -109,6 +109,16 @@ def test_a_changed_file_that_says_restart_false_restarts_nothing():
     assert todo.actions == ["file /srv/app/app.py"] and not todo.restart
 
 
+def test_a_removed_unit_file_reloads_systemd_and_restarts_nothing():
+    timer = "/etc/systemd/system/old.timer"
+    spec = spec_of(files=APP["files"] + [{"path": timer, "state": "absent", "restart": False}])
+    state = converged(spec)
+    state["files"][timer] = "file 644 0 0 " + "0" * 64
+    todo = plan_for(spec, **state)
+    assert todo.removals == [timer] and todo.daemon_reload and not todo.restart
+    assert "systemctl daemon-reload" in p.systemctl_script(todo)
+
+
 def test_a_changed_environment_restarts_only_its_service_without_daemon_reload():
     spec = spec_of()
     state = converged(spec)
