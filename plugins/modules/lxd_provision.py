@@ -22,7 +22,7 @@ description:
     O(timeout); a container that is up costs no extra exec.
   - "Order inside a container: packages, users, parent directories, removals, files (owner and
     mode set before content), unit and environment files, one C(systemctl daemon-reload) if a
-    unit changed, C(enable)/C(disable), C(stop), then C(restart) or C(start)."
+    unit changed (or a declared file under C(/etc/systemd/system) was removed), C(enable)/C(disable), C(stop), then C(restart) or C(start)."
   - A service is restarted when its unit or environment file changed, or when any declared file
     (unless its O(instances[].files[].restart=false)) or package of the same container changed; a
     service that is not running is started.
