@@ -1,6 +1,6 @@
 """The box's cost on this machine, as one table (not a test: it measures and prints).
 
-    tests/bench/run [--runs 3] [--scale 50 [--scale 150] | --scale 50,150] [--skip-scale | --only-scale]
+    tests/bench/run [--runs 3] [--scale 50 [--scale 150] | --scale 50,150] [--skip-scale | --only-scale | --only-tls]
 
 Figures (each the median of --runs runs, with min and max):
 - the reference box (inventory.example, base image present): cold converge from nothing,
@@ -11,6 +11,8 @@ Figures (each the median of --runs runs, with min and max):
 - scale, for each --scale N: a generated box of N static services (one container, one site and
   two TCP forwards each, plus the proxy): cold, no-change, one change, teardown, and the floor of
   its N + 1 containers;
+- HTTPS: the reference box with TLS on its 4 domains against pebble (tests/acme.py), cold and
+  no-change, next to the same box without TLS; a forced renewal of its certificates;
 - exec round trip through _lxd.py (median of 200);
 - dnat with 200 forwards and nginx_site with 100 sites: the module's own time, no-change and
   one change (python + module, without ansible's start-up).
@@ -229,6 +231,48 @@ def scale_figures(lxd, count, runs):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def tls_figures(runs):
+    """The reference box with HTTPS on every domain against pebble (an ACME server in a client
+    namespace, tests/acme.py), next to the same box without: cold converge (4 certificates
+    ordered; the teardown between runs purges them), no-change re-run; and a forced renewal of
+    them all, from its start to the new certificates served."""
+    from acme import Pebble  # noqa: E402  pylint: disable=import-outside-toplevel
+    from netns import Netns  # noqa: E402  pylint: disable=import-outside-toplevel
+    reference, site, teardown = "inventory.example", "site.yml", "playbooks/teardown.yml"
+    proxy = "onebox-example-proxy"
+    with Netns("bench") as ns, Pebble(ns) as acme:
+        acme.start()
+        tls = {"onebox_tls": {"email": "bench@example.test", "directory": acme.directory_url, "ca_bundle": acme.ca_pem}}
+        purge = {"onebox_purge": True}
+        figures = {key: [] for key in ("plain cold", "plain no-change", "tls cold", "tls no-change", "renewal")}
+        playbook(reference, teardown, purge)
+        try:
+            for _run in range(runs):
+                figures["plain cold"].append(playbook(reference, site)[0])
+                figures["plain no-change"].append(playbook(reference, site)[0])
+                playbook(reference, teardown, purge)
+                orders = len(acme.orders())
+                figures["tls cold"].append(playbook(reference, site, tls)[0])
+                assert len(acme.orders()) - orders == 4, "the TLS cold converge ordered %d" % (len(acme.orders()) - orders)
+                elapsed, changed = playbook(reference, site, tls)
+                assert changed == 0, "TLS no-change run changed %d" % changed
+                figures["tls no-change"].append(elapsed)
+                started = time.monotonic()
+                subprocess.run(["lxc", "exec", proxy, "--", "/usr/local/sbin/onebox-tls", "renew", "--force"],
+                               check=True, capture_output=True, timeout=600)
+                figures["renewal"].append(time.monotonic() - started)
+                assert len(acme.orders()) - orders == 8, "the forced renewal did not order 4"
+                playbook(reference, teardown, purge)
+        except BaseException:
+            playbook(reference, teardown, purge)
+            raise
+    row("reference box without TLS: cold converge", figures["plain cold"])
+    row("reference box, TLS on its 4 domains (pebble): cold converge", figures["tls cold"], "<= +5 s")
+    row("reference box without TLS: no-change re-run", figures["plain no-change"])
+    row("reference box, TLS: no-change re-run", figures["tls no-change"], "no slower")
+    row("forced renewal of the 4 certificates, start to served", figures["renewal"])
+
+
 def scale_counts(text):
     """--scale's value: one count or several, comma-separated ("50,150")."""
     try:
@@ -249,6 +293,8 @@ def main():
     which.add_argument("--skip-scale", action="store_true")
     which.add_argument("--only-scale", action="store_true",
                        help="the scale rows only: the example box and the host's other objects are left alone")
+    which.add_argument("--only-tls", action="store_true",
+                       help="the HTTPS rows only: the reference box with and without TLS against pebble")
     args = parser.parse_args()
     scales = [count for counts in args.scale or [[50]] for count in counts]
     lxd = LxdClient(timeout=120)
@@ -258,6 +304,8 @@ def main():
           % (os.cpu_count(), env["server_version"], env["storage"], os.getloadavg()[0], PARALLEL), flush=True)
 
     if not args.only_scale:
+        tls_figures(args.runs)
+    if not (args.only_scale or args.only_tls):
         reference = "inventory.example"
         cold = box_figures("reference box", reference, args.runs,
                            lambda run: {"onebox_example_greeting": "bench %d %s" % (run, uuid.uuid4().hex[:6])},
@@ -268,11 +316,11 @@ def main():
         ROWS.append(("reference box cold / floor", statistics.median(cold) / statistics.median(base_floor),
                      0, 0, 1, "x", "<= 1.3"))
 
-    if not args.skip_scale:
+    if not (args.skip_scale or args.only_tls):
         for count in scales:
             scale_figures(lxd, count, args.runs)
 
-    if not args.only_scale:
+    if not (args.only_scale or args.only_tls):
         name = "bench-exec-%s" % uuid.uuid4().hex[:4]
         lxd.create_instance({"name": name, "type": "container", "source": {"type": "image", "alias": IMAGE}})
         try:
