@@ -383,7 +383,7 @@ from ansible_collections.homelab.onebox.plugins.module_utils import _tls_agent
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate
 from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
 from ansible_collections.homelab.onebox.plugins.module_utils._box_service import secret_values
-from ansible_collections.homelab.onebox.plugins.module_utils._box_tls import AGENT_PATH, tls_secrets
+from ansible_collections.homelab.onebox.plugins.module_utils._box_tls import AGENT_PATH, CONF_DIR as TLS_CONF_DIR, tls_secrets
 from ansible_collections.homelab.onebox.plugins.module_utils._dnat_host import ARGUMENT_SPEC as DNAT_SPEC, DnatManager
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError, named_failure
 from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, parse_instances, warn_pruned
@@ -604,18 +604,28 @@ class BoxManager:
         site_set, site_read = self._site_set(sites), []
         certs = self._certificates(site_set)
 
+        def placing(reading, *args):
+            future = reading.submit(certs.place, *args)
+            future.placing = True
+            return future
+
         def then(spec, result, settle):
             proxy_now = site_set is not None and spec.name == self.box.proxy
             new = "create" in result["actions"]
             if proxy_now and not (check and new):
                 # The proxy's site files, read beside its inside and the other containers.
                 site_read.append(reading.submit(site_set.read))
+            early = proxy_now and certs is not None and not check and not new
+            if early:
+                # Its certificates placed (links nginx -t will want) beside its inside too: on a
+                # box that changes nothing that is the answer; placed again below if the agent's
+                # files change.
+                site_read.append(placing(reading))
             insides.then(spec, result, settle)
-            if proxy_now and certs is not None:
-                # Its certificates placed (links nginx -t will want) once the agent is in.
-                site_read.append(reading.submit(certs.place, check and (new or self._agent_missing(insides))))
+            if proxy_now and certs is not None and not (early and not self._agent_changed(insides)):
+                site_read.append(placing(reading, check and (new or self._agent_missing(insides))))
         if applied or containers.doomed:
-            with ThreadPoolExecutor(max_workers=1) as reading:
+            with ThreadPoolExecutor(max_workers=2) as reading:
                 containers.apply(params["parallel"], then=then)
             result = containers.result()
         else:
@@ -676,6 +686,11 @@ class BoxManager:
                                  self.box.tls.config(self.module.params["owner"]), check_mode=self.module.check_mode,
                                  diff=self.module._diff, warn=self.module.warn)
 
+    def _agent_changed(self, insides):
+        """Whether this run changed the TLS agent's files in the proxy (an earlier placing is stale)."""
+        worker = insides.workers.get(self.box.proxy)
+        return worker is None or any(fspec.path.startswith((AGENT_PATH, TLS_CONF_DIR)) for fspec, _current in worker.planned.changed_files)
+
     def _agent_missing(self, insides):
         """In check mode: whether the TLS agent is still to be put into the proxy (nothing to ask)."""
         worker = insides.workers.get(self.box.proxy)
@@ -699,8 +714,14 @@ class BoxManager:
             # waits for the start job already queued.
             lxd.run(proxy, ["systemctl", "start", "nginx.service"], timeout=params["timeout"])
         if site_read:
-            for step in site_read:
-                step.result()
+            # A placing made stale by this run's new agent files may have failed (the agent
+            # replaced under it); the one after them counts.
+            last_place = max([i for i, step in enumerate(site_read) if getattr(step, "placing", False)] or [-1])
+            for index, step in enumerate(site_read):
+                if not getattr(step, "placing", False):
+                    step.result()
+                elif index == last_place:
+                    certs.placed = step.result()
         else:
             site_set.read()  # the proxy was not made or changed by this run (it is only read)
             if certs is not None:

@@ -246,3 +246,20 @@ def test_teardown_keeps_the_certificates_unless_purged():
     assert ("default", "unit-proxy-tls") in lxd.volumes and lxd.instances_by_name == {}
     result = manager(lxd, state="absent", services=None, purge=True, parts=["containers", "sites"]).run()
     assert result["volume"]["action"] == "delete" and lxd.volumes == {}
+
+
+def test_tls_on_a_proxy_there_places_beside_its_inside_and_again_only_when_the_agent_changed():
+    lxd = box_lxd()
+    tls_manager(lxd, pending=(), parts=["containers", "insides", "sites"]).run()
+    # The proxy is there now; the fake's inside is never converged, so the agent's files change again.
+    lxd.calls.clear()
+    tls_manager(lxd, pending=(), parts=["containers", "insides", "sites"]).run()
+    assert agent_calls(lxd) == [["prepare"], ["prepare"]]
+    prepares = [i for i, c in enumerate(lxd.calls) if c[0] == "exec" and c[2][:2] == ["/usr/local/sbin/onebox-tls", "prepare"]]
+    agent_push = next(i for i, c in enumerate(lxd.calls) if c[0] == "push_file" and c[2] == "/usr/local/sbin/onebox-tls")
+    assert prepares[1] > agent_push   # the placing that counts ran on the new agent
+    lxd.calls.clear()
+    box = tls_manager(lxd, pending=(), parts=["containers", "insides", "sites"])
+    box._agent_changed = lambda insides: False   # as on a box that changes nothing
+    box.run()
+    assert agent_calls(lxd) == [["prepare"]]
