@@ -577,14 +577,17 @@ class BoxManager:
                                  state="present" if self.present else "purged", field="tls" if self.present else "purge",
                                  description="homelab.onebox: the certificates and ACME account of %s" % self.box.tls_volume,
                                  check_mode=check)
-            volume.read()
-            volume.plan()
         applied = self._applied()
         containers = InstanceSet(lxd, self.instance_specs, owner=params["owner"], prune="containers" in self.parts,
                                  check_mode=check, diff=diff, prune_max=params["prune_max"],
                                  # A teardown deletes the whole box: that is what it is for.
                                  prune_confirm=params["prune_confirm"] or not self.present, only=applied)
-        containers.read()
+        with ThreadPoolExecutor(max_workers=1) as side:
+            volume_read = side.submit(volume.read) if volume is not None else None
+            containers.read()  # the listing of every instance: the volume's one request beside it
+        if volume_read is not None:
+            volume_read.result()
+            volume.plan()
         containers.plan()
         warn_pruned(module, containers)
         # Static addresses are fixed now, so sites and forwards are known (and checked) up front.
