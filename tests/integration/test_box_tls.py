@@ -248,6 +248,12 @@ def test_a_new_domain_gets_its_own_certificate_and_a_removed_one_leaves(built, e
     serial, orders = env.serving_serial(), len(env.acme.orders())
     services = copy.deepcopy(env.args["services"])
     services[0]["domains"] = DOMAINS + ["new.tls.test"]
+    predicted = run_module("box", dict(env.args, services=services), check=True, diff=True, timeout=600)
+    assert not predicted.get("failed"), predicted
+    assert {c["name"]: c["action"] for c in predicted["certificates"] if c["action"] != "none"} == {"new.tls.test": "requested"}
+    assert any(d["after_header"].startswith("certificates in") and "new.tls.test: acme (requested)" in d["after"]
+               for d in predicted["diff"])
+    assert len(env.acme.orders()) == orders and "error" in env.probe("new.tls.test", cafile="-")   # nothing changed
     added = run_module("box", dict(env.args, services=services), timeout=600)
     assert not added.get("failed"), added
     assert len(env.acme.orders()) == orders + 1              # the new name's, and no other
