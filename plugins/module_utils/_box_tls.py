@@ -175,19 +175,24 @@ class BoxTls:
     def __init__(self, options, services):
         self.options = options
         self.by_site = {}  # site name -> {"name", "domains", "mode", "challenge", "pair"(provided)}
-        routed = {}
+        routed = {}  # a domain only routes live under -> (its tls mode, who set it)
+        claimed = {domain for service in services for domain in service.domains}
         for service in services:
             for index, domain in enumerate(service.domains):
                 self._claim(domain, service, "%s[%d]" % (service.where("domains"), index))
+        # A route under a claimed domain is served with that domain's certificate; under a domain
+        # only routes live under, the first route's service decides, and the others must agree.
         for service in services:
             for index, route in enumerate(service.routes):
                 domain = route["domain"]
+                if domain in claimed:
+                    continue
                 if domain in routed and routed[domain][0] != service.tls["mode"]:
                     raise ValidationError(service.where("tls"), service.tls["mode"],
                                           "%s also routes under %s with tls %s: one site, one certificate mode"
                                           % (routed[domain][1], domain, routed[domain][0]))
-                routed.setdefault(domain, (service.tls["mode"], service.where("tls")))
-                if site_name_for(domain) not in self.by_site and not any(domain in s.domains for s in services):
+                if domain not in routed:
+                    routed[domain] = (service.tls["mode"], service.where("tls"))
                     self._claim(domain, service, "%s[%d].domain" % (service.where("routes"), index))
 
     def _claim(self, domain, service, where):

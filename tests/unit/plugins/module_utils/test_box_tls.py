@@ -177,6 +177,13 @@ def test_routes_under_one_unclaimed_domain_must_agree_on_tls():
     assert error(services).field == "services[other].tls"
 
 
+def test_routes_under_a_claimed_domain_take_its_certificate_whatever_their_own_tls():
+    services = [dict(SITE, domains=["app.example.test"]), dict(JENKINS, tls="off"),
+                dict(JENKINS, name="other", routes=[{"domain": "app.example.test", "path": "/other/"}])]
+    parts = box(services)
+    assert [c["name"] for c in parts.tls.certificates()] == ["app.example.test"] and parts.sites()[0]["tls"]
+
+
 def test_443_taken_by_a_service_forward_is_refused():
     vpn = {"name": "vpn", "kind": "plain", "command": "x", "forwards": [{"port": 443}]}
     assert error([SITE, vpn]).field == "services[vpn].forwards[0].port"
