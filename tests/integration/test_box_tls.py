@@ -294,6 +294,33 @@ def test_a_forced_renewal_serves_a_new_certificate_with_no_failed_request(built,
     print("renewal of 3 certificates, start to served: %.1f s" % renewed)
 
 
+def test_a_domain_whose_dns_is_not_ready_answers_with_a_placeholder_until_the_timer_gets_it(built, env):
+    services = copy.deepcopy(env.args["services"])
+    services[0]["domains"] = DOMAINS + ["late.tls.test"]
+    # The name does not point at the box yet: the CA's HTTP-01 request goes where nothing answers.
+    env.acme.set_default_ipv4(env.ns.address)
+    try:
+        converged = run_module("box", dict(env.args, services=services), timeout=600)
+    finally:
+        env.acme.set_default_ipv4(env.ns.host_address)
+    assert not converged.get("failed"), converged          # a warning, not a failed converge
+    assert any("late.tls.test not obtained" in w for w in converged.get("warnings", [])), converged.get("warnings")
+    late = {c["name"]: c for c in converged["certificates"]}["late.tls.test"]
+    assert (late["serving"], late["action"]) == ("placeholder", "failed")
+    placeholder = env.probe("late.tls.test", cafile="-")    # HTTPS answers already, with the placeholder
+    assert cert_facts(placeholder["der"])[1] == ["late.tls.test"]
+    assert "CERTIFICATE_VERIFY_FAILED" in env.probe("late.tls.test")["error"]
+    renew = env.agent("renew")                              # what the timer runs, nobody running Ansible
+    assert renew.returncode == 0, renew.stderr
+    # nginx's reload is a signal: its new workers take over within moments of the agent's return.
+    deadline = time.monotonic() + 5
+    while "error" in env.probe("late.tls.test") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "error" not in env.probe("late.tls.test"), renew.stdout + renew.stderr
+    again = run_module("box", dict(env.args, services=services), timeout=600)
+    assert not again["changed"], again
+
+
 def test_with_the_acme_server_down_a_renewal_keeps_the_old_certificate_and_says_why(built, env):
     before = env.serving_serial()
     env.acme.stop()
