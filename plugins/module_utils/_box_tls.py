@@ -23,17 +23,19 @@ import re
 from ansible_collections.homelab.onebox.plugins.module_utils import _tls_agent as agent
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._nginx_site import POLICY_KEYS, TLS_DEFAULTS, parse_https_policy
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx_values import site_name_for
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 MODES = ("acme", "provided", "self_signed", "off")
+DEFAULT_MODES = ("acme", "self_signed", "off")  # what the box's `default` may be (provided needs a pair)
 CHALLENGES = ("http", "dns")
 KEY_TYPES = ("ecdsa", "rsa")
 HTTPS_PORT = 443
 
 # The paths the agent reads are the agent's own (one place).
-AGENT_PATH = "/usr/local/sbin/onebox-tls"
+AGENT_PATH = agent.PROGRAM
 CONFIG_PATH = agent.CONFIG
 CONF_DIR = CONFIG_PATH.rsplit("/", 1)[0]
 CA_BUNDLE_PATH = CONF_DIR + "/acme-ca.pem"
@@ -43,16 +45,33 @@ DNS_CREDENTIALS_PATH = CONF_DIR + "/dns-credentials.ini"
 PROVIDED_DIR = agent.PROVIDED
 LINK_DIR = agent.SERVING
 WEBROOT = "/var/www/onebox-acme"
-RENEW_UNITS = tuple("%s/%s" % (agent.UNIT_DIR, unit)
-                    for unit in (agent.TIMER[:-len(".timer")] + ".service", agent.TIMER, "timers.target.wants/" + agent.TIMER))
-VOLUME_PATH = "/etc/letsencrypt"
+RENEW_UNITS = tuple("%s/%s" % (agent.UNIT_DIR, unit) for unit in (agent.SERVICE, agent.TIMER, "timers.target.wants/" + agent.TIMER))
+VOLUME_PATH = agent.LETSENCRYPT
 VOLUME_DEVICE = "onebox-tls"
 # openssl makes placeholders and self-signed pairs and reads served certificates' names.
 PACKAGES = ["openssl"]
 ACME_PACKAGES = ["certbot"]
 
-OPTION_KEYS = ("email", "directory", "staging", "ca_bundle", "key_type", "default", "redirect", "hsts",
-               "hsts_max_age", "hsts_include_subdomains", "hsts_preload", "dns", "renew_calendar")
+# The box's options, each with its default (redirect and HSTS as nginx_site's); `staging` only picks the directory.
+OPTION_DEFAULTS = dict({key: TLS_DEFAULTS[key] for key in POLICY_KEYS}, email=None, directory=LETS_ENCRYPT, ca_bundle=None,
+                       key_type="ecdsa", default="acme", dns=None, renew_calendar="*-*-* 00,12:00:00")
+OPTION_KEYS = tuple(OPTION_DEFAULTS) + ("staging",)
+# The box module's `tls` option (its documentation lists the same keys).
+ARGUMENT_SPEC = dict(
+    email=dict(type="str"),
+    directory=dict(type="str"),
+    staging=dict(type="bool"),
+    ca_bundle=dict(type="str"),
+    key_type=dict(type="str", choices=list(KEY_TYPES)),
+    default=dict(type="str", choices=list(DEFAULT_MODES)),
+    redirect=dict(type="bool"),
+    hsts=dict(type="bool"),
+    hsts_max_age=dict(type="int"),
+    hsts_include_subdomains=dict(type="bool"),
+    hsts_preload=dict(type="bool"),
+    dns=dict(type="dict"),
+    renew_calendar=dict(type="str"),
+)
 SERVICE_KEYS = ("mode", "certificate", "key", "challenge")
 DNS_HOOK_KEYS = ("auth_hook", "cleanup_hook")
 DNS_PLUGIN_KEYS = ("plugin", "credentials", "propagation_seconds")
@@ -109,9 +128,7 @@ def parse_tls_options(raw, field="tls"):
     if raw is None:
         return None
     raw = v.mapping(raw, field, OPTION_KEYS)
-    out = {"email": None, "directory": LETS_ENCRYPT, "ca_bundle": None, "key_type": "ecdsa", "default": "acme",
-           "redirect": True, "hsts": True, "hsts_max_age": 63072000, "hsts_include_subdomains": False,
-           "hsts_preload": False, "dns": None, "renew_calendar": "*-*-* 00,12:00:00"}
+    out = dict(OPTION_DEFAULTS)
     if raw.get("email") is not None:
         out["email"] = v.text(raw["email"], field + ".email")
         if not _EMAIL.match(out["email"]):
@@ -127,15 +144,9 @@ def parse_tls_options(raw, field="tls"):
         out["directory"] = LETS_ENCRYPT_STAGING
     if raw.get("ca_bundle") is not None:
         out["ca_bundle"] = _pem(raw["ca_bundle"], field + ".ca_bundle", "the CA certificate(s) of the ACME server")
-    out["key_type"] = v.one_of(raw.get("key_type") or "ecdsa", KEY_TYPES, field + ".key_type")
-    out["default"] = v.one_of(raw.get("default") or "acme", ("acme", "self_signed", "off"), field + ".default")
-    for key in ("redirect", "hsts", "hsts_include_subdomains", "hsts_preload"):
-        if raw.get(key) is not None:
-            out[key] = v.boolean(raw[key], "%s.%s" % (field, key))
-    if out["hsts_preload"] and not out["hsts_include_subdomains"]:
-        raise ValidationError(field + ".hsts_preload", True, "needs hsts_include_subdomains (the preload list requires it)")
-    if raw.get("hsts_max_age") is not None:
-        out["hsts_max_age"] = v.integer(raw["hsts_max_age"], field + ".hsts_max_age", 0, 10 ** 9)
+    out["key_type"] = v.one_of(raw.get("key_type") or out["key_type"], KEY_TYPES, field + ".key_type")
+    out["default"] = v.one_of(raw.get("default") or out["default"], DEFAULT_MODES, field + ".default")
+    out.update(parse_https_policy(raw, field))
     out["dns"] = _dns(raw.get("dns"), field + ".dns")
     if raw.get("renew_calendar") is not None:
         out["renew_calendar"] = v.text(raw["renew_calendar"], field + ".renew_calendar")
@@ -173,7 +184,8 @@ class BoxTls:
     """The TLS of a parsed box: which sites are HTTPS, with which certificate; the proxy's part."""
 
     def __init__(self, options, services):
-        self.options = options
+        # Without the box's options (a service may still ask for self_signed or provided), their defaults.
+        self.settings = options or dict(OPTION_DEFAULTS)
         self.by_site = {}  # site name -> {"name", "domains", "mode", "challenge", "pair"(provided)}
         routed = {}  # a domain only routes live under -> (its tls mode, who set it)
         claimed = {domain for service in services for domain in service.domains}
@@ -201,7 +213,7 @@ class BoxTls:
             return
         challenge = tls["challenge"]
         if domain.startswith("*."):
-            if tls["mode"] == "acme" and not self.options.get("dns"):
+            if tls["mode"] == "acme" and not self.settings["dns"]:
                 raise ValidationError(where, domain, "a wildcard certificate is issued only through DNS-01: give the "
                                                      "box's tls.dns (a hook or a certbot plugin), or tls: self_signed")
             challenge = "dns"
@@ -222,12 +234,8 @@ class BoxTls:
         cert = self.by_site.get(name)
         if cert is None:
             return None
-        options = self.options or {}
-        tls = {"certificate": "%s/%s/fullchain.pem" % (LINK_DIR, name), "key": "%s/%s/privkey.pem" % (LINK_DIR, name),
-               "listen": [str(HTTPS_PORT)], "redirect": options.get("redirect", True), "hsts": options.get("hsts", True)}
-        for key in ("hsts_max_age", "hsts_include_subdomains", "hsts_preload"):
-            if key in options:
-                tls[key] = options[key]
+        tls = dict({key: self.settings[key] for key in POLICY_KEYS}, listen=[str(HTTPS_PORT)],
+                   certificate="%s/%s/fullchain.pem" % (LINK_DIR, name), key="%s/%s/privkey.pem" % (LINK_DIR, name))
         if cert["mode"] == "acme" and cert["challenge"] == "http":
             tls["acme_webroot"] = WEBROOT
         return tls
@@ -239,24 +247,23 @@ class BoxTls:
 
     def config(self, owner):
         """The agent's configuration file (CONFIG_PATH), deterministic."""
-        options = self.options or {}
-        dns = options.get("dns")
+        options = self.settings
+        dns = options["dns"]
         if dns and "plugin" in dns:
             dns = {"plugin": dns["plugin"], "credentials": DNS_CREDENTIALS_PATH,
                    "propagation_seconds": dns["propagation_seconds"]}
         elif dns:
             dns = {"auth_hook": DNS_AUTH_PATH, "cleanup_hook": DNS_CLEANUP_PATH}
-        config = {"owner": owner, "email": options.get("email"), "directory": options.get("directory", LETS_ENCRYPT),
-                  "ca_bundle": CA_BUNDLE_PATH if options.get("ca_bundle") else None,
-                  "key_type": options.get("key_type", "ecdsa"), "webroot": WEBROOT, "dns": dns,
-                  "renew_calendar": options.get("renew_calendar", "*-*-* 00,12:00:00"), "certs": self.certificates()}
+        config = {"owner": owner, "email": options["email"], "directory": options["directory"],
+                  "ca_bundle": CA_BUNDLE_PATH if options["ca_bundle"] else None, "key_type": options["key_type"],
+                  "webroot": WEBROOT, "dns": dns, "renew_calendar": options["renew_calendar"], "certs": self.certificates()}
         return json.dumps(config, indent=1, sort_keys=True) + "\n"
 
     def packages(self):
         packages = list(PACKAGES)
         if self.acme:
             packages += ACME_PACKAGES
-            dns = (self.options or {}).get("dns")
+            dns = self.settings["dns"]
             if dns and "plugin" in dns:
                 packages.append("python3-certbot-dns-%s" % dns["plugin"])
         return packages
@@ -264,11 +271,11 @@ class BoxTls:
     def files(self, owner, agent_source):
         """The proxy's TLS files (lxd_provision items). None of them restarts nginx: the agent
         reloads it once the links are right."""
-        options = self.options or {}
+        options = self.settings
         quiet = {"restart": False}
         files = [dict(quiet, path=AGENT_PATH, content=agent_source, mode="0755"),
                  dict(quiet, path=CONFIG_PATH, content=self.config(owner))]
-        ca_bundle, dns = options.get("ca_bundle"), options.get("dns") if self.acme else None
+        ca_bundle, dns = options["ca_bundle"], options["dns"] if self.acme else None
         files.append(dict(quiet, path=CA_BUNDLE_PATH, content=ca_bundle) if ca_bundle and self.acme
                      else dict(quiet, path=CA_BUNDLE_PATH, state="absent"))
         hooks = dns if dns and "plugin" not in dns else {}

@@ -178,6 +178,24 @@ def parse_location(spec, field, site_proxy, upstream_names):
     return out
 
 
+POLICY_KEYS = ("redirect", "hsts", "hsts_max_age", "hsts_include_subdomains", "hsts_preload")
+
+
+def parse_https_policy(spec, field):
+    """What an HTTPS site says to clients: redirect and HSTS (``POLICY_KEYS`` of ``spec``, checked,
+    over TLS_DEFAULTS). The box's TLS options take the same keys with the same checks."""
+    out = {key: TLS_DEFAULTS[key] for key in POLICY_KEYS}
+    for key in ("redirect", "hsts", "hsts_include_subdomains", "hsts_preload"):
+        if spec.get(key) is not None:
+            out[key] = v.boolean(spec[key], _j(field, key))
+    if out["hsts_preload"] and not out["hsts_include_subdomains"]:
+        # Browsers' preload lists take only a header with includeSubDomains.
+        raise ValidationError(_j(field, "hsts_preload"), True, "needs hsts_include_subdomains (the preload list requires it)")
+    if spec.get("hsts_max_age") is not None:
+        out["hsts_max_age"] = v.integer(spec["hsts_max_age"], _j(field, "hsts_max_age"), 0, 10 ** 9)
+    return out
+
+
 def parse_tls(spec, field):
     if spec is None:
         return None
@@ -195,20 +213,15 @@ def parse_tls(spec, field):
         out["listen"] = _each(spec["listen"], _j(field, "listen"), nv.listen)
         if not out["listen"]:
             raise ValidationError(_j(field, "listen"), spec["listen"], "must name at least one port")
-    for key in ("redirect", "hsts", "http2", "hsts_include_subdomains", "hsts_preload"):
-        if spec.get(key) is not None:
-            out[key] = v.boolean(spec[key], _j(field, key))
-    if out["hsts_preload"] and not out["hsts_include_subdomains"]:
-        # Browsers' preload lists take only a header with includeSubDomains.
-        raise ValidationError(_j(field, "hsts_preload"), True, "needs hsts_include_subdomains (the preload list requires it)")
+    out.update(parse_https_policy(spec, field))
+    if spec.get("http2") is not None:
+        out["http2"] = v.boolean(spec["http2"], _j(field, "http2"))
     if spec.get("acme_webroot") is not None:
         out["acme_webroot"] = nv.abs_path(spec["acme_webroot"], _j(field, "acme_webroot"))
     if out["reject_handshake"]:
         # A catch-all for names no site has a certificate for: refuse the TLS handshake rather
         # than answer with another site's certificate and content.
         out.update(redirect=False, hsts=False, http2=False)
-    if spec.get("hsts_max_age") is not None:
-        out["hsts_max_age"] = v.integer(spec["hsts_max_age"], _j(field, "hsts_max_age"), 0, 10 ** 9)
     if spec.get("protocols") is not None:
         out["protocols"] = _each(spec["protocols"], _j(field, "protocols"),
                                  lambda protocol, pfield: v.one_of(protocol, TLS_PROTOCOLS, pfield))

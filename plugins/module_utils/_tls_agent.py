@@ -49,6 +49,7 @@ import tempfile
 import time
 import urllib.parse
 
+PROGRAM = "/usr/local/sbin/onebox-tls"  # where the box module puts this file
 CONFIG = "/etc/onebox-tls/config.json"
 PROVIDED = "/etc/onebox-tls/provided"
 LETSENCRYPT = "/etc/letsencrypt"  # the volume; certbot's config dir of the ACME account
@@ -66,6 +67,7 @@ LOG = "/var/log/onebox-tls.log"
 LOCK = "/run/onebox-tls/lock"
 RENEWED = "/run/onebox-tls/renewed"  # certbot renew's deploy hook appends each renewed lineage's name
 UNIT_DIR = "/etc/systemd/system"
+SERVICE = "onebox-tls-renew.service"
 TIMER = "onebox-tls-renew.timer"
 PAIR = ("fullchain.pem", "privkey.pem")
 MODES = ("acme", "self_signed", "provided")
@@ -83,7 +85,7 @@ After=network-online.target
 
 [Service]
 Type=oneshot
-ExecStart=/usr/local/sbin/onebox-tls renew
+ExecStart={program} renew
 TimeoutStartSec=1h
 """
 TIMER_TEXT = """# Managed by homelab.onebox (onebox-tls of box {owner}). Do not edit: changes are overwritten.
@@ -407,10 +409,11 @@ class Agent:
     def units(self, config, actions):
         """The renewal service and timer, enabled; Debian's certbot.timer (which would renew without
         our CA bundle and reload nginx per lineage) disabled and masked."""
-        texts = {"onebox-tls-renew.service": SERVICE_TEXT, TIMER: TIMER_TEXT}
+        texts = {SERVICE: SERVICE_TEXT, TIMER: TIMER_TEXT}
         changed = False
         for unit, text in texts.items():
-            text, path = text.format(owner=config.get("owner"), calendar=config["renew_calendar"]), self.path(UNIT_DIR, unit)
+            text = text.format(owner=config.get("owner"), calendar=config["renew_calendar"], program=PROGRAM)
+            path = self.path(UNIT_DIR, unit)
             if read_text(path) != text:
                 changed = True
                 self.act(actions, "unit " + unit)

@@ -383,7 +383,7 @@ from ansible_collections.homelab.onebox.plugins.module_utils import _tls_agent
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate
 from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
 from ansible_collections.homelab.onebox.plugins.module_utils._box_service import secret_values
-from ansible_collections.homelab.onebox.plugins.module_utils._box_tls import AGENT_PATH, CONF_DIR as TLS_CONF_DIR, tls_secrets
+from ansible_collections.homelab.onebox.plugins.module_utils._box_tls import ARGUMENT_SPEC as TLS_SPEC, AGENT_PATH, CONF_DIR as TLS_CONF_DIR, tls_secrets
 from ansible_collections.homelab.onebox.plugins.module_utils._dnat_host import ARGUMENT_SPEC as DNAT_SPEC, DnatManager
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError, named_failure
 from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, parse_instances, warn_pruned
@@ -412,21 +412,7 @@ ARGUMENT_SPEC = dict(
     parallel=dict(type="int", default=16),
     timeout=dict(type="int", default=120),
     package_timeout=dict(type="int", default=600),
-    tls=dict(type="dict", options=dict(
-        email=dict(type="str"),
-        directory=dict(type="str"),
-        staging=dict(type="bool"),
-        ca_bundle=dict(type="str"),
-        key_type=dict(type="str", choices=["ecdsa", "rsa"]),
-        default=dict(type="str", choices=["acme", "self_signed", "off"]),
-        redirect=dict(type="bool"),
-        hsts=dict(type="bool"),
-        hsts_max_age=dict(type="int"),
-        hsts_include_subdomains=dict(type="bool"),
-        hsts_preload=dict(type="bool"),
-        dns=dict(type="dict"),
-        renew_calendar=dict(type="str"),
-    )),
+    tls=dict(type="dict", options=TLS_SPEC),
     purge=dict(type="bool", default=False),
     proxy=dict(type="dict", default={}, apply_defaults=True, options=dict(
         name=dict(type="str"),
