@@ -590,13 +590,8 @@ class BoxManager:
         if volume is not None and self.present:
             volume.apply()  # before the proxy that mounts it is made or changed
         insides = Insides(lxd, self.inside_specs, check, diff, params["timeout"], params["package_timeout"])
-        site_set, site_read = self._site_set(sites), []
+        site_set, site_read, placings = self._site_set(sites), [], []
         certs = self._certificates(site_set)
-
-        def placing(reading, *args):
-            future = reading.submit(certs.place, *args)
-            future.placing = True
-            return future
 
         def then(spec, result, settle):
             proxy_now = site_set is not None and spec.name == self.box.proxy
@@ -609,10 +604,13 @@ class BoxManager:
                 # Its certificates placed (links nginx -t will want) beside its inside too: on a
                 # box that changes nothing that is the answer; placed again below if the agent's
                 # files change.
-                site_read.append(placing(reading))
+                placings.append(reading.submit(certs.place))
             insides.then(spec, result, settle)
-            if proxy_now and certs is not None and not (early and not self._agent_changed(insides)):
-                site_read.append(placing(reading, check and (new or self._agent_missing(insides))))
+            if proxy_now and certs is not None:
+                changed = self._agent_files_changed(insides)
+                if not early or changed is None or changed:
+                    missing = changed is None or changed.get(AGENT_PATH) == "none"
+                    placings.append(reading.submit(certs.place, check and (new or missing)))
         if applied or containers.doomed:
             with ThreadPoolExecutor(max_workers=2) as reading:
                 containers.apply(params["parallel"], then=then)
@@ -629,7 +627,7 @@ class BoxManager:
         result["changed"] = result["changed"] or inside_result["changed"]
         diffs.extend(inside_result.get("diff", []))
         if sites is not None:
-            diffs.extend(self._converge_sites(site_set, site_read, result, certs))
+            diffs.extend(self._converge_sites(site_set, site_read, placings, result, certs))
         if forwards is not None:
             forwards.apply()
             forward_result = forwards.result()
@@ -675,18 +673,17 @@ class BoxManager:
                                  self.box.tls.config(self.module.params["owner"]), check_mode=self.module.check_mode,
                                  diff=self.module._diff, warn=self.module.warn)
 
-    def _agent_changed(self, insides):
-        """Whether this run changed the TLS agent's files in the proxy (an earlier placing is stale)."""
+    def _agent_files_changed(self, insides):
+        """The TLS agent's files this run changes in the proxy, path -> what is there now (``none``:
+        missing), or None when the proxy's inside was not planned. Any change makes a placing done
+        before it stale; a missing agent (check mode) cannot be asked anything."""
         worker = insides.workers.get(self.box.proxy)
-        return worker is None or any(fspec.path.startswith((AGENT_PATH, TLS_CONF_DIR)) for fspec, _current in worker.planned.changed_files)
+        if worker is None:
+            return None
+        return {fspec.path: current.kind for fspec, current in worker.planned.changed_files
+                if fspec.path.startswith((AGENT_PATH, TLS_CONF_DIR))}
 
-    def _agent_missing(self, insides):
-        """In check mode: whether the TLS agent is still to be put into the proxy (nothing to ask)."""
-        worker = insides.workers.get(self.box.proxy)
-        return worker is None or any(fspec.path == AGENT_PATH and current.kind == "none"
-                                     for fspec, current in worker.planned.changed_files)
-
-    def _converge_sites(self, site_set, site_read, result, certs):
+    def _converge_sites(self, site_set, site_read, placings, result, certs):
         """The proxy's sites, once every container is done (nginx started if the proxy was
         restarted; its files read and its certificates placed already when ``site_read`` holds
         those steps); its diff entries."""
@@ -702,15 +699,13 @@ class BoxManager:
             # once the network is up, and a reload before that finds no nginx. `systemctl start`
             # waits for the start job already queued.
             lxd.run(proxy, ["systemctl", "start", "nginx.service"], timeout=params["timeout"])
-        if site_read:
-            # A placing made stale by this run's new agent files may have failed (the agent
-            # replaced under it); the one after them counts.
-            last_place = max([i for i, step in enumerate(site_read) if getattr(step, "placing", False)] or [-1])
-            for index, step in enumerate(site_read):
-                if not getattr(step, "placing", False):
-                    step.result()
-                elif index == last_place:
-                    certs.placed = step.result()
+        if site_read or placings:
+            for step in site_read:
+                step.result()
+            if placings:
+                # A placing made stale by this run's new agent files may have failed (the agent
+                # replaced under it); the one after them counts.
+                certs.placed = placings[-1].result()
         else:
             site_set.read()  # the proxy was not made or changed by this run (it is only read)
             if certs is not None:

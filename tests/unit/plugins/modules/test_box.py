@@ -260,6 +260,6 @@ def test_tls_on_a_proxy_there_places_beside_its_inside_and_again_only_when_the_a
     assert prepares[1] > agent_push   # the placing that counts ran on the new agent
     lxd.calls.clear()
     box = tls_manager(lxd, pending=(), parts=["containers", "insides", "sites"])
-    box._agent_changed = lambda insides: False   # as on a box that changes nothing
+    box._agent_files_changed = lambda insides: {}   # as on a box that changes nothing
     box.run()
     assert agent_calls(lxd) == [["prepare"]]
