@@ -509,11 +509,13 @@ class BoxManager:
         self.box = parse_box(params["services"] or [] if self.present else [], dict(
             owner=params["owner"], image=params["image"], proxy_name=proxy["name"], proxy_memory=proxy["memory"],
             proxy_cpus=proxy["cpus"], proxy_priority=proxy["autostart_priority"], proxy_sites=bool(extra_sites),
-            tls=params["tls"] if self.present else None, tls_agent=agent_source()))
+            tls=params["tls"] if self.present else None))
         # The proxy's certificates live on a volume: with the sites part, or a teardown's purge.
         self.keeps_volume = ("sites" in self.parts and self.box.tls_active) or (not self.present and params["purge"])
         if self.keeps_volume:
             self.box.options["tls_pool"] = root_pool(module.lxd)
+        if self.box.tls_active:
+            self.box.options["tls_agent"] = agent_source()  # read only for a box that ships it
         self.instance_specs = parse_instances(self.box.instances(), params["owner"])
         for spec in self.instance_specs:
             spec.field = self.box.field_of(spec.name)
