@@ -46,7 +46,7 @@ class ProxyCertificates:
         """Every certificate linked where its site's file names it (check mode: what would be).
         ``new``: the proxy (or its agent) does not exist yet, so in check mode nothing is asked."""
         if self.check_mode and new:
-            self.placed = {"changed": bool(self.certs), "removed": [],
+            self.placed = {"changed": bool(self.certs),
                            "certs": [dict(name=c["name"], mode=c["mode"], serving="none", pending=c["mode"] == "acme")
                                      for c in self.certs]}
         elif self.check_mode:
@@ -67,15 +67,14 @@ class ProxyCertificates:
         if self.pending:
             self.obtained = self._agent(["obtain"] + (["--reload"] if reload else []), OBTAIN_TIMEOUT)
         else:
-            self.lxd.run(self.proxy, [AGENT_PATH, "reload"], timeout=PLACE_TIMEOUT)
-            self.obtained = dict(self.obtained, reloaded=True)
+            self.obtained = dict(self.obtained, reloaded=self._agent(["reload"], PLACE_TIMEOUT)["reloaded"])
         for failure in self.obtained.get("failed", []):
             self.warn("certificate %s not obtained: %s; its placeholder serves until the renewal timer in %s "
                       "obtains it (or the next converge)" % (failure["name"], failure["reason"], self.proxy))
         return self.obtained
 
     def result(self):
-        placed = self.placed or {"certs": [], "removed": [], "changed": False}
+        placed = self.placed or {"certs": [], "changed": False}
         obtained, failed = set(self.obtained.get("obtained", [])), {f["name"] for f in self.obtained.get("failed", [])}
         certs = []
         for cert in placed["certs"]:
@@ -87,7 +86,7 @@ class ProxyCertificates:
             certs.append(state)
         result = {"changed": bool(placed.get("changed") or obtained or self.obtained.get("changed")
                                   or (self.check_mode and self.pending)),
-                  "certificates": certs, "removed": list(placed.get("removed", []))}
+                  "certificates": certs}
         if self.diff:
             # Before: what serves each site once placed; after: what serves once obtained (or requested).
             result["diff"] = entry("certificates in %s" % self.proxy,
