@@ -156,7 +156,8 @@ def render_site(site):
         locations.append("")
         locations += _location_block(site, loc)
     challenge = _challenge_block(tls) if tls and tls["acme_webroot"] else []
-    if tls and tls["redirect"] and site["listen"]:
+    redirecting = bool(tls and tls["redirect"] and site["listen"])
+    if redirecting:
         port = tls["listen"][0].rsplit(":", 1)[-1]
         target = "https://$host%s$request_uri" % ("" if port == "443" else ":" + port)
         out += ["", "server {"]
@@ -169,7 +170,6 @@ def render_site(site):
         else:
             out += ["    return 301 %s;" % target]
         out += ["}"]
-        challenge = []
     out += ["", "server {"]
     body = []
     if not (tls and tls["redirect"]):
@@ -192,7 +192,8 @@ def render_site(site):
             body.append('add_header Strict-Transport-Security "%s" always;' % _hsts_value(tls))
     body.append("client_max_body_size %s;" % site["proxy"]["client_max_body_size"])
     out += ["    " + line for line in body]
-    out += [("    " + line) if line else "" for line in challenge + locations]
+    # The challenge lives where plain HTTP is answered: the redirecting server above, else this one.
+    out += [("    " + line) if line else "" for line in ([] if redirecting else challenge) + locations]
     out.append("}")
     return "\n".join(out) + "\n"
 
