@@ -77,6 +77,8 @@ def test_spec_of_the_app():
     ({"name": "a", "services": [{"name": "nginx", "user": "www-data"}]}, "instances[0].services[0].user", "www-data"),
     ({"name": "a", "services": [{"name": "x", "command": ["/bin/true"]}, {"name": "x", "command": ["/bin/false"]}]},
      "instances[0].services[1].name", "x"),
+    ({"name": "a", "files": [{"path": "/x", "content": "", "restart": "perhaps"}]}, "instances[0].files[0].restart",
+     "perhaps"),
     ({"name": "a", "services": [{"name": "x", "command": ["/bin/true"], "restart": "sometimes"}]},
      "instances[0].services[0].restart", "sometimes"),
     ({"name": "a", "files": [{"path": "/etc/systemd/system/onebox-x.service", "content": ""}],
