@@ -118,6 +118,15 @@ def instance_name(value, field="name"):
                      "must be 1-63 letters, digits or hyphens, start with a letter and not end with a hyphen")
 
 
+def lower_name(value, field="name"):
+    """A name the collection builds others from (a volume's, in ``OWNER-SERVICE-NAME``): an
+    instance name in lower case, so two spellings never name one thing."""
+    instance_name(value, field)
+    if value != value.lower():
+        raise ValidationError(field, value, "must be lower-case letters, digits or hyphens")
+    return value
+
+
 def domain(value, field="domain", wildcard=True):
     """A DNS name, lower-cased, without a trailing dot; ``*.example.org`` when ``wildcard`` is
     allowed.

@@ -19,6 +19,15 @@ def test_instance_name_rejects_with_field_and_value(name):
     assert repr(name) in err.value.msg
 
 
+@pytest.mark.parametrize("name, reason", [("Data", "lower-case"), ("data_1", "1-63 letters"), ("1data", "start with a letter"),
+                                          ("data-", "not end with a hyphen"), ("x" * 64, "1-63")])
+def test_lower_name_is_an_instance_name_in_lower_case(name, reason):
+    assert v.lower_name("db-data2") == "db-data2"
+    with pytest.raises(ValidationError) as err:
+        v.lower_name(name, "services[db].volumes[0].name")
+    assert err.value.field == "services[db].volumes[0].name" and err.value.value == name and reason in err.value.reason
+
+
 @pytest.mark.parametrize("value,expected", [("Example.ORG", "example.org"), ("*.example.org", "*.example.org"),
                                             ("a-b.c", "a-b.c"), ("example.org.", "example.org")])
 def test_domain_normalises(value, expected):
