@@ -5,7 +5,13 @@
 
 ``parse_service`` takes one item of ``onebox_services`` and returns a BoxService, or raises
 ValidationError naming the service and the field (``services[web].port``). What needs the whole
-description (names, domains and host ports claimed twice) is _box.py's.
+description (names, domains, host ports and volume names claimed twice) is _box.py's.
+
+A service's ``volumes`` are custom storage volumes mounted into each of its containers, named
+``OWNER-SERVICE-NAME`` (``OWNER-shared-NAME`` when ``shared``); ``service.volumes`` is a list of
+dicts with exactly the keys name, volume, path, size, readonly, shared and device, which other
+parts (the backups) rely on. A service written ``{name, state: absent, purge}`` builds nothing:
+it names a removed service whose volumes a purge deletes.
 """
 from __future__ import annotations
 
@@ -20,7 +26,16 @@ SERVICE_KEYS = {
     "name", "kind", "description", "image", "domains", "routes", "port", "host_port", "forwards",
     "count", "method", "memory", "memory_swap", "cpus", "boot", "files", "packages", "user",
     "command", "environment", "working_directory", "proxy", "adopt", "allow_host_listener", "tls",
+    "volumes", "backup", "backup_command", "state", "purge",
 }
+# A removed service (state: absent) says only which one, and whether its volumes go with it.
+ABSENT_KEYS = {"name", "state", "purge"}
+VOLUME_KEYS = {"name", "path", "size", "readonly", "shared"}
+# The name part of a shared volume (OWNER-shared-NAME) in place of a service's name.
+SHARED = "shared"
+# A volume's disk device in the container is vol-NAME: the box owns the devices of this prefix
+# (one no longer described leaves the container).
+VOLUME_DEVICE_PREFIX = "vol-"
 ROUTE_KEYS = {"domain", "path", "strip_prefix"}
 FORWARD_KEYS = {"proto", "port", "target_port", "source", "host_address", "comment", "allow_host_listener"}
 # The port the proxy serves HTTP on, and a service's port when it runs no command (the image's nginx).
@@ -57,6 +72,12 @@ class BoxService:
         if "name" not in raw:
             raise ValidationError(where("name"), None, "every service needs a name")
         self.name = v.instance_name(raw["name"], where("name"))
+        self.state = v.one_of(raw.get("state", "present"), ("present", "absent"), where("state"))
+        if self.state == "absent":
+            self._removed()
+            return
+        if "purge" in raw:
+            raise ValidationError(where("purge"), raw["purge"], "only a removed service (state: absent) is purged")
         self.kind = v.one_of(raw.get("kind", "app" if raw.get("command") else "static"), KINDS, where("kind"))
         self.image = v.safe_token(raw.get("image", defaults["image"]), where("image"))
         self.domains = [v.domain(d, "%s[%d]" % (where("domains"), i))
@@ -64,7 +85,7 @@ class BoxService:
         self.routes = [self._route(i, r) for i, r in enumerate(self._list("routes"))]
         self.forwards = [self._forward(i, f) for i, f in enumerate(self._list("forwards"))]
         self.host_port = v.port(raw["host_port"], where("host_port")) if raw.get("host_port") is not None else None
-        self.command = self._command()
+        self.command = self._command("command")
         default_port = None if self.command else HTTP_PORT
         self.port = v.port(raw["port"], where("port")) if raw.get("port") is not None else default_port
         self.count = 1
@@ -113,6 +134,22 @@ class BoxService:
         self.allow_host_listener = v.flag(raw.get("allow_host_listener", False), where("allow_host_listener"))
         if self.allow_host_listener and not (self.forwards or self.host_port):
             raise ValidationError(where("allow_host_listener"), True, "this service forwards no host port")
+        self.volumes = self._volumes(defaults.get("owner", "onebox"))
+        # Parsed here for the backups, which read them: whether the service's volumes are backed
+        # up, and the command run in its container first (a database dump onto a volume).
+        self.backup = v.flag(raw.get("backup", True), where("backup"))
+        self.backup_command = self._command("backup_command")
+        self.purge = False
+
+    def _removed(self):
+        """A service written {name, state: absent, purge}: nothing is built for it; with purge its
+        volumes are deleted once its containers are gone. Without purge it is as if left out."""
+        extra = sorted(set(self.raw) - ABSENT_KEYS)
+        if extra:
+            raise ValidationError(self.where(extra[0]), self.raw[extra[0]],
+                                  "a service with state: absent builds nothing: it takes only name, state and purge")
+        self.purge = v.flag(self.raw.get("purge", False), self.where("purge"))
+        self.volumes = []
 
     def where(self, key=None):
         return _where(self.index, self.raw, key)
@@ -148,18 +185,57 @@ class BoxService:
             v.port_range(raw["target_port"], where + ".target_port")
         return forward
 
-    def _command(self):
-        command = self.raw.get("command")
+    def _command(self, key):
+        """``command`` or ``backup_command``: a command line (split on spaces) or a list of
+        arguments -> the list, or None when not given."""
+        command = self.raw.get(key)
         if command is None:
             return None
         if isinstance(command, str):
             command = command.split()
         if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
-            raise ValidationError(self.where("command"), self.raw.get("command"),
-                                  "must be a command line or a list of arguments")
+            raise ValidationError(self.where(key), self.raw.get(key), "must be a command line or a list of arguments")
         if any("\n" in a for a in command):
-            raise ValidationError(self.where("command"), self.raw.get("command"), "must not contain a newline")
+            raise ValidationError(self.where(key), self.raw.get(key), "must not contain a newline")
         return command
+
+    def _volumes(self, owner):
+        """``volumes`` -> [{name, volume, path, size, readonly, shared, device}]."""
+        volumes, names, paths = [], {}, {}
+        for index, raw in enumerate(self._list("volumes")):
+            where = "%s[%d]" % (self.where("volumes"), index)
+            if not isinstance(raw, dict):
+                raise ValidationError(where, raw, "a volume is a dict with name and path")
+            unknown = sorted(set(raw) - VOLUME_KEYS)
+            if unknown:
+                raise ValidationError("%s.%s" % (where, unknown[0]), raw[unknown[0]],
+                                      "unknown key (known: %s)" % ", ".join(sorted(VOLUME_KEYS)))
+            for key in ("name", "path"):
+                if raw.get(key) is None:
+                    raise ValidationError("%s.%s" % (where, key), None, "every volume needs a %s" % key)
+            name = v.lower_name(raw["name"], where + ".name")
+            path = v.absolute_path(raw["path"], where + ".path")
+            if path == "/":
+                raise ValidationError(where + ".path", raw["path"], "is the container's own root; mount the volume under it")
+            size = None
+            if raw.get("size") is not None:
+                if v.size_bytes(raw["size"], where + ".size") == 0:
+                    raise ValidationError(where + ".size", raw["size"], "must be more than nothing")
+                size = str(raw["size"]).replace(" ", "")
+            readonly = v.flag(raw.get("readonly", False), where + ".readonly")
+            shared = v.flag(raw.get("shared", False), where + ".shared")
+            for key, value, seen in (("name", name, names), ("path", path, paths)):
+                if value in seen:
+                    raise ValidationError("%s.%s" % (where, key), raw[key], "declared twice (also %s)" % seen[value])
+                seen[value] = where
+            if self.kind == "pool" and not shared:
+                raise ValidationError(where + ".shared", False,
+                                      "every member of a pool would mount this one volume and share its data by "
+                                      "accident; use shared: true to mean it")
+            volumes.append({"name": name, "volume": "%s-%s-%s" % (owner, SHARED if shared else self.name, name),
+                            "path": path, "size": size, "readonly": readonly, "shared": shared,
+                            "device": VOLUME_DEVICE_PREFIX + name})
+        return volumes
 
     def _limits(self):
         return v.limits(self.raw.get("memory"), self.raw.get("memory_swap"), self.raw.get("cpus"), self.where)

@@ -34,3 +34,77 @@ def test_a_bad_key_is_named_as_written(raw, field, reason):
     with pytest.raises(ValidationError) as err:
         parse_service(0, raw, DEFAULTS)
     assert err.value.field == field and reason in err.value.reason
+
+
+# ---- volumes, backup, a removed service ----------------------------------------------------------
+OWNED = dict(DEFAULTS, owner="box")
+
+
+def test_volumes_are_named_after_the_owner_and_the_service_or_shared():
+    service = parse_service(0, {"name": "db", "volumes": [
+        {"name": "data", "path": "/var/lib/db/", "size": "1 GiB"},
+        {"name": "media", "path": "/srv/media", "shared": True, "readonly": True}]}, OWNED)
+    assert service.volumes == [
+        {"name": "data", "volume": "box-db-data", "path": "/var/lib/db", "size": "1GiB", "readonly": False,
+         "shared": False, "device": "vol-data"},
+        {"name": "media", "volume": "box-shared-media", "path": "/srv/media", "size": None, "readonly": True,
+         "shared": True, "device": "vol-media"}]
+
+
+def test_backup_and_backup_command_are_parsed_like_command():
+    plain = parse_service(0, {"name": "db"}, OWNED)
+    assert plain.backup is True and plain.backup_command is None and plain.volumes == []
+    dumped = parse_service(0, {"name": "db", "backup": False, "backup_command": "pg_dump -f /var/lib/db/dump.sql"}, OWNED)
+    assert dumped.backup is False and dumped.backup_command == ["pg_dump", "-f", "/var/lib/db/dump.sql"]
+    listed = parse_service(0, {"name": "db", "backup_command": ["/bin/sh", "-c", "dump > /d/x"]}, OWNED)
+    assert listed.backup_command == ["/bin/sh", "-c", "dump > /d/x"]
+
+
+def test_a_removed_service_builds_nothing_and_says_whether_to_purge():
+    gone = parse_service(0, {"name": "db", "state": "absent", "purge": True}, OWNED)
+    assert (gone.state, gone.purge, gone.volumes) == ("absent", True, [])
+    assert parse_service(0, {"name": "db", "state": "absent"}, OWNED).purge is False
+    assert parse_service(0, {"name": "db"}, OWNED).state == "present"
+
+
+VOLUME = {"name": "data", "path": "/data"}
+
+
+@pytest.mark.parametrize("raw, field, value, reason", [
+    ({"volumes": {"name": "data"}}, "services[db].volumes", {"name": "data"}, "must be a list"),
+    ({"volumes": ["data"]}, "services[db].volumes[0]", "data", "a dict with name and path"),
+    ({"volumes": [dict(VOLUME, mode="rw")]}, "services[db].volumes[0].mode", "rw", "unknown key"),
+    ({"volumes": [{"path": "/data"}]}, "services[db].volumes[0].name", None, "needs a name"),
+    ({"volumes": [{"name": "data"}]}, "services[db].volumes[0].path", None, "needs a path"),
+    ({"volumes": [dict(VOLUME, name="Data")]}, "services[db].volumes[0].name", "Data", "lower-case"),
+    ({"volumes": [dict(VOLUME, name="da_ta")]}, "services[db].volumes[0].name", "da_ta", "letters, digits or hyphens"),
+    ({"volumes": [dict(VOLUME, name="data-")]}, "services[db].volumes[0].name", "data-", "not end with a hyphen"),
+    ({"volumes": [dict(VOLUME, path="data")]}, "services[db].volumes[0].path", "data", "absolute path"),
+    ({"volumes": [dict(VOLUME, path="/srv/../etc")]}, "services[db].volumes[0].path", "/srv/../etc", "'..'"),
+    ({"volumes": [dict(VOLUME, path="/")]}, "services[db].volumes[0].path", "/", "own root"),
+    ({"volumes": [dict(VOLUME, path="//")]}, "services[db].volumes[0].path", "//", "own root"),
+    ({"volumes": [dict(VOLUME, path="/da\nta")]}, "services[db].volumes[0].path", "/da\nta", "must not contain"),
+    ({"volumes": [dict(VOLUME, size="1")]}, "services[db].volumes[0].size", "1", "give a unit"),
+    ({"volumes": [dict(VOLUME, size="big")]}, "services[db].volumes[0].size", "big", "a size such as"),
+    ({"volumes": [dict(VOLUME, size="0GiB")]}, "services[db].volumes[0].size", "0GiB", "more than nothing"),
+    ({"volumes": [dict(VOLUME, readonly="yes")]}, "services[db].volumes[0].readonly", "yes", "true or false"),
+    ({"volumes": [dict(VOLUME, shared=1)]}, "services[db].volumes[0].shared", 1, "true or false"),
+    ({"volumes": [VOLUME, dict(VOLUME, path="/other")]}, "services[db].volumes[1].name", "data",
+     "declared twice (also services[db].volumes[0])"),
+    ({"volumes": [VOLUME, dict(VOLUME, name="other", path="/data/")]}, "services[db].volumes[1].path", "/data/",
+     "declared twice"),
+    ({"kind": "pool", "count": 2, "volumes": [VOLUME]}, "services[db].volumes[0].shared", False, "use shared: true"),
+    ({"backup": "no"}, "services[db].backup", "no", "true or false"),
+    ({"backup_command": ""}, "services[db].backup_command", "", "a command line or a list of arguments"),
+    ({"backup_command": ["dump", 3]}, "services[db].backup_command", ["dump", 3], "a list of arguments"),
+    ({"backup_command": ["dump", "a\nb"]}, "services[db].backup_command", ["dump", "a\nb"], "newline"),
+    ({"state": "gone"}, "services[db].state", "gone", "present, absent"),
+    ({"purge": True}, "services[db].purge", True, "only a removed service"),
+    ({"state": "absent", "purge": "yes"}, "services[db].purge", "yes", "true or false"),
+    ({"state": "absent", "volumes": [VOLUME]}, "services[db].volumes", [VOLUME], "takes only name, state and purge"),
+    ({"state": "absent", "image": "x"}, "services[db].image", "x", "takes only name, state and purge"),
+])
+def test_a_bad_volume_backup_or_state_is_named_with_its_value(raw, field, value, reason):
+    with pytest.raises(ValidationError) as err:
+        parse_service(0, dict(raw, name="db"), OWNED)
+    assert err.value.field == field and err.value.value == value and reason in err.value.reason, err.value.msg
