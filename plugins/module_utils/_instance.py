@@ -17,6 +17,11 @@ from ansible_collections.homelab.onebox.plugins.module_utils import _validate as
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
 
 INSTANCE_STATES = ("present", "started", "stopped", "restarted", "absent")
+# The image a container was made from, as declared (alias or fingerprint), when its spec records
+# it in this config key (the box does): a container whose record names another image is
+# re-created from the declared one, since LXD never changes an instance's image in place. A
+# container without the record is not re-created for that alone; the record is written.
+IMAGE_KEY = "user.onebox.image"
 # What the options need besides their types (lxd_instance's module, each item of lxd_instances).
 OPTION_RULES = dict(mutually_exclusive=[("image", "copy_from")],
                     required_by={"memory_swap": "memory", "image_server": "image"})
@@ -91,6 +96,9 @@ class InstanceSpec:
         self.force_stop = force_stop
         self.adopt = adopt  # an owned set may take this container over from another owner, or none
         self.field = name   # how an error names it: instances[2], services[web]
+        # A device name prefix whose devices are this spec's alone: one of them the spec no longer
+        # declares leaves the instance (the box's volumes, vol-NAME). None: undeclared devices stay.
+        self.owned_devices = None
 
     def check_host(self, lxd, field="cpus"):
         """What only the daemon's host can say: limits.cpu beyond its CPUs would never be met."""
@@ -108,6 +116,20 @@ class InstanceSpec:
         if self.ipv4_address is not None:
             devices["eth0"] = _addresses.static_nic(lxd, self.ipv4_address, self.network, profiles)
         return devices
+
+    def replaced_image(self, current):
+        """The image ``current`` records when the spec records another (the instance is then
+        re-created), else None."""
+        wanted = self.config.get(IMAGE_KEY)
+        had = ((current or {}).get("config") or {}).get(IMAGE_KEY)
+        return had if wanted is not None and had is not None and had != wanted else None
+
+    def stale_devices(self, current):
+        """The owned devices (``owned_devices``) of ``current`` the spec no longer declares."""
+        if not self.owned_devices:
+            return []
+        return sorted(name for name in (current.get("devices") or {})
+                      if name.startswith(self.owned_devices) and name not in self.devices)
 
     def create_body(self, lxd, pending=()):
         """The POST body that creates the instance. ``pending``: names a check-mode run would
@@ -160,6 +182,20 @@ class InstanceSpec:
             patch["ephemeral"] = self.ephemeral
         return patch
 
+    def put_body(self, current, patch, stale):
+        """The PUT that applies ``patch`` and removes the devices ``stale``: LXD's PATCH merges
+        devices by name and never removes one, so the whole instance is sent back (its volatile
+        keys unchanged, as `lxc config edit` does)."""
+        devices = dict(current.get("devices") or {}, **patch.get("devices", {}))
+        body = {"config": dict(current.get("config") or {}, **patch.get("config", {})),
+                "devices": {k: d for k, d in devices.items() if k not in stale},
+                "profiles": patch.get("profiles", current.get("profiles") or []),
+                "ephemeral": patch.get("ephemeral", bool(current.get("ephemeral"))),
+                "description": current.get("description") or ""}
+        if current.get("architecture"):
+            body["architecture"] = current["architecture"]
+        return body
+
     # ---- what the user sees ----------------------------------------------------------------
     def view(self, current):
         """The part of ``current`` this task manages, for diff before/after."""
@@ -167,7 +203,8 @@ class InstanceSpec:
             return {}
         config = own_config(current.get("config"))
         devices = current.get("devices") or {}
-        managed_devices = set(self.devices) | ({"eth0"} if self.ipv4_address else set())
+        managed_devices = (set(self.devices) | ({"eth0"} if self.ipv4_address else set())
+                           | set(self.stale_devices(current)))
         view = {"name": current.get("name"), "status": current.get("status"),
                 "config": {k: config[k] for k in sorted(self.config) if k in config} if self.config else config,
                 "devices": ({k: devices[k] for k in sorted(managed_devices) if k in devices}
@@ -189,6 +226,10 @@ class InstanceSpec:
         return {"name": body["name"], "status": "Stopped", "config": dict(body.get("config") or {}),
                 "devices": dict(body.get("devices") or {}), "profiles": body.get("profiles", ["default"]),
                 "ephemeral": body.get("ephemeral", False), "state": None}
+
+    @staticmethod
+    def predicted_after_put(current, body):
+        return dict(current, **{key: body[key] for key in ("config", "devices", "profiles", "ephemeral")})
 
     @staticmethod
     def predicted_after_patch(current, patch):

@@ -188,6 +188,11 @@ class LxdClient:
         what = "update instance %s" % name
         self.wait(self.request("patch", self.api.instances[name], what, json=body), what)
 
+    def put_instance(self, name, body):
+        """Replace the instance's configuration (the way to remove a device: PATCH never does)."""
+        what = "update instance %s" % name
+        self.wait(self.request("put", self.api.instances[name], what, json=body), what)
+
     def change_state(self, name, action, force=False, timeout=None):
         what = "%s instance %s" % (action, name)
         timeout = self.timeout if timeout is None else timeout
@@ -347,6 +352,16 @@ class LxdClient:
                                  "storage volume %s/%s" % (pool, name))
         except LxdNotFound:
             return None
+
+    def custom_volumes(self, pool):
+        """Every custom volume of the pool, with its config and ``used_by``, in one request."""
+        return self.metadata("get", self.api.storage_pools[pool].volumes.custom,
+                             "list storage volumes of %s" % pool, params={"recursion": 1})
+
+    def patch_volume(self, pool, name, body):
+        """Change some of a custom volume's config (its size)."""
+        self.request("patch", self.api.storage_pools[pool].volumes.custom[name],
+                     "update storage volume %s/%s" % (pool, name), json=body)
 
     def create_volume(self, pool, body):
         self.request("post", self.api.storage_pools[pool].volumes.custom, "create storage volume %s/%s"

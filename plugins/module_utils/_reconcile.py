@@ -26,6 +26,7 @@ class InstanceReconciler:
         self.state_of = state_of
         self.pending = pending
         self.actions = []
+        self.recreated = None  # why the instance was deleted and made again (its image changed)
         self._reached = None  # (before, current) once run() has brought the instance there
         self._settled = None
 
@@ -40,15 +41,29 @@ class InstanceReconciler:
                 self._act("delete", lambda: self._delete(current))
             return self._result(before, {}, None)
 
+        body, replaced = None, spec.replaced_image(current)
+        if replaced is not None:
+            # LXD never changes an instance's image: a new image is a new container (its volumes
+            # stay, attached again by its devices). An unknown image fails before the old one goes.
+            body = spec.create_body(lxd, self.pending)
+            self.recreated = "image %s -> %s" % (replaced, spec.image)
+            self._act("delete", lambda: self._delete(current))
+            current = None
         if current is None:
-            body = spec.create_body(lxd, self.pending)  # fails on an unknown image or source first
+            body = body or spec.create_body(lxd, self.pending)  # fails on an unknown image or source first
             if not self.check_mode:
                 self._release_stale_lease(body)  # or fails, before anything is made, on a holder
             self._act("create", lambda: lxd.create_instance(body, timeout=max(120, spec.wait_timeout)))
             current = spec.predicted(body) if self.check_mode else lxd.instance(name, state=False)
         else:
             patch = spec.patch_body(current, lxd)
-            if patch:
+            stale = spec.stale_devices(current)
+            if stale:
+                body = spec.put_body(current, patch, stale)
+                self._act("update", lambda: lxd.put_instance(name, body))
+                current = (spec.predicted_after_put(current, body) if self.check_mode
+                           else lxd.instance(name, state=False))
+            elif patch:
                 self._act("update", lambda: lxd.patch_instance(name, patch))
                 current = (spec.predicted_after_patch(current, patch) if self.check_mode
                            else lxd.instance(name, state=False))
@@ -150,6 +165,8 @@ class InstanceReconciler:
             "instance": self.spec.returned(current) if current else {},
             "addresses": addresses or [],
         }
+        if self.recreated:
+            result["recreated"] = self.recreated
         if self.diff:
             result["diff"] = {"before": before, "after": after}
         return result

@@ -75,7 +75,7 @@ class FakeLxd:
     def changes(self):
         """The calls that change something (no reads), in order."""
         reads = {"instance", "instances", "instance_state", "host_cpus", "image_alias", "image",
-                 "network", "network_leases", "profile", "pull_file", "volume"}
+                 "network", "network_leases", "profile", "pull_file", "volume", "custom_volumes"}
         return [call for call in self.calls if call[0] not in reads]
 
     def _record(self, method, name, *args):
@@ -167,6 +167,15 @@ class FakeLxd:
                     instance[key] = body[key]
             self._expand(instance)
 
+    def put_instance(self, name, body):
+        self._record("put_instance", name, copy.deepcopy(body))
+        with self._lock:
+            instance = self._get(name, "update instance %s" % name)
+            for key in ("config", "devices", "profiles", "ephemeral"):
+                if key in body:
+                    instance[key] = copy.deepcopy(body[key])
+            self._expand(instance)
+
     def change_state(self, name, action, force=False, timeout=None):
         self._record("change_state", name, action)
         with self._lock:
@@ -230,6 +239,23 @@ class FakeLxd:
     def volume(self, pool, name):
         self._record("volume", name, pool)
         return copy.deepcopy(self.volumes.get((pool, name)))
+
+    def custom_volumes(self, pool):
+        """As LXD lists them: each with ``used_by``, the instances whose devices mount it."""
+        self._record("custom_volumes", None, pool)
+        with self._lock:
+            return [dict(copy.deepcopy(volume), used_by=["/1.0/instances/%s" % n for n, i in sorted(self.instances_by_name.items())
+                                                         if any(d.get("source") == name and d.get("pool") == pool
+                                                                for d in i["devices"].values())])
+                    for (at, name), volume in sorted(self.volumes.items()) if at == pool]
+
+    def patch_volume(self, pool, name, body):
+        self._record("patch_volume", name, pool, copy.deepcopy(body))
+        with self._lock:
+            volume = self.volumes.get((pool, name))
+            if volume is None:
+                raise LxdNotFound("update storage volume %s/%s: not found" % (pool, name))
+            volume.setdefault("config", {}).update(body.get("config") or {})
 
     def create_volume(self, pool, body):
         self._record("create_volume", body["name"], pool)

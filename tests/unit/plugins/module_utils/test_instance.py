@@ -3,7 +3,7 @@ import pytest
 
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
 from ansible_collections.homelab.onebox.plugins.module_utils._instance import (
-    InstanceSpec, own_config, parse_instance, to_lxd_value)
+    IMAGE_KEY, InstanceSpec, own_config, parse_instance, to_lxd_value)
 from unit.fake_lxd import FakeLxd
 
 
@@ -134,3 +134,37 @@ def test_predicted_after_patch_merges():
     after = InstanceSpec.predicted_after_patch(CURRENT, {"config": {"limits.memory": "1GiB"}})
     assert after["config"]["limits.memory"] == "1GiB" and after["config"]["image.os"] == "debian"
     assert CURRENT["config"]["limits.memory"] == "512MiB"  # not mutated
+
+
+# ---- the recorded image, the owned devices ---------------------------------------------------------
+def test_a_recorded_image_that_differs_is_the_one_replaced():
+    spec = parse_instance(params(image="new", config={IMAGE_KEY: "new"}))
+    assert spec.replaced_image({"config": {IMAGE_KEY: "old"}}) == "old"
+    assert spec.replaced_image({"config": {IMAGE_KEY: "new"}}) is None
+    assert spec.replaced_image({"config": {}}) is None          # made before the record: written in place
+    assert spec.replaced_image(None) is None
+    assert spec.patch_body({"config": {}}, lookups()) == {"config": {IMAGE_KEY: "new"}}
+    # a spec that records nothing never replaces anything
+    assert parse_instance(params(image="new")).replaced_image({"config": {IMAGE_KEY: "old"}}) is None
+
+
+VOLUMES = {"vol-data": {"type": "disk", "pool": "default", "source": "box-web-data", "path": "/data"},
+           "vol-old": {"type": "disk", "pool": "default", "source": "box-web-old", "path": "/old"},
+           "eth0": CURRENT["devices"]["eth0"], "gpu": {"type": "gpu"}}
+
+
+def test_owned_devices_no_longer_declared_are_stale_and_a_put_removes_them():
+    spec = parse_instance(params(devices={"vol-data": dict(VOLUMES["vol-data"], readonly=True)}))
+    current = dict(CURRENT, devices=VOLUMES, architecture="x86_64", profiles=["default"], description="")
+    assert spec.stale_devices(current) == []     # only a spec that owns a prefix removes anything
+    spec.owned_devices = "vol-"
+    assert spec.stale_devices(current) == ["vol-old"]
+    patch = spec.patch_body(current, lookups())
+    assert patch == {"devices": {"vol-data": dict(VOLUMES["vol-data"], readonly="true")}}
+    body = spec.put_body(current, patch, spec.stale_devices(current))
+    # everything else sent back as it is (volatile keys too: LXD keeps them), the stale device left out
+    assert body["config"] == CURRENT["config"] and body["architecture"] == "x86_64" and body["ephemeral"] is False
+    assert set(body["devices"]) == {"vol-data", "eth0", "gpu"} and body["devices"]["vol-data"]["readonly"] == "true"
+    assert set(spec.view(current)["devices"]) == {"vol-data", "vol-old"}   # the diff shows the one that goes
+    after = InstanceSpec.predicted_after_put(current, body)
+    assert set(after["devices"]) == {"vol-data", "eth0", "gpu"} and set(current["devices"]) == set(VOLUMES)

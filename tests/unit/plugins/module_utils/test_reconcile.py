@@ -1,7 +1,7 @@
 """_reconcile: one instance brought to its spec, against the fake LXD (states, check mode, address)."""
 import pytest
 
-from ansible_collections.homelab.onebox.plugins.module_utils._instance import parse_instance
+from ansible_collections.homelab.onebox.plugins.module_utils._instance import IMAGE_KEY, parse_instance
 from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdError
 from ansible_collections.homelab.onebox.plugins.module_utils._reconcile import InstanceReconciler
 from unit.fake_lxd import FakeLxd
@@ -59,3 +59,60 @@ def test_a_container_that_never_gets_an_address_fails_naming_it():
     lxd.instances_by_name["web"]["state"]["network"] = {}
     with pytest.raises(LxdError, match="instance web has no IPv4 address"):
         InstanceReconciler(lxd, parse_instance({"name": "web", "wait_timeout": 1})).run()
+
+
+# ---- a new image re-creates, an owned device no longer declared leaves --------------------------
+def recorded(image, owned=None):
+    params = {"name": "web", "image": image, "config": {IMAGE_KEY: image},
+              "devices": {"vol-data": {"type": "disk", "pool": "default", "source": "box-web-data", "path": "/data"}}}
+    spec = parse_instance(dict(params, state="started"))
+    spec.owned_devices = owned
+    return spec
+
+
+def test_a_container_made_from_another_image_is_deleted_and_made_again_with_its_devices():
+    lxd = FakeLxd(images=("img-a", "img-b"))
+    InstanceReconciler(lxd, recorded("img-a")).run()
+    lxd.calls.clear()
+    predicted = InstanceReconciler(lxd, recorded("img-b"), check_mode=True, diff=True).run()
+    assert predicted["actions"] == ["delete", "create", "start"] and predicted["recreated"] == "image img-a -> img-b"
+    assert predicted["diff"]["before"]["config"][IMAGE_KEY] == "img-a"
+    assert predicted["diff"]["after"]["config"][IMAGE_KEY] == "img-b"
+    assert lxd.changes() == []
+    result = InstanceReconciler(lxd, recorded("img-b")).run()
+    assert result["actions"] == ["delete", "create", "start"] and result["recreated"] == "image img-a -> img-b"
+    assert [c[0] for c in lxd.changes()] == ["change_state", "delete_instance", "create_instance", "change_state"]
+    created = lxd.calls[[c[0] for c in lxd.calls].index("create_instance")][2]
+    assert created["source"] == {"type": "image", "alias": "img-b"} and "vol-data" in created["devices"]
+    again = InstanceReconciler(lxd, recorded("img-b")).run()
+    assert again["actions"] == [] and "recreated" not in again
+
+
+def test_an_unknown_new_image_fails_before_the_old_container_is_deleted():
+    lxd = FakeLxd(images=("img-a",))
+    InstanceReconciler(lxd, recorded("img-a")).run()
+    lxd.calls.clear()
+    with pytest.raises(Exception, match="no local image"):
+        InstanceReconciler(lxd, recorded("img-b")).run()
+    assert lxd.changes() == [] and "web" in lxd.instances_by_name
+
+
+def test_a_container_without_the_record_gets_it_in_place_not_a_new_container():
+    lxd = FakeLxd([{"name": "web", "status": "Running"}], images=("img-a", "img-b"))
+    result = InstanceReconciler(lxd, recorded("img-b")).run()
+    assert result["actions"] == ["update"] and "recreated" not in result
+    assert lxd.instances_by_name["web"]["config"][IMAGE_KEY] == "img-b"
+
+
+def test_an_owned_device_no_longer_declared_leaves_the_running_container_through_a_put():
+    lxd = FakeLxd(images=("img-a",))
+    InstanceReconciler(lxd, recorded("img-a")).run()
+    spec = parse_instance({"name": "web", "image": "img-a", "config": {IMAGE_KEY: "img-a"}, "state": "started"})
+    spec.owned_devices = "vol-"
+    predicted = InstanceReconciler(lxd, spec, check_mode=True, diff=True).run()
+    assert predicted["actions"] == ["update"] and predicted["diff"]["after"]["devices"] == {}
+    assert "vol-data" in lxd.instances_by_name["web"]["devices"]
+    assert InstanceReconciler(lxd, spec).run()["actions"] == ["update"]
+    assert lxd.names("put_instance") == ["web"] and lxd.instances_by_name["web"]["devices"] == {}
+    assert lxd.instances_by_name["web"]["status"] == "Running"
+    assert InstanceReconciler(lxd, spec).run()["actions"] == []
