@@ -4,9 +4,10 @@
 """The box description as a whole -> its parts: containers, insides, sites, forwards (pure logic).
 
 ``parse_box`` takes the list of services (each parsed by _box_service.py) and checks what needs
-the whole description: container names, domains and host ports claimed twice. The BoxParts it
-returns derives the items of each part: the containers (lxd_instances items), what goes inside
-them (lxd_provision items), the proxy's sites (nginx_site specs) and the host's forwards (dnat
+the whole description: container names, domains, host ports and storage volume names claimed
+twice. The BoxParts it returns derives the items of each part: the containers (lxd_instances
+items, with their volumes' disk devices), the storage volumes, what goes inside them
+(lxd_provision items), the proxy's sites (nginx_site specs) and the host's forwards (dnat
 forwards). An error names the service and the field.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ansible_collections.homelab.onebox.plugins.module_utils import _box_tls
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
 from ansible_collections.homelab.onebox.plugins.module_utils._box_service import HTTP_PORT, parse_service
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._instance import IMAGE_KEY
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx_values import site_name_for
 
 # A stopped pool member is found out by the connect timing out (its address stops answering
@@ -40,7 +42,7 @@ DEFAULTS = {
     "proxy_priority": 90,
     "proxy_sites": False,  # sites beyond the description's are given: the proxy is made for them too
     "tls": None,           # the box's TLS options (onebox_tls), as given; None: no TLS unless a service asks
-    "tls_pool": "default",  # the storage pool of the proxy's TLS volume
+    "volume_pool": "default",  # the storage pool of the box's volumes (the services' and the proxy's TLS one)
     "tls_agent": "",       # the agent's source, pushed into the proxy (_tls_agent.py)
 }
 
@@ -62,6 +64,11 @@ def _port_site_name(service):
     return "%s-port%d" % (service.name, service.host_port)
 
 
+def _size(size):
+    """A volume's size in bytes (None: not given), so 1GiB and 1024MiB are one size."""
+    return None if size is None else v.size_bytes(size, "size")
+
+
 def parse_box(services, options=None, addresses=None):
     """The description (a list of services) and the box's options -> BoxParts."""
     return BoxParts(services, options, addresses)
@@ -79,7 +86,11 @@ class BoxParts:
         if not isinstance(services, list):
             raise ValidationError("services", services, "must be a list of services")
         tls_options = _box_tls.parse_tls_options(self.options["tls"])
-        self.services = [parse_service(i, raw, dict(self.options, tls=tls_options)) for i, raw in enumerate(services)]
+        parsed = [parse_service(i, raw, dict(self.options, tls=tls_options)) for i, raw in enumerate(services)]
+        self.services = [service for service in parsed if service.state == "present"]
+        # Services written {name, state: absent}: nothing is built for them (with purge, their
+        # volumes are deleted once their containers are gone).
+        self.removed = [service for service in parsed if service.state == "absent"]
         self.addresses = addresses or {}
         wanted = self.options["proxy_sites"] or any(s.http for s in self.services)
         self.proxy = self.options["proxy_name"] if wanted else None
@@ -87,6 +98,7 @@ class BoxParts:
         self._check_domains()
         self.tls = _box_tls.BoxTls(tls_options, self.services)
         self._check_host_ports()
+        self._check_volumes()
 
     # ---- whole-description checks -------------------------------------------------------
     def _check_names(self):
@@ -99,6 +111,13 @@ class BoxParts:
                     raise ValidationError(service.where("name"), service.name, "container name %s is also used by %s"
                                           % (name, owners[name][1] if owners[name][0] < 0 else "services[%d]" % owners[name][0]))
                 owners[name] = (service.index, service.where("name"))
+        removed = {}
+        for service in self.removed:
+            if service.name in owners or service.name in removed:
+                other = removed.get(service.name) or owners[service.name][1]
+                raise ValidationError(service.where("name"), service.name, "is removed (state: absent) and also %s"
+                                      % other)
+            removed[service.name] = service.where("name")
 
     def _check_domains(self):
         """Every name is served by one service, as nginx will pick it.
@@ -166,6 +185,43 @@ class BoxParts:
                     value = "%d" % low if low == high else "%d-%d" % (low, high)
                     raise ValidationError(field, value, "%s port already forwarded to %s (%s)" % (proto, other[3], other[4]))
 
+    def _check_volumes(self):
+        """One storage volume name, one volume: a service's volume named like another's
+        (service ``a`` volume ``b-c`` and service ``a-b`` volume ``c``) or like the proxy's
+        certificates is refused; one shared volume is declared alike (its size) everywhere."""
+        claimed = {self.tls_volume: (("tls",), "the proxy's certificate volume (proxy_name)", None)}
+        for service in self.services:
+            for index, volume in enumerate(service.volumes):
+                where = "%s[%d]" % (service.where("volumes"), index)
+                what = ("shared", volume["name"]) if volume["shared"] else ("service", service.name, volume["name"])
+                other = claimed.get(volume["volume"])
+                if other is None:
+                    claimed[volume["volume"]] = (what, where, volume["size"])
+                elif other[0] != what:
+                    raise ValidationError(where + ".name", volume["name"], "its storage volume %s is also %s's; name one "
+                                          "of them otherwise" % (volume["volume"], other[1]))
+                elif _size(other[2]) != _size(volume["size"]):
+                    raise ValidationError(where + ".size", volume["size"], "the shared volume %s is declared with size "
+                                          "%s by %s: declare it alike everywhere" % (volume["name"], other[2], other[1]))
+
+    def volumes(self):
+        """The services' storage volumes, each once (a shared one as first declared): name (in
+        LXD), size, service (None when shared), shared; field, value and size_field (how an error
+        names it, as the user wrote it); description (what `lxc storage volume list` shows)."""
+        out, seen = [], set()
+        for service in self.services:
+            for index, volume in enumerate(service.volumes):
+                if volume["volume"] not in seen:
+                    seen.add(volume["volume"])
+                    where = "%s[%d]" % (service.where("volumes"), index)
+                    out.append({"name": volume["volume"], "size": volume["size"], "shared": volume["shared"],
+                                "service": None if volume["shared"] else service.name,
+                                "field": where + ".name", "value": volume["name"], "size_field": where + ".size",
+                                "description": "homelab.onebox: %s volume %s of owner %s" % (
+                                    "the shared" if volume["shared"] else "service %s's" % service.name,
+                                    volume["name"], self.options["owner"])})
+        return out
+
     # ---- derived ------------------------------------------------------------------------
     def instances(self):
         """Items for homelab.onebox.lxd_instances."""
@@ -177,20 +233,36 @@ class BoxParts:
             # container from the image) behind a wait for the base.
             if service.adopt:
                 common["adopt"] = True
+            # The image as described is recorded: a container made from another is re-created.
+            common["config"] = {IMAGE_KEY: service.image}
+            devices = self._volume_devices(service)
+            if devices:
+                common["devices"] = devices
             items.extend(dict(common, name=m, image=service.image, ipv4_address="auto") for m in service.members)
         if self.proxy:
             proxy = {"name": self.proxy, "image": self.options["image"], "ipv4_address": "auto", "autostart": True,
-                     "autostart_priority": self.options["proxy_priority"]}
+                     "autostart_priority": self.options["proxy_priority"], "config": {IMAGE_KEY: self.options["image"]}}
             for key in ("memory", "cpus"):
                 if self.options["proxy_" + key] is not None:
                     proxy[key] = self.options["proxy_" + key]
             if self.tls_active:
                 # certbot's account and certificates outlive the container (a re-created proxy
                 # serves the same certificates and orders none).
-                proxy["devices"] = {_box_tls.VOLUME_DEVICE: {"type": "disk", "pool": self.options["tls_pool"],
+                proxy["devices"] = {_box_tls.VOLUME_DEVICE: {"type": "disk", "pool": self.options["volume_pool"],
                                                              "source": self.tls_volume, "path": _box_tls.VOLUME_PATH}}
             items.append(proxy)
         return items
+
+    def _volume_devices(self, service):
+        """A disk device per volume of the service (LXD keeps device values as text)."""
+        devices = {}
+        for volume in service.volumes:
+            device = {"type": "disk", "pool": self.options["volume_pool"], "source": volume["volume"],
+                      "path": volume["path"]}
+            if volume["readonly"]:
+                device["readonly"] = "true"
+            devices[volume["device"]] = device
+        return devices
 
     def field_of(self, container):
         """How an error about a container names it: its service (services[web]), or proxy_name."""
@@ -349,4 +421,5 @@ class BoxParts:
             "sites": self.sites(),
             "forwards": self.forwards(),
             "certificates": self.tls.certificates() if self.proxy else [],
+            "volumes": self.volumes(),
         }

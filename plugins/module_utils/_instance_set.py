@@ -69,11 +69,19 @@ def waves(specs):
 
 
 def warn_pruned(module, instance_set):
-    """Name the containers a prune deletes (or, in check mode, would delete) in the run's output."""
+    """Name what the run deletes (or, in check mode, would delete) in its output: the containers
+    a prune deletes, the storage volumes a purge deletes (given to plan()), the containers
+    re-created from a new image."""
+    verb = "would delete" if instance_set.check_mode else "deleting"
     if instance_set.doomed:
         module.warn("%s the containers of owner %s that are no longer declared: %s" % (
-            "would delete" if instance_set.check_mode else "deleting", instance_set.owner,
-            ", ".join(spec.name for spec in instance_set.doomed)))
+            verb, instance_set.owner, ", ".join(spec.name for spec in instance_set.doomed)))
+    if instance_set.doomed_volumes:
+        module.warn("%s the storage volumes of owner %s that are purged: %s" % (
+            verb, instance_set.owner, ", ".join(instance_set.doomed_volumes)))
+    for name, why in instance_set.recreated:
+        module.warn("%s %s to make it again (%s); what is on its storage volumes stays, the rest is lost"
+                    % (verb, name, why))
 
 
 class InstanceSet:
@@ -100,6 +108,8 @@ class InstanceSet:
         self.check_mode, self.diff = check_mode, diff
         self.current = None
         self.doomed = []
+        self.doomed_volumes = []  # the storage volumes deleted beside the prune (named with it)
+        self.recreated = []       # (name, why) of the containers re-created from a new image
         self.results = None
         # The specs this set makes and changes (``only``: their names); the others are only read,
         # for their addresses (another part of the same box makes them).
@@ -111,14 +121,20 @@ class InstanceSet:
         self.current = {inst["name"]: inst for inst in self.lxd.instances()}
         return self.current
 
-    def plan(self):
+    def plan(self, volumes=()):
         """Every check that needs the daemon (owners, CPUs, what a prune would delete), all before
-        any change; ``auto`` addresses chosen. Returns the containers a prune deletes (``doomed``)."""
+        any change; ``auto`` addresses chosen. ``volumes``: the storage volumes this run deletes,
+        named with the containers wherever those are. Returns the containers a prune deletes
+        (``doomed``)."""
         if self.current is None:
             self.read()
         self._check_owners()
         for spec in self.applied:
             spec.check_host(self.lxd, "%s.cpus" % spec.field)
+        self.doomed_volumes = list(volumes)
+        self.recreated = [(spec.name, "image %s -> %s" % (spec.replaced_image(self.current[spec.name]), spec.image))
+                          for spec in self.applied if spec.state != "absent" and spec.name in self.current
+                          and spec.replaced_image(self.current[spec.name]) is not None]
         self.doomed = self._doomed()
         self._check_prune()
         assign_addresses(self.lxd, self.specs, self.current)
@@ -163,13 +179,14 @@ class InstanceSet:
         else:
             too_many, limit = count > 1 and count * 2 > owned, "more than one and more than half"
         if too_many:
+            volumes = (", and the storage volumes %s" % ", ".join(self.doomed_volumes)) if self.doomed_volumes else ""
             raise ValidationError(
                 "prune", [spec.name for spec in self.doomed],
-                "this run would delete %d of the %d containers of owner %s (%s), which is over the limit (%s); "
+                "this run would delete %d of the %d containers of owner %s (%s)%s, which is over the limit (%s); "
                 "nothing was changed. Check the description; if these containers are to go, confirm it with "
                 "prune_confirm: true (variable onebox_prune_confirm), or raise prune_max (onebox_prune_max); "
                 "a whole box is removed with playbooks/teardown.yml"
-                % (count, owned, self.owner, ", ".join(spec.name for spec in self.doomed), limit))
+                % (count, owned, self.owner, ", ".join(spec.name for spec in self.doomed), volumes, limit))
 
     def static_addresses(self):
         """name -> [IPv4] of each declared container with a static address (known before it exists)."""

@@ -382,7 +382,7 @@ from ansible_collections.homelab.onebox.plugins.module_utils import _nginx_targe
 from ansible_collections.homelab.onebox.plugins.module_utils import _tls_agent
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate
 from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
-from ansible_collections.homelab.onebox.plugins.module_utils._box_service import secret_values
+from ansible_collections.homelab.onebox.plugins.module_utils._box_service import VOLUME_DEVICE_PREFIX, secret_values
 from ansible_collections.homelab.onebox.plugins.module_utils._box_tls import ARGUMENT_SPEC as TLS_SPEC, AGENT_PATH, CONF_DIR as TLS_CONF_DIR, tls_secrets
 from ansible_collections.homelab.onebox.plugins.module_utils._dnat_host import ARGUMENT_SPEC as DNAT_SPEC, DnatManager
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError, named_failure
@@ -394,7 +394,7 @@ from ansible_collections.homelab.onebox.plugins.module_utils._nginx_site import 
 from ansible_collections.homelab.onebox.plugins.module_utils._provision import Provisioner, take_diff
 from ansible_collections.homelab.onebox.plugins.module_utils._provision_spec import parse_inside
 from ansible_collections.homelab.onebox.plugins.module_utils._tls import ProxyCertificates
-from ansible_collections.homelab.onebox.plugins.module_utils._volume import OwnedVolume
+from ansible_collections.homelab.onebox.plugins.module_utils._volume import VolumeSet
 
 PARTS = ("containers", "insides", "sites", "forwards")
 # The dnat options a box passes through (its forwards come from the description).
@@ -510,15 +510,31 @@ class BoxManager:
             owner=params["owner"], image=params["image"], proxy_name=proxy["name"], proxy_memory=proxy["memory"],
             proxy_cpus=proxy["cpus"], proxy_priority=proxy["autostart_priority"], proxy_sites=bool(extra_sites),
             tls=params["tls"] if self.present else None))
-        # The proxy's certificates live on a volume: with the sites part, or a teardown's purge.
-        self.keeps_volume = ("sites" in self.parts and self.box.tls_active) or (not self.present and params["purge"])
-        if self.keeps_volume:
-            self.box.options["tls_pool"] = root_pool(module.lxd)
+        if not self.present and params["purge"] and "containers" not in self.parts:
+            raise ValidationError("purge", True, "a purge deletes the box's volumes once its containers are gone: "
+                                                 "it needs the containers part")
+        # The box's volumes (the services' and the proxy's certificates) live in the pool of the
+        # default profile's root disk; the containers part keeps the services' (and purges), the
+        # sites part the proxy's.
+        self.wanted_volumes = []
+        if "containers" in self.parts:
+            self.wanted_volumes += self.box.volumes()
+        if "sites" in self.parts and self.box.tls_active:
+            self.wanted_volumes.append({
+                "name": self.box.tls_volume, "size": None, "service": None, "shared": False, "field": "tls",
+                "description": "homelab.onebox: the certificates and ACME account of %s" % self.box.tls_volume})
+        self.purged_services = {service.name: service.where("purge") for service in self.box.removed if service.purge}
+        pool = root_pool(module.lxd, required=bool(self.wanted_volumes or self.box.volumes() or self.purged_services
+                                                   or (not self.present and params["purge"])))
+        self.volume_set_wanted = pool is not None and ("containers" in self.parts or bool(self.wanted_volumes))
+        if pool is not None:
+            self.box.options["volume_pool"] = pool
         if self.box.tls_active:
             self.box.options["tls_agent"] = agent_source()  # read only for a box that ships it
         self.instance_specs = parse_instances(self.box.instances(), params["owner"])
         for spec in self.instance_specs:
             spec.field = self.box.field_of(spec.name)
+            spec.owned_devices = VOLUME_DEVICE_PREFIX  # a volume no longer described leaves its containers
         # Named after the service they come from (services[web].files[0].mode), as the user wrote it.
         self.inside_specs = {item["name"]: parse_inside(item, self.box.field_of(item["name"]))
                              for item in self.box.provision() if self._wants_inside(item["name"])}
@@ -559,25 +575,27 @@ class BoxManager:
         module, params = self.module, self.module.params
         lxd, check, diff = module.lxd, module.check_mode, module._diff
         # 1. Read and plan every part: each refusal comes before any change.
-        volume = None
-        if self.keeps_volume:
-            volume = OwnedVolume(lxd, self.box.options["tls_pool"], self.box.tls_volume, params["owner"],
-                                 state="present" if self.present else "purged", field="tls" if self.present else "purge",
-                                 description="homelab.onebox: the certificates and ACME account of %s" % self.box.tls_volume,
-                                 check_mode=check)
+        volumes = self._volume_set()
         applied = self._applied()
         containers = InstanceSet(lxd, self.instance_specs, owner=params["owner"], prune="containers" in self.parts,
                                  check_mode=check, diff=diff, prune_max=params["prune_max"],
                                  # A teardown deletes the whole box: that is what it is for.
                                  prune_confirm=params["prune_confirm"] or not self.present, only=applied)
         with ThreadPoolExecutor(max_workers=1) as side:
-            volume_read = side.submit(volume.read) if volume is not None else None
-            containers.read()  # the listing of every instance: the volume's one request beside it
+            volume_read = side.submit(volumes.read) if volumes is not None else None
+            containers.read()  # the listing of every instance: the volumes' one request beside it
         if volume_read is not None:
             volume_read.result()
-            volume.plan()
-        containers.plan()
+        # The volumes a purge deletes are named with the containers a prune deletes (its guard
+        # too); one of them still mounted by a container this run keeps is refused.
+        containers.plan(volumes=volumes.doomed() if volumes is not None else ())
+        if volumes is not None:
+            volumes.plan(leaving={spec.name for spec in containers.doomed})
         warn_pruned(module, containers)
+        if volumes is not None and volumes.kept:
+            module.warn("%s the storage volumes of owner %s that are no longer described: %s (a service written "
+                        "{name: SERVICE, state: absent, purge: true}, or a teardown with purge, deletes them)"
+                        % ("would keep" if check else "keeping", params["owner"], ", ".join(volumes.kept)))
         # Static addresses are fixed now, so sites and forwards are known (and checked) up front.
         self.box.addresses = addresses = containers.static_addresses()
         sites = self._sites() if "sites" in self.parts else None
@@ -589,8 +607,8 @@ class BoxManager:
             forwards.read()
             forwards.plan()
         # 2. The containers, each one's inside as soon as it runs; then the sites, then the forwards.
-        if volume is not None and self.present:
-            volume.apply()  # before the proxy that mounts it is made or changed
+        if volumes is not None:
+            volumes.apply()  # made and grown before the containers that mount them are made or changed
         insides = Insides(lxd, self.inside_specs, check, diff, params["timeout"], params["package_timeout"])
         site_set, site_read, placings = self._site_set(sites), [], []
         certs = self._certificates(site_set)
@@ -644,17 +662,30 @@ class BoxManager:
             result["certificates"] = cert_result["certificates"]
             result["changed"] = result["changed"] or cert_result["changed"]
             diffs.extend([cert_result["diff"]] if diff else [])
-        if volume is not None:
-            if not self.present:
-                volume.apply()  # purged once the proxy that mounted it is gone
-            volume_result = volume.result(diff)
-            diffs.extend([volume_result.pop("diff")] if diff and volume_result["changed"] else [])
-            volume_result.pop("diff", None)
-            result["volume"] = volume_result
+        result["volumes"], result["volumes_kept"] = [], []
+        if volumes is not None:
+            volumes.apply_deletions()  # purged once the containers that mounted them are gone
+            volume_result = volumes.result()
+            if diff and volume_result["changed"]:
+                diffs.append(volume_result["diff"])
+            result.update(volumes=volume_result["volumes"], volumes_kept=volume_result["kept"])
             result["changed"] = result["changed"] or volume_result["changed"]
         if diff:
             result["diff"] = diffs
         return result
+
+    def _volume_set(self):
+        """The box's VolumeSet (None when this run keeps no volume): the services' with the
+        containers part (and a removed service's purge), the proxy's with the sites part, every
+        volume of the owner on a teardown's purge."""
+        if not self.volume_set_wanted:
+            return None
+        params = self.module.params
+        containers = "containers" in self.parts
+        return VolumeSet(self.module.lxd, self.box.options["volume_pool"], params["owner"], self.wanted_volumes,
+                         purge_services=self.purged_services if containers else None,
+                         purge_all=not self.present and params["purge"], complete=containers,
+                         check_mode=self.module.check_mode, diff=self.module._diff)
 
     def _site_set(self, sites):
         """The proxy's SiteSet (None without the sites part or a proxy)."""
@@ -734,12 +765,13 @@ def agent_source():
     return "#!/usr/bin/python3\n" + inspect.getsource(_tls_agent)
 
 
-def root_pool(lxd):
-    """The storage pool of the default profile's root disk: where the box's volumes go."""
+def root_pool(lxd, required=True):
+    """The storage pool of the default profile's root disk: where the box's volumes go. None when
+    there is none and none is ``required``."""
     root = ((lxd.profile("default") or {}).get("devices") or {}).get("root") or {}
-    if not root.get("pool"):
+    if not root.get("pool") and required:
         raise OneboxError("the default profile has no root disk with a pool: the box's volumes need one")
-    return root["pool"]
+    return root.get("pool")
 
 
 def main():

@@ -3,6 +3,7 @@ import pytest
 
 from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._instance import IMAGE_KEY
 
 SITE = {"name": "site-a", "kind": "static", "domains": ["a.example.test"],
         "files": [{"path": "/var/www/html/index.html", "content": "A"}]}
@@ -44,7 +45,7 @@ def test_limits_and_boot_order_reach_the_container():
     app = {i["name"]: i for i in plan()["instances"]}["app"]
     assert app == {"name": "app", "image": "onebox-debian12", "ipv4_address": "auto", "memory": "256MiB",
                    "memory_swap": "512MiB", "cpus": "1", "autostart": True, "autostart_priority": 20,
-                   "autostart_delay": 2}
+                   "autostart_delay": 2, "config": {"user.onebox.image": "onebox-debian12"}}
 
 
 def test_app_runs_as_its_own_user_with_its_environment():
@@ -255,3 +256,67 @@ def test_long_domains_map_to_unique_short_site_names():
     sites = sites_by_name([dict(WILD, domains=["*." + exact]), dict(WWW, domains=[exact])])
     assert len(sites) == 2 and all(len(name) <= 100 for name in sites)
     assert sorted(s["server_names"][0] for s in sites.values()) == ["*." + exact, exact]
+
+
+# ---- volumes, the recorded image, removed services ---------------------------------------------
+DATA = {"name": "data", "path": "/var/lib/db", "size": "1GiB"}
+MEDIA = {"name": "media", "path": "/srv/media", "shared": True}
+
+
+def test_each_container_mounts_its_services_volumes_from_the_boxs_pool():
+    services = [dict(DB, volumes=[DATA, dict(MEDIA, readonly=True)]),
+                dict(POOL, volumes=[dict(MEDIA, path="/var/www/html/media")])]
+    parts = parse_box(services, {"owner": "box", "volume_pool": "fast"})
+    items = {i["name"]: i for i in parts.instances()}
+    assert items["db"]["devices"] == {
+        "vol-data": {"type": "disk", "pool": "fast", "source": "box-db-data", "path": "/var/lib/db"},
+        "vol-media": {"type": "disk", "pool": "fast", "source": "box-shared-media", "path": "/srv/media",
+                      "readonly": "true"}}
+    assert all(items["web-%d" % n]["devices"] == {"vol-media": {"type": "disk", "pool": "fast", "source": "box-shared-media",
+                                                                "path": "/var/www/html/media"}} for n in (1, 2, 3))
+    assert "devices" not in items["box-proxy"]
+    # each volume once, the shared one as first declared
+    assert [(v["name"], v["service"], v["shared"], v["field"]) for v in parts.volumes()] == [
+        ("box-db-data", "db", False, "services[db].volumes[0].name"),
+        ("box-shared-media", None, True, "services[db].volumes[1].name")]
+    assert parts.as_dict()["volumes"] == parts.volumes()
+
+
+def test_every_container_records_the_image_it_is_made_from():
+    items = {i["name"]: i for i in plan([SITE, dict(DB, image="custom-img")], image="base")["instances"]}
+    assert items["site-a"]["config"] == {IMAGE_KEY: "base"} and items["site-a"]["image"] == "base"
+    assert items["db"]["config"] == {IMAGE_KEY: "custom-img"} and items["db"]["image"] == "custom-img"
+    assert items["onebox-proxy"]["config"] == {IMAGE_KEY: "base"}
+
+
+def test_a_removed_service_builds_nothing():
+    parts = parse_box([SITE, {"name": "db", "state": "absent", "purge": True}, {"name": "old", "state": "absent"}])
+    assert [s.name for s in parts.services] == ["site-a"] and [(s.name, s.purge) for s in parts.removed] == [
+        ("db", True), ("old", False)]
+    assert parts.as_dict()["containers"] == ["site-a", "onebox-proxy"]
+
+
+@pytest.mark.parametrize("services, field, value, words", [
+    ([dict(DB, name="a", volumes=[dict(DATA, name="b-c")]), dict(VPN, name="a-b", volumes=[dict(DATA, name="c")])],
+     "services[a-b].volumes[0].name", "c", "storage volume onebox-a-b-c is also services[a].volumes[0]'s"),
+    ([dict(DB, name="shared", volumes=[dict(DATA, name="x")]), dict(VPN, volumes=[dict(MEDIA, name="x")])],
+     "services[vpn].volumes[0].name", "x", "onebox-shared-x is also services[shared].volumes[0]'s"),
+    ([dict(DB, name="proxy", volumes=[dict(DATA, name="tls")])], "services[proxy].volumes[0].name", "tls",
+     "the proxy's certificate volume"),
+    ([dict(DB, volumes=[dict(MEDIA, size="1GiB")]), dict(VPN, volumes=[dict(MEDIA, size="2GiB")])],
+     "services[vpn].volumes[0].size", "2GiB", "declared with size 1GiB by services[db].volumes[0]"),
+    ([dict(DB, volumes=[dict(MEDIA, size="1GiB")]), dict(VPN, volumes=[MEDIA])],
+     "services[vpn].volumes[0].size", None, "declare it alike everywhere"),
+    ([SITE, {"name": "site-a", "state": "absent"}], "services[site-a].name", "site-a", "is removed (state: absent) and also"),
+    ([{"name": "db", "state": "absent"}, {"name": "db", "state": "absent", "purge": True}], "services[db].name", "db",
+     "also services[db].name"),
+    ([POOL, {"name": "web-1", "state": "absent"}], "services[web-1].name", "web-1", "also services[web].name"),
+])
+def test_volume_names_claimed_twice_and_removed_services_named_twice_are_refused(services, field, value, words):
+    err = error(services)
+    assert err.field == field and err.value == value and words in err.reason, err.msg
+
+
+def test_one_shared_volume_declared_alike_is_one_volume():
+    parts = parse_box([dict(DB, volumes=[dict(MEDIA, size="1GiB")]), dict(VPN, volumes=[dict(MEDIA, size="1024MiB")])])
+    assert [v["name"] for v in parts.volumes()] == ["onebox-shared-media"]

@@ -63,7 +63,7 @@ def test_tls_options_make_every_domain_https_with_its_own_certificate():
 
 
 def test_the_proxy_mounts_its_certificate_volume_and_gets_the_agent_and_certbot():
-    parts = box(owner="mybox", tls_pool="fast", tls_agent="#!/usr/bin/python3\n")
+    parts = box(owner="mybox", volume_pool="fast", tls_agent="#!/usr/bin/python3\n")
     proxy = [i for i in parts.instances() if i["name"] == "mybox-proxy"][0]
     assert proxy["devices"] == {"onebox-tls": {"type": "disk", "pool": "fast", "source": "mybox-proxy-tls",
                                                "path": "/etc/letsencrypt"}}

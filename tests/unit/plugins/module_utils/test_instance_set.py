@@ -1,10 +1,12 @@
 """_instance_set: parsing the items, ownership marks, the prune guard, and the orchestration of a
 set (creation order, copies after their source, check mode, pruning, failures) against the fake LXD."""
+from types import SimpleNamespace
+
 import pytest
 
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
 from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import (
-    OWNER_KEY, InstanceSet, parse_instances, waves)
+    OWNER_KEY, InstanceSet, parse_instances, warn_pruned, waves)
 from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdError
 from unit.fake_lxd import FakeLxd
 
@@ -241,3 +243,29 @@ def test_a_copy_of_a_failed_source_is_not_made():
         converge(lxd, [{"name": "base", "image": "debian/12"}, {"name": "web", "copy_from": "base"}])
     assert err.value.details["failed_instances"] == ["base", "web"]
     assert lxd.names("create_instance") == ["base"] and lxd.instances_by_name == {}
+
+
+# ---- what the run deletes, named: the volumes of a purge, the containers re-created -------------
+def test_the_prune_guard_names_the_volumes_the_run_would_delete_too():
+    instance_set = owned_set([], [existing("c1", "box"), existing("c2", "box")])
+    instance_set.read()
+    with pytest.raises(ValidationError) as err:
+        instance_set.plan(volumes=["box-c1-data", "box-c2-data"])
+    assert "(c1, c2), and the storage volumes box-c1-data, box-c2-data, which is over" in err.value.msg
+
+
+def test_warn_pruned_names_the_containers_the_volumes_and_the_re_created():
+    items = [{"name": "web", "image": "i", "config": {"user.onebox.image": "i"}},
+             {"name": "db", "image": "i", "config": {"user.onebox.image": "i"}}]
+    current = [dict(existing("web", "box"), config={OWNER_KEY: "box", "user.onebox.image": "old"}),
+               existing("db", "box"), existing("gone", "box")]
+    instance_set = owned_set(items, current, check_mode=True)
+    instance_set.read()
+    instance_set.plan(volumes=["box-gone-data"])
+    assert instance_set.recreated == [("web", "image old -> i")]   # db has no record: not re-created for that
+    warnings = []
+    warn_pruned(SimpleNamespace(warn=warnings.append), instance_set)
+    assert warnings == ["would delete the containers of owner box that are no longer declared: gone",
+                        "would delete the storage volumes of owner box that are purged: box-gone-data",
+                        "would delete web to make it again (image old -> i); what is on its storage volumes stays, "
+                        "the rest is lost"]

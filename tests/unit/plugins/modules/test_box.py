@@ -203,7 +203,7 @@ def test_tls_makes_the_volume_before_the_proxy_that_mounts_it_then_places_and_ob
     assert agent_calls(lxd) == [["prepare"], ["obtain"]]
     assert result["certificates"] == [{"name": "web.test", "mode": "acme", "serving": "acme", "pending": False,
                                        "action": "obtained"}]
-    assert result["volume"]["action"] == "create"
+    assert result["volumes"] == [{"name": "unit-proxy-tls", "pool": "default", "service": None, "action": "create"}]
 
 
 def test_tls_nothing_pending_asks_the_ca_nothing():
@@ -226,7 +226,7 @@ def test_tls_check_mode_on_a_new_proxy_says_which_certificates_would_be_requeste
     lxd = box_lxd()
     result = tls_manager(lxd, check=True, diff=True, parts=["containers", "insides", "sites"]).run()
     assert lxd.changes() == [] and agent_calls(lxd) == []
-    assert result["certificates"][0]["action"] == "requested" and result["volume"]["action"] == "create"
+    assert result["certificates"][0]["action"] == "requested" and result["volumes"][0]["action"] == "create"
     cert_diff = [d for d in result["diff"] if d["before_header"] == "certificates in unit-proxy"][0]
     assert cert_diff["after"] == "web.test: acme (requested)\n"
 
@@ -245,7 +245,8 @@ def test_teardown_keeps_the_certificates_unless_purged():
     manager(lxd, state="absent", services=None, parts=["containers", "sites"]).run()
     assert ("default", "unit-proxy-tls") in lxd.volumes and lxd.instances_by_name == {}
     result = manager(lxd, state="absent", services=None, purge=True, parts=["containers", "sites"]).run()
-    assert result["volume"]["action"] == "delete" and lxd.volumes == {}
+    assert result["volumes"] == [{"name": "unit-proxy-tls", "pool": "default", "service": None, "action": "delete"}]
+    assert lxd.volumes == {}
 
 
 def test_tls_on_a_proxy_there_places_beside_its_inside_and_again_only_when_the_agent_changed():
@@ -263,3 +264,158 @@ def test_tls_on_a_proxy_there_places_beside_its_inside_and_again_only_when_the_a
     box._agent_files_changed = lambda insides: {}   # as on a box that changes nothing
     box.run()
     assert agent_calls(lxd) == [["prepare"]]
+
+
+# ---- volumes ---------------------------------------------------------------------------------------
+DATA = {"name": "data", "path": "/var/lib/db", "size": "1GiB"}
+MEDIA = {"name": "media", "path": "/srv/media", "shared": True}
+STORE = [{"name": "db", "kind": "internal", "volumes": [DATA, MEDIA]},
+         {"name": "reader", "kind": "internal", "volumes": [dict(MEDIA, path="/mnt/media", readonly=True)]}]
+
+
+def volume_box(lxd, services=STORE, **params):
+    return manager(lxd, services=services, parts=["containers", "insides"], **params)
+
+
+def volume_names(lxd):
+    return sorted(name for _pool, name in lxd.volumes)
+
+
+def test_volumes_are_made_before_the_containers_that_mount_them_and_a_second_run_changes_nothing():
+    lxd = box_lxd()
+    predicted = volume_box(lxd, check=True, diff=True).run()
+    assert lxd.changes() == [] and predicted["changed"]
+    assert predicted["volumes"] == [{"name": "unit-db-data", "pool": "default", "service": "db", "action": "create"},
+                                    {"name": "unit-shared-media", "pool": "default", "service": None, "action": "create"}]
+    volume_diff = [d for d in predicted["diff"] if d["before_header"] == "storage volumes"][0]
+    assert volume_diff["after"] == "default/unit-db-data size=1GiB\ndefault/unit-shared-media\n"
+    result = volume_box(lxd).run()
+    assert [a["action"] for a in result["volumes"]] == ["create", "create"]
+    changes = [(c[0], c[1]) for c in lxd.changes() if c[0] in ("create_volume", "create_instance")]
+    assert changes[:2] == [("create_volume", "unit-db-data"), ("create_volume", "unit-shared-media")]
+    assert lxd.volumes[("default", "unit-db-data")]["config"] == {
+        "user.onebox.owner": OWNER, "user.onebox.service": "db", "size": "1GiB"}
+    assert lxd.volumes[("default", "unit-shared-media")]["config"] == {
+        "user.onebox.owner": OWNER, "user.onebox.shared": "true"}
+    assert lxd.instances_by_name["reader"]["devices"]["vol-media"] == {
+        "type": "disk", "pool": "default", "source": "unit-shared-media", "path": "/mnt/media", "readonly": "true"}
+    assert set(lxd.instances_by_name["db"]["devices"]) == {"eth0", "vol-data", "vol-media"}
+    again = volume_box(lxd).run()
+    assert again["changed"] is False and [a["action"] for a in again["volumes"]] == ["none", "none"]
+
+
+def test_a_volume_of_someone_else_is_refused_before_any_change():
+    lxd = box_lxd()
+    lxd.volumes[("default", "unit-db-data")] = {"name": "unit-db-data", "config": {}}
+    with pytest.raises(ValidationError) as err:
+        volume_box(lxd).run()
+    assert err.value.field == "services[db].volumes[0].name" and err.value.value == "data"
+    assert "not marked as any box's" in err.value.reason
+    assert lxd.changes() == [] and volume_names(lxd) == ["unit-db-data"]
+
+
+def test_a_removed_service_keeps_its_volume_until_it_is_purged_after_its_container():
+    lxd = box_lxd()
+    volume_box(lxd).run()
+    box = volume_box(lxd, services=STORE[1:])
+    result = box.run()
+    assert result["pruned"] == ["db"] and result["volumes_kept"] == ["unit-db-data"]
+    assert volume_names(lxd) == ["unit-db-data", "unit-shared-media"]
+    assert any("keeping the storage volumes of owner unit that are no longer described: unit-db-data" in w
+               for w in box.module.warnings), box.module.warnings
+    quiet = volume_box(lxd, services=STORE[1:])
+    assert quiet.run()["volumes_kept"] == [] and quiet.module.warnings == []   # said once, when it was unmounted
+    removed = STORE[1:] + [{"name": "db", "state": "absent"}]
+    assert volume_names(lxd) == ["unit-db-data", "unit-shared-media"] and not volume_box(lxd, services=removed).run()["changed"]
+    purged = STORE[1:] + [{"name": "db", "state": "absent", "purge": True}]
+    predicted = volume_box(lxd, services=purged, check=True).run()
+    assert predicted["volumes"][-1] == {"name": "unit-db-data", "pool": "default", "service": "db", "action": "delete"}
+    assert volume_names(lxd) == ["unit-db-data", "unit-shared-media"]
+    box = volume_box(lxd, services=purged)
+    assert box.run()["changed"] and volume_names(lxd) == ["unit-shared-media"]
+    assert "deleting the storage volumes of owner unit that are purged: unit-db-data" in box.module.warnings
+    assert volume_box(lxd, services=purged).run()["changed"] is False
+
+
+def test_a_purged_service_whose_container_is_there_is_deleted_first_and_its_volume_after():
+    lxd = box_lxd()
+    volume_box(lxd).run()
+    lxd.calls.clear()
+    volume_box(lxd, services=STORE[1:] + [{"name": "db", "state": "absent", "purge": True}]).run()
+    changes = [(c[0], c[1]) for c in lxd.changes() if c[0] in ("delete_instance", "delete_volume")]
+    assert changes == [("delete_instance", "db"), ("delete_volume", "unit-db-data")]
+
+
+def test_the_prune_guard_names_the_volumes_a_purge_would_delete():
+    lxd = box_lxd()
+    volume_box(lxd, services=STORE + [{"name": "logs", "kind": "internal", "volumes": [DATA]}]).run()
+    with pytest.raises(ValidationError) as err:
+        volume_box(lxd, services=[STORE[1], {"name": "db", "state": "absent", "purge": True}]).run()
+    assert err.value.field == "prune" and "(db, logs), and the storage volumes unit-db-data, which" in err.value.msg
+    assert len(volume_names(lxd)) == 3 and {"db", "logs"} <= set(lxd.instances_by_name)
+
+
+def test_teardown_keeps_every_volume_and_a_purge_deletes_the_owners_after_the_containers():
+    lxd = box_lxd()
+    volume_box(lxd).run()
+    lxd.volumes[("default", "by-hand")] = {"name": "by-hand", "config": {}}
+    kept = manager(lxd, state="absent", services=None, parts=["containers", "sites"])
+    result = kept.run()
+    assert lxd.instances_by_name == {} and volume_names(lxd) == ["by-hand", "unit-db-data", "unit-shared-media"]
+    assert result["volumes_kept"] == ["unit-db-data", "unit-shared-media"]
+    with pytest.raises(ValidationError) as err:
+        manager(lxd, state="absent", services=None, purge=True, parts=["sites", "forwards"])
+    assert err.value.field == "purge" and "containers part" in err.value.reason
+    result = manager(lxd, state="absent", services=None, purge=True, parts=["containers", "sites"]).run()
+    assert sorted((v["name"], v["action"]) for v in result["volumes"]) == [("unit-db-data", "delete"),
+                                                                           ("unit-shared-media", "delete")]
+    assert volume_names(lxd) == ["by-hand"]
+
+
+def test_a_volume_dropped_from_a_service_leaves_its_container_and_stays():
+    lxd = box_lxd()
+    volume_box(lxd).run()
+    lxd.calls.clear()
+    box = volume_box(lxd, services=[dict(STORE[0], volumes=[MEDIA]), STORE[1]])
+    result = box.run()
+    assert lxd.names("put_instance") == ["db"] and "vol-data" not in lxd.instances_by_name["db"]["devices"]
+    assert result["volumes_kept"] == ["unit-db-data"] and volume_names(lxd) == ["unit-db-data", "unit-shared-media"]
+
+
+def test_a_larger_size_grows_the_volume():
+    lxd = box_lxd()
+    volume_box(lxd).run()
+    bigger = [dict(STORE[0], volumes=[dict(DATA, size="2GiB"), MEDIA]), STORE[1]]
+    result = volume_box(lxd, services=bigger).run()
+    assert result["volumes"][0]["action"] == "resize" and result["changed"]
+    assert lxd.volumes[("default", "unit-db-data")]["config"]["size"] == "2GiB"
+
+
+def test_a_new_image_re_creates_the_container_with_its_volumes_and_check_mode_predicts_it():
+    lxd = FakeLxd(images=("onebox-debian12", "other-img"))
+    volume_box(lxd).run()
+    moved = [dict(STORE[0], image="other-img"), STORE[1]]
+    lxd.calls.clear()
+    box = volume_box(lxd, services=moved, check=True, diff=True)
+    predicted = box.run()
+    assert lxd.changes() == []
+    db = {r["name"]: r for r in predicted["instances"]}["db"]
+    assert db["actions"] == ["delete", "create", "start"] and db["recreated"] == "image onebox-debian12 -> other-img"
+    assert any(w.startswith("would delete db to make it again (image onebox-debian12 -> other-img)") for w in box.module.warnings)
+    containers = [d for d in predicted["diff"] if d["before_header"] == "containers"][0]
+    assert containers["before"]["db"]["config"]["user.onebox.image"] == "onebox-debian12"
+    assert containers["after"]["db"]["config"]["user.onebox.image"] == "other-img"
+    result = volume_box(lxd, services=moved).run()
+    assert {r["name"]: r["actions"] for r in result["instances"]} == {"db": ["delete", "create", "start"], "reader": []}
+    created = [c[2] for c in lxd.calls if c[0] == "create_instance"][0]
+    assert created["source"]["alias"] == "other-img" and created["devices"]["vol-data"]["source"] == "unit-db-data"
+    assert volume_names(lxd) == ["unit-db-data", "unit-shared-media"] and lxd.names("delete_volume") == []
+    assert volume_box(lxd, services=moved).run()["changed"] is False
+
+
+def test_a_container_made_before_the_image_was_recorded_gets_the_record_not_a_new_container():
+    lxd = box_lxd(dict(owned("db", status="Running")))
+    result = manager(lxd, services=[{"name": "db", "kind": "internal"}], parts=["containers"]).run()
+    assert result["instances"][0]["actions"][0] == "update" and "recreated" not in result["instances"][0]
+    assert lxd.names("delete_instance") == [] and lxd.names("create_instance") == []
+    assert lxd.instances_by_name["db"]["config"]["user.onebox.image"] == "onebox-debian12"
