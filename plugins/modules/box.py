@@ -30,7 +30,17 @@ description:
     P(homelab.onebox.port_forward#role) roles call this module with theirs, so a box converged
     part by part goes through the same code as a box converged whole.
   - With O(state=absent), the parts given go (every container of O(owner), the proxy's with
-    them, and the forwards); nothing else is touched.
+    them, and the forwards); nothing else is touched. The box's storage volumes stay unless
+    O(purge).
+  - A service's C(volumes) are custom storage volumes (C(OWNER-SERVICE-NAME), or
+    C(OWNER-shared-NAME) when C(shared)) in the pool of the default profile's root disk, marked with
+    the owner and the service, made (or grown) before the containers that mount them and never
+    deleted with them; only a purge deletes them - a removed service written with C(state=absent)
+    and C(purge=true), or O(purge) on a teardown. A described volume that exists
+    without the owner's mark is refused before any change.
+  - A container records the image it was made from (C(user.onebox.image)); a service whose image
+    changes gets its containers deleted and made again from the new one, their volumes attached
+    again.
   - One module task for the whole box, because each Ansible task costs a module start; a box of many
     services costs the same few tasks as a box of one.
 extends_documentation_fragment:
@@ -68,7 +78,12 @@ options:
     description:
       - The box description, a list of services (name, kind, domains, routes, port, host_port,
         forwards, count, method, memory, memory_swap, cpus, boot, files, packages, user, command,
-        environment, working_directory, proxy). See the P(homelab.onebox.box_parts#filter) filter.
+        environment, working_directory, proxy, image, adopt, allow_host_listener, tls, volumes,
+        backup, backup_command, state, purge). See the P(homelab.onebox.box_parts#filter) filter
+        and C(docs/description.md).
+      - A service's C(volumes) - C({name, path, size, readonly, shared}) - are mounted into each of
+        its containers. A service with C(state=absent) (and only C(name) besides, and C(purge)) builds
+        nothing; with C(purge=true) its volumes are deleted once its containers are gone.
       - Values of each service's C(environment) are secrets; they are kept out of the output.
       - Required with O(state=present). An empty list would delete every container of O(owner), so
         it is refused (when O(parts) has V(containers)) unless O(allow_empty=true). A box is removed with O(state=absent) (the
@@ -192,9 +207,10 @@ options:
         type: str
   purge:
     description:
-      - With O(state=absent), also delete the box's data volumes (the proxy's certificates and ACME
-        account). Without it a teardown keeps them, and a box converged again serves the same
-        certificates and orders none.
+      - With O(state=absent), also delete the box's storage volumes - every custom volume of the pool
+        marked with O(owner), the services' and the proxy's certificates and ACME account alike - once
+        the containers are gone. Without it a teardown keeps them, and a box converged again finds
+        its data and serves the same certificates, ordering none. Needs V(containers) in O(parts).
     type: bool
     default: false
   proxy:
@@ -312,7 +328,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 instances:
-  description: One result per container of the parts applied, as M(homelab.onebox.lxd_instances) returns them.
+  description:
+    - One result per container of the parts applied, as M(homelab.onebox.lxd_instances) returns them.
+    - A container re-created from a new image has the actions C(delete), C(create), C(start) and
+      C(recreated), why (C(image OLD -> NEW)).
   returned: always
   type: list
   elements: dict
@@ -357,10 +376,34 @@ certificates:
   returned: when O(parts) has V(sites) and the box has HTTPS sites
   type: list
   elements: dict
-volume:
-  description: The proxy's certificate volume and what happened to it (C(name), C(pool), C(action)).
-  returned: when the box has HTTPS sites, or O(purge) deleted it
-  type: dict
+volumes:
+  description:
+    - The box's storage volumes this run keeps or deletes - the services' (with the V(containers)
+      part), the proxy's certificates (with the V(sites) part) - and what happened to each.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The volume's name in LXD (C(OWNER-SERVICE-NAME), C(OWNER-shared-NAME), C(PROXY-tls)).
+      type: str
+    pool:
+      description: Its storage pool.
+      type: str
+    service:
+      description: The service it belongs to (null for a shared volume and the proxy's).
+      type: str
+    action:
+      description: V(create), V(resize), V(delete) (a purge) or V(none).
+      type: str
+  sample: [{name: mybox-db-data, pool: default, service: db, action: create}]
+volumes_kept:
+  description:
+    - Volumes of O(owner) no longer described that this run unmounted (their service or its
+      container went) and kept; a purge deletes them.
+  returned: always
+  type: list
+  elements: str
 forwards_kept:
   description:
     - Where the box's forwards are kept, as M(homelab.onebox.dnat) returns them (C(owner),

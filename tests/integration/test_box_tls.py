@@ -178,7 +178,8 @@ def built(env, lxd):
         assert not kept.get("failed"), kept
         assert lxd.volume("default", PROXY + "-tls") is not None   # a teardown keeps the certificates
         purged = run_module("box", dict(env.args, state="absent", services=None, tls=None, purge=True))
-        assert purged["volume"]["action"] == "delete" and lxd.volume("default", PROXY + "-tls") is None
+        assert [(v["name"], v["action"]) for v in purged["volumes"]] == [(PROXY + "-tls", "delete")]
+        assert lxd.volume("default", PROXY + "-tls") is None
 
 
 def test_check_mode_names_the_certificates_it_would_request_and_changes_nothing(built):
@@ -188,7 +189,8 @@ def test_check_mode_names_the_certificates_it_would_request_and_changes_nothing(
     assert actions == {"site.tls.test": ("acme", "requested"), "www.tls.test": ("acme", "requested"),
                        "_wildcard.wild.tls.test": ("acme", "requested"), "own.tls.test": ("provided", "none"),
                        "self.tls.test": ("self_signed", "none")}
-    assert predicted["volume"]["action"] == "create" and built["volume_after_check"] is None
+    assert predicted["volumes"] == [{"name": PROXY + "-tls", "pool": "default", "service": None, "action": "create"}]
+    assert built["volume_after_check"] is None
 
 
 def test_converges_with_a_certificate_for_every_acme_domain(built):
