@@ -29,7 +29,7 @@ LXD_ARGUMENT_SPEC = dict(
 class OneboxModule(AnsibleModule):
     """AnsibleModule plus ``self.lxd`` (an LxdClient opened on first use) and ``run()``."""
 
-    def __init__(self, argument_spec, lxd=False, secrets=None, **kwargs):
+    def __init__(self, argument_spec, lxd=False, secrets=None, run_lock=True, **kwargs):
         """``secrets``: params -> secret values inside options that cannot be no_log as a whole
         (Ansible would then mask every string of them, names included). They are kept out of the
         log, the invocation and error messages; the result itself must not carry them."""
@@ -37,6 +37,7 @@ class OneboxModule(AnsibleModule):
         if lxd:
             spec.update(LXD_ARGUMENT_SPEC)
         self._secrets = secrets
+        self._takes_run_lock = run_lock  # False: what the module runs takes the lock itself (the backup agent)
         self._secret_values = set()
         self._lxd_client = None
         super().__init__(argument_spec=spec, **kwargs)
@@ -88,7 +89,7 @@ class OneboxModule(AnsibleModule):
 
     def _run_lock(self):
         """The lock of the LXD daemon this run talks to (one converge at a time per daemon)."""
-        if "lock_timeout" not in self.params:
+        if "lock_timeout" not in self.params or not self._takes_run_lock:
             return _NoLock()
         _validate.whole(self.params["lock_timeout"], "lock_timeout")
         from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdError, endpoint_from_url
