@@ -273,8 +273,8 @@ STORE = [{"name": "db", "kind": "internal", "volumes": [DATA, MEDIA]},
          {"name": "reader", "kind": "internal", "volumes": [dict(MEDIA, path="/mnt/media", readonly=True)]}]
 
 
-def volume_box(lxd, services=STORE, **params):
-    return manager(lxd, services=services, parts=["containers", "insides"], **params)
+def volume_box(lxd, services=None, **params):
+    return manager(lxd, services=STORE if services is None else services, parts=["containers", "insides"], **params)
 
 
 def volume_names(lxd):
