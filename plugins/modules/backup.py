@@ -328,6 +328,14 @@ class BackupManager:
 
     def configure(self):
         module, check = self.module, self.module.check_mode
+        result = {}
+        if self.module.params["state"] == "present":
+            # The targets first, with the configuration and secrets about to be written: a wrong
+            # password or a missing mount fails before anything on the host changes.
+            code, answer = self.agent("prepare", given=True)
+            if code != 0:
+                raise OneboxError("the backup targets: %s" % answer.get("error"), targets=answer.get("targets"))
+            result.update(targets=answer["targets"], changed=answer["changed"])
         changed_files, diffs, units_changed = [], [], False
         for path, (content, mode, secret) in sorted(self.desired().items()):
             current, current_mode = self._read(path)
@@ -350,14 +358,9 @@ class BackupManager:
                 timer["enabled"] = True
         elif not systemd:
             timer["note"] = "no systemd: the units are written, no timer runs them"
-        result = {"changed": bool(changed_files), "files": changed_files, "timer": timer}
+        result.update(changed=result.get("changed", False) or bool(changed_files), files=changed_files, timer=timer)
         if self.module.params["state"] == "present":
-            code, answer = self.agent("prepare")
-            if code != 0:
-                raise OneboxError("the backup targets: %s" % answer.get("error"), targets=answer.get("targets"))
-            result["targets"] = answer["targets"]
-            result["changed"] = result["changed"] or answer["changed"]
-            result["services"] = self.agent("status")[1].get("services", []) if not check or os.path.exists(self.config_path) else []
+            result["services"] = self.agent("status", given=check)[1].get("services", [])
         if module._diff:
             result["diff"] = diffs
         return result
@@ -382,17 +385,19 @@ class BackupManager:
             raise OneboxError("systemctl %s: %s" % (" ".join(args), (err or out).strip()))
 
     # ---- asking the agent ----------------------------------------------------------------
-    def agent(self, *args):
-        """Run the agent (the installed one, or in check mode this module's copy with the
-        configuration it would write): (exit status, its JSON)."""
+    def agent(self, *args, given=None):
+        """Run the agent (the installed one, or this module's copy): (exit status, its JSON).
+        ``given`` (default: in check mode): with the configuration and secrets this run writes,
+        not the files'."""
         params, check = self.module.params, self.module.check_mode
         env = {}
         program = _backup_agent.PROGRAM
+        given = check if given is None else given
         if check or not os.path.exists(program):
             fd, program = tempfile.mkstemp(prefix="onebox-backup-")
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(agent_source())
-        if check and self.backups is not None:
+        if given and self.backups is not None:
             env["ONEBOX_BACKUP_CONFIG"] = self.backups.config()
             env["ONEBOX_BACKUP_SECRETS"] = json.dumps({name: dict(line.split("=", 1) for line in text.splitlines())
                                                        for name, text in self.backups.secrets().items()})

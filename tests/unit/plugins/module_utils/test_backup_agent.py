@@ -1,0 +1,68 @@
+"""The host's backup agent, its pure parts: the configuration checked, restic's answers read, the
+runs a service can be restored from."""
+import json
+
+from ansible_collections.homelab.onebox.plugins.module_utils import _backup_agent as ba
+
+CONFIG = {"owner": "box", "socket": "/var/lib/lxd/unix.socket", "lock": "/run/lock/x", "targets": [{"name": "disk", "repository": "/r"}],
+          "retention": {"last": 2}, "services": [{"name": "db", "containers": ["db"], "volumes": ["box-db-data"]}]}
+
+
+def snap(service, run, kind, obj, time="2026-12-01T03:00:00Z", ident="abcdef0123"):
+    return {"id": ident, "short_id": ident[:8], "time": time,
+            "tags": ["onebox", "service=%s" % service, "run=%s" % run, "kind=%s" % kind, "object=%s" % obj]}
+
+
+def test_a_good_configuration_has_no_problems_and_a_broken_one_says_each():
+    assert ba.config_problems(CONFIG) == []
+    broken = dict(CONFIG, owner="Box!", lock="relative", targets=[], retention={"daily": "7"}, services=[{"name": "x", "volumes": "v"}])
+    problems = ba.config_problems(broken)
+    assert len(problems) == 5 and any("owner" in p for p in problems) and any("retention" in p for p in problems)
+
+
+def test_restic_errors_are_said_in_words_a_user_acts_on():
+    assert ba.restic_error("Fatal: wrong password or no key found\n", 1).startswith("wrong password")
+    missing = ba.restic_error("Fatal: unable to open config file: stat /r/config: no such file or directory\n"
+                              "Is there a repository at the following location?\n/r\n", 1)
+    assert missing.startswith("no repository there")
+    assert ba.restic_error("a\nb\nc\nd\n", 3) == "restic exited 3: b | c | d"
+
+
+def test_the_summary_line_gives_the_snapshot_and_what_it_added():
+    out = '{"message_type":"status"}\n{"message_type":"summary","snapshot_id":"1234abcd","data_added":42,"total_bytes_processed":99}\n'
+    assert ba.backup_summary(out) == {"snapshot": "1234abcd", "added": 42, "size": 99}
+
+
+def test_runs_are_grouped_newest_first_and_a_partial_run_is_not_complete():
+    snaps = [snap("db", "r1", "instance", "db", "2026-12-01T03:00:00Z", "aaaaaaaa11"),
+             snap("db", "r1", "volume", "box-db-data", "2026-12-01T03:00:05Z", "bbbbbbbb22"),
+             snap("db", "r2", "instance", "db", "2026-12-02T03:00:00Z", "cccccccc33"),
+             snap("web", "r2", "instance", "web", "2026-12-02T03:00:00Z", "dddddddd44")]
+    runs = ba.runs_of(snaps, "db")
+    assert [r["run"] for r in runs] == ["r2", "r1"]
+    assert runs[1]["objects"] == {"instance/db": "aaaaaaaa", "volume/box-db-data": "bbbbbbbb"}
+    service = CONFIG["services"][0]
+    assert not ba.complete(runs[0], service) and ba.complete(runs[1], service)
+
+
+def test_status_gives_each_services_last_good_backup_and_its_age(tmp_path, capsys):
+    config = dict(CONFIG, state_dir=str(tmp_path), log=str(tmp_path / "log"))
+    (tmp_path / "last.json").write_text(json.dumps({"db": {"last_good_time": "2026-12-01T03:00:00Z", "ok": True, "objects": {}}}))
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert ba.main(["--config", str(path), "status"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    entry = answer["services"][0]
+    assert entry["name"] == "db" and entry["ok"] and entry["age_seconds"] > 0 and "objects" not in entry
+
+
+def test_a_broken_configuration_or_usage_exits_2_and_says_why(tmp_path, capsys):
+    path = tmp_path / "config.json"
+    path.write_text("{not json")
+    assert ba.main(["--config", str(path), "status"]) == 2
+    assert "is not JSON" in json.loads(capsys.readouterr().out)["error"]
+    path.write_text(json.dumps(CONFIG))
+    assert ba.main(["--config", str(path), "frobnicate"]) == 2
+    assert "usage" in json.loads(capsys.readouterr().out)["error"]
+    assert ba.main(["--config", str(path), "restore"]) == 2
+    assert "SERVICE" in json.loads(capsys.readouterr().out)["error"]
