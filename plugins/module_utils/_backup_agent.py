@@ -10,6 +10,7 @@ target's own environment, mode 0600), and runs, as the timer does:
   onebox-backup --config FILE prepare [--check]         each target's repository there (init when missing)
   onebox-backup --config FILE backup [--check] [SERVICE...]   one run: every included service
   onebox-backup --config FILE restore [--check] [--overwrite] [--run RUN] [--target T] (--all | SERVICE...)
+  onebox-backup --config FILE drill [--target T] [SERVICE...]   each newest backup restored aside, started, checked, deleted
   onebox-backup --config FILE list [SERVICE...]          the runs each service can be restored from
   onebox-backup --config FILE status                     the last run of each service (no repository read)
 Each prints one JSON object on stdout (exit 0; 1 when something failed; 2 for a broken configuration
@@ -35,6 +36,7 @@ import concurrent.futures
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import http.client
 import json
 import os
@@ -42,9 +44,9 @@ import re
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
-import urllib.parse
 import uuid
 
 PROGRAM = "/usr/local/sbin/onebox-backup"
@@ -52,6 +54,7 @@ CONFIG_DIR = "/etc/onebox/backup-%s"  # % owner: config.json and TARGET.env
 STATE_DIR = "/var/lib/onebox/backup-%s"  # % owner: last.json, restic's cache
 LOG = "/var/log/onebox-backup-%s.log"  # % owner
 UNIT = "onebox-backup-%s"  # % owner: .service and .timer
+DRILL_UNIT = "onebox-backup-drill-%s"  # % owner: the restore drill's
 TEMP_PREFIX = "obk-"  # temporary copies and imports: never a box's own name (it has no owner prefix)
 SNAPSHOT = "onebox-backup"
 CHUNK = 1 << 20
@@ -312,6 +315,52 @@ def complete(run, service):
     return wanted <= set(run["objects"])
 
 
+class Manifest:
+    """sha256 of each file of a volume's backup, read from the tarball as it streams by (what a
+    drill compares the restored volume with)."""
+
+    PREFIX = "backup/volume/"
+
+    def __init__(self):
+        self.files = {}
+        self.error = None
+        self._read_fd, self._write_fd = os.pipe()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        with os.fdopen(self._read_fd, "rb") as pipe:
+            try:
+                with tarfile.open(fileobj=pipe, mode="r|") as tar:
+                    for member in tar:
+                        if member.isfile() and member.name.startswith(self.PREFIX):
+                            digest, source = hashlib.sha256(), tar.extractfile(member)
+                            for chunk in iter(lambda: source.read(CHUNK), b""):
+                                digest.update(chunk)
+                            self.files[member.name[len(self.PREFIX):]] = digest.hexdigest()
+            except (tarfile.TarError, OSError) as e:
+                self.error = str(e)
+            while pipe.read(CHUNK):  # the rest (tar's padding, or all of it after an error)
+                pass
+
+    def write(self, chunk):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self._write_fd, view):]
+
+    def close(self):
+        """The manifest (None when the tarball could not be read); closing twice is closing once."""
+        if self._write_fd is not None:
+            os.close(self._write_fd)
+            self._write_fd = None
+            self._thread.join(OPERATION_TIMEOUT)
+        return self.files if self.error is None else None
+
+
+def drill_name():
+    return "%sdrill-%s" % (TEMP_PREFIX, uuid.uuid4().hex[:8])
+
+
 # ---- the agent -------------------------------------------------------------------------------
 class Agent:
     def __init__(self, config, check=False, root="/", restic="restic"):
@@ -519,14 +568,18 @@ class Agent:
             body["instance_only" if kind == "instance" else "volume_only"] = True
             self.lxd.call("POST", temp_path + "/backups", body)
             tags = ["onebox", "service=%s" % service, "run=%s" % run, "kind=%s" % kind, "object=%s" % name]
+            manifest = Manifest() if kind == "volume" else None
             with self.lxd.stream(temp_path + "/backups/onebox/export") as response:
-                return self._into_restic(response, object_file(kind, name), tags, restics)
+                stored = self._into_restic(response, object_file(kind, name), tags, restics, manifest)
+            if manifest is not None:
+                self._save_manifest(run, name, manifest.close())
+            return stored
         finally:
             with contextlib.suppress(Failure):
                 self.lxd.call("DELETE", temp_path)
 
-    def _into_restic(self, response, filename, tags, restics):
-        """The export's bytes into one restic process per target at once."""
+    def _into_restic(self, response, filename, tags, restics, manifest=None):
+        """The export's bytes into one restic process per target at once (and the manifest's reader)."""
         procs = [(r, r.start_backup(filename, self.config["owner"], tags)) for r in restics]
         broken = {}
         readers = {}
@@ -537,6 +590,8 @@ class Agent:
                 chunk = response.read(CHUNK)
                 if not chunk:
                     break
+                if manifest is not None:
+                    manifest.write(chunk)
                 for restic, proc in procs:
                     if restic.name in broken:
                         continue
@@ -545,6 +600,8 @@ class Agent:
                     except OSError as e:
                         broken[restic.name] = str(e)
             out = {}
+            if manifest is not None:
+                manifest.close()
             for restic, proc in procs:
                 with contextlib.suppress(OSError):
                     proc.stdin.close()
@@ -578,7 +635,6 @@ class Agent:
 
     def _record(self, run, results):
         """last.json: per service, its last run and its last good one (what status and the module show)."""
-        path = os.path.join(self.state_dir, "last.json")
         state = self.read_state()
         stamp = now_iso()
         for result in results:
@@ -586,6 +642,10 @@ class Agent:
             entry.update(last_run=run, last_time=stamp, ok=result["ok"], error=result.get("error"))
             if result["ok"]:
                 entry.update(last_good_run=run, last_good_time=stamp, objects=result["objects"])
+        self._write_state(state)
+
+    def _write_state(self, state):
+        path = os.path.join(self.state_dir, "last.json")
         os.makedirs(self.state_dir, exist_ok=True)
         temp = path + ".tmp"
         with open(temp, "w", encoding="utf-8") as handle:
@@ -599,6 +659,118 @@ class Agent:
             return state if isinstance(state, dict) else {}
         except (OSError, ValueError):
             return {}
+
+    def _manifest_path(self, run, volume):
+        return os.path.join(self.state_dir, "manifests", run, "%s.json" % volume)
+
+    def _save_manifest(self, run, volume, files):
+        if files is None:
+            return
+        path = self._manifest_path(run, volume)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(files, handle, sort_keys=True)
+
+    def _load_manifest(self, run, volume):
+        try:
+            with open(self._manifest_path(run, volume), encoding="utf-8") as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return None
+
+    # -- drill
+    def drill(self, names, target=None):
+        """Each service's newest backup restored into a throwaway container of its own (no static
+        address, no forwards, no sites, no owner's mark; its volumes copies), started, its
+        volumes' files compared with what the backup read, deleted. Recorded; any failure fails."""
+        services = [s for s in self.services(names) if s.get("containers")]
+        restic = self.restic(self.targets(target)[0])
+        if self.check:
+            return 0, {"target": restic.name, "services": [{"name": s["name"]} for s in services], "changed": False}
+        snaps, pool = self.snapshots(restic), self.pool()
+        results = []
+        for service in services:
+            started = time.monotonic()
+            try:
+                run = next((r for r in runs_of(snaps, service["name"]) if complete(r, service)), None)
+                if run is None:
+                    raise Failure("no backup holds all of it")
+                checked = self._drill_service(service, run, restic, pool)
+                results.append({"name": service["name"], "ok": True, "run": run["run"], "files_checked": checked,
+                                "seconds": round(time.monotonic() - started, 1)})
+                self.log("drill %s: run %s restored, started, %d file(s) as backed up" % (service["name"], run["run"], checked))
+            except Failure as e:
+                self.log("drill %s: FAILED: %s" % (service["name"], e))
+                results.append({"name": service["name"], "ok": False, "error": str(e)})
+        self._record_drills(results)
+        failed = [r["name"] for r in results if not r["ok"]]
+        return (1 if failed else 0), {"target": restic.name, "services": results, "failed": failed, "changed": False}
+
+    def _drill_service(self, service, run, restic, pool):
+        base = drill_name()
+        volumes = {name: "%s-%d" % (base, i) for i, name in enumerate(service.get("volumes", []))}
+        made = []
+        try:
+            for volume, temp in volumes.items():
+                self._import("volume", volume, run["objects"]["volume/%s" % volume], restic, pool, as_name=temp)
+                made.append(("volume", temp))
+            container = service["containers"][0]
+            self._import("instance", container, run["objects"]["instance/%s" % container], restic, pool, as_name=base)
+            made.insert(0, ("instance", base))
+            self._detach(base, volumes)
+            self.lxd.call("PUT", "/1.0/instances/%s/state" % base, {"action": "start", "timeout": 60}, timeout=120)
+            checked = 0
+            devices = (self.lxd.get("/1.0/instances/%s" % base) or {}).get("devices") or {}
+            for device in devices.values():
+                temp = device.get("source")
+                volume = next((v for v, t in volumes.items() if t == temp), None)
+                if device.get("type") != "disk" or volume is None:
+                    continue
+                want = self._load_manifest(run["run"], volume)
+                status, out, err = self.lxd.run(base, ["sh", "-c", 'cd "$1" && find . -type f -exec sha256sum {} +', "-", device["path"]], 300)
+                if status != 0:
+                    raise Failure("reading %s in the drill's container: %s" % (device["path"], err.strip()[-200:]))
+                got = {line[68:]: line[:64] for line in out.splitlines() if line[64:68] == "  ./"}
+                if want is not None and got != want:
+                    differ = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+                    raise Failure("volume %s restored differs from its backup in %d file(s): %s" % (volume, len(differ), ", ".join(differ[:5])))
+                checked += len(got)
+            return checked
+        finally:
+            for kind, temp in made:
+                path = self._object_path(kind, temp, pool)
+                if kind == "instance":
+                    with contextlib.suppress(Failure):
+                        self.lxd.call("PUT", path + "/state", {"action": "stop", "force": True, "timeout": 30}, timeout=60)
+                with contextlib.suppress(Failure):
+                    self.lxd.call("DELETE", path)
+
+    def _detach(self, name, volumes):
+        """The drill's container made a stranger: its volumes the drill's copies, no static
+        address, a MAC of its own, no owner's mark (no converge prunes or adopts it), no autostart."""
+        current = self.lxd.get("/1.0/instances/%s" % name) or {}
+        devices = {}
+        for dev, conf in (current.get("devices") or {}).items():
+            conf = dict(conf)
+            if conf.get("type") == "disk" and conf.get("source") in volumes:
+                conf["source"] = volumes[conf["source"]]
+            if conf.get("type") == "nic":
+                conf.pop("ipv4.address", None)
+            devices[dev] = conf
+        # LXD makes it a MAC of its own (the live container's would clash on the bridge).
+        config = {k: v for k, v in (current.get("config") or {}).items()
+                  if not k.startswith("user.onebox.") and not (k.startswith("volatile.") and k.endswith(".hwaddr"))}
+        config.update({"user.onebox.drill": self.config["owner"], "boot.autostart": "false"})
+        self.lxd.call("PUT", "/1.0/instances/%s" % name, {
+            "architecture": current.get("architecture"), "config": config, "devices": devices,
+            "profiles": current.get("profiles") or [], "ephemeral": False, "description": "homelab.onebox restore drill"})
+
+    def _record_drills(self, results):
+        state = self.read_state()
+        for result in results:
+            state.setdefault(result["name"], {}).update(drill_time=now_iso(), drill_ok=result["ok"], drill_error=result.get("error"),
+                                                        drill_run=result.get("run"))
+        self._write_state(state)
 
     # -- list, status
     def snapshots(self, restic):
@@ -680,9 +852,10 @@ class Agent:
                 self.lxd.call("PUT", "/1.0/instances/%s/state" % name, {"action": "start", "timeout": 60}, timeout=120)
         self.log("%s: restored from run %s (%s)" % (item["name"], item["run"], ", ".join(sorted(item["objects"]))))
 
-    def _import(self, kind, name, snapshot, restic, pool):
+    def _import(self, kind, name, snapshot, restic, pool, as_name=None):
+        """Object ``name`` of restic snapshot ``snapshot`` into LXD (as ``as_name``)."""
         proc = restic.start_dump(snapshot, object_file(kind, name))
-        headers = {"Content-Type": "application/octet-stream", "X-LXD-name": name}
+        headers = {"Content-Type": "application/octet-stream", "X-LXD-name": as_name or name}
         path = "/1.0/instances" if kind == "instance" else "/1.0/storage-pools/%s/volumes/custom" % pool
         if kind == "instance":
             headers["X-LXD-pool"] = pool
@@ -725,11 +898,14 @@ def _command(agent, argv):
         with agent.lock() if not agent.check else contextlib.nullcontext():
             return agent.restore(names, all_services="--all" in flags, run=values.get("run"), target=values.get("target"),
                                  overwrite="--overwrite" in flags)
+    if cmd == "drill":
+        with agent.lock() if not agent.check else contextlib.nullcontext():
+            return agent.drill(names, values.get("target"))
     if cmd == "list":
         return agent.list(names, values.get("target"))
     if cmd == "status":
         return agent.status()
-    raise ConfigError("usage: onebox-backup --config FILE prepare|backup|restore|list|status ... (got %s)" % cmd)
+    raise ConfigError("usage: onebox-backup --config FILE prepare|backup|restore|drill|list|status ... (got %s)" % cmd)
 
 
 def main(argv=None):
@@ -737,7 +913,7 @@ def main(argv=None):
     agent = None
     try:
         if len(argv) < 3 or argv[0] != "--config":
-            raise ConfigError("usage: onebox-backup --config FILE prepare|backup|restore|list|status ...")
+            raise ConfigError("usage: onebox-backup --config FILE prepare|backup|restore|drill|list|status ...")
         path = argv[1]
         text = os.environ.get("ONEBOX_BACKUP_CONFIG")  # a check-mode run gives the configuration it would write
         if text is None:

@@ -14,7 +14,7 @@ import json
 import re
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
-from ansible_collections.homelab.onebox.plugins.module_utils._backup_agent import CONFIG_DIR, LOG, PROGRAM, RETENTION_KEYS, STATE_DIR, UNIT
+from ansible_collections.homelab.onebox.plugins.module_utils._backup_agent import CONFIG_DIR, DRILL_UNIT, LOG, PROGRAM, RETENTION_KEYS, UNIT
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
 
 TARGET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
@@ -25,6 +25,7 @@ DEFAULT_RETENTION = {"daily": 7, "weekly": 4, "monthly": 6}
 
 ARGUMENT_SPEC = dict(
     schedule=dict(type="str", default="daily"),
+    drill_schedule=dict(type="str"),
     randomized_delay=dict(type="int", default=0),
     retention=dict(type="dict"),
     password=dict(type="str", no_log=True),
@@ -46,6 +47,9 @@ def parse_backup_options(raw, field="backup"):
     options = dict(raw)
     if not isinstance(options.get("schedule"), str) or not options["schedule"].strip() or "\n" in options["schedule"]:
         raise ValidationError(field + ".schedule", options.get("schedule"), "must be a systemd OnCalendar expression (daily, *-*-* 03:00)")
+    drill = options.get("drill_schedule")
+    if drill is not None and (not isinstance(drill, str) or not drill.strip() or "\n" in drill):
+        raise ValidationError(field + ".drill_schedule", drill, "must be a systemd OnCalendar expression (weekly, Sun *-*-* 05:00)")
     v.whole(options["randomized_delay"], field + ".randomized_delay")
     retention = DEFAULT_RETENTION if options.get("retention") is None else options["retention"]
     unknown = sorted(set(retention) - set(RETENTION_KEYS))
@@ -153,22 +157,30 @@ class BoxBackup:
             files["%s/%s.env" % (self.config_dir, name)] = (text, 0o600)
         return files
 
+    def timers(self):
+        """unit name -> (what it does, the agent's command, its OnCalendar): the backup, and the
+        restore drill when it has a schedule."""
+        out = {self.unit: ("back up", "backup", self.options["schedule"])}
+        if self.options.get("drill_schedule"):
+            out[DRILL_UNIT % self.owner] = ("restore-drill", "drill", self.options["drill_schedule"])
+        return out
+
     def units(self, unit_dir="/etc/systemd/system"):
-        """path -> text of the service the timer starts, and the timer."""
-        command = "%s --config %s/config.json backup" % (PROGRAM, self.config_dir)
-        service = ("# Managed by homelab.onebox (backups of box %s). Do not edit: changes are overwritten.\n"
-                   "[Unit]\nDescription=homelab.onebox: back up box %s (%s)\n"
-                   "After=network-online.target lxd.service snap.lxd.daemon.service incus.service\n"
-                   "Wants=network-online.target\n\n"
-                   "[Service]\nType=oneshot\nExecStart=%s\nTimeoutStartSec=%d\nNice=10\nIOSchedulingClass=idle\n"
-                   % (self.owner, self.owner, LOG % self.owner, command, self.options["timeout"]))
-        timer = ("# Managed by homelab.onebox (backups of box %s). Do not edit: changes are overwritten.\n"
-                 "[Unit]\nDescription=homelab.onebox: back up box %s on schedule\n\n"
-                 "[Timer]\nOnCalendar=%s\nPersistent=true\nRandomizedDelaySec=%d\n\n"
-                 "[Install]\nWantedBy=timers.target\n"
-                 % (self.owner, self.owner, self.options["schedule"], self.options["randomized_delay"]))
-        return {"%s/%s.service" % (unit_dir, self.unit): service, "%s/%s.timer" % (unit_dir, self.unit): timer}
-
-
-def state_dir(owner):
-    return STATE_DIR % owner
+        """path -> text of each service a timer starts, and of the timer."""
+        out = {}
+        for unit, (what, command, calendar) in self.timers().items():
+            out["%s/%s.service" % (unit_dir, unit)] = (
+                "# Managed by homelab.onebox (backups of box %s). Do not edit: changes are overwritten.\n"
+                "[Unit]\nDescription=homelab.onebox: %s box %s (%s)\n"
+                "After=network-online.target lxd.service snap.lxd.daemon.service incus.service\n"
+                "Wants=network-online.target\n\n"
+                "[Service]\nType=oneshot\nExecStart=%s --config %s/config.json %s\nTimeoutStartSec=%d\nNice=10\n"
+                "IOSchedulingClass=idle\n"
+                % (self.owner, what, self.owner, LOG % self.owner, PROGRAM, self.config_dir, command, self.options["timeout"]))
+            out["%s/%s.timer" % (unit_dir, unit)] = (
+                "# Managed by homelab.onebox (backups of box %s). Do not edit: changes are overwritten.\n"
+                "[Unit]\nDescription=homelab.onebox: %s box %s on schedule\n\n"
+                "[Timer]\nOnCalendar=%s\nPersistent=true\nRandomizedDelaySec=%d\n\n"
+                "[Install]\nWantedBy=timers.target\n"
+                % (self.owner, what, self.owner, calendar, self.options["randomized_delay"]))
+        return out

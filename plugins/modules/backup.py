@@ -32,10 +32,11 @@ options:
       - V(backup) - one run now, of O(services) or every included service.
       - V(restore) - O(restore_services) (or the whole box with O(restore_all)) from the newest
         backup holding all of each, or O(restore_run).
+      - V(drill) - a restore drill now (see O(backup.drill_schedule)).
       - V(list) - the runs each service can be restored from (reads the first target).
       - V(status) - the last run and last good backup of each service, and its age (no repository read).
     type: str
-    choices: [configure, backup, restore, list, status]
+    choices: [configure, backup, restore, drill, list, status]
     default: configure
   state:
     description: With O(action=configure), whether the backups are set up or removed.
@@ -68,6 +69,14 @@ options:
         description: When the timer runs the backup (systemd C(OnCalendar), checked with C(systemd-analyze calendar) where it exists).
         type: str
         default: daily
+      drill_schedule:
+        description:
+          - When the restore drill runs (systemd C(OnCalendar)); none when omitted. The drill restores
+            each service's newest backup into a throwaway container (no static address, no forwards,
+            no sites, no owner's mark, copies of its volumes), starts it, compares its volumes' files
+            with the checksums the backup read, deletes it and records the result; a failed drill
+            fails its unit as a failed backup does.
+        type: str
       randomized_delay:
         description: Seconds of random delay after O(backup.schedule) (C(RandomizedDelaySec)).
         type: int
@@ -75,7 +84,8 @@ options:
       retention:
         description:
           - How many backups of each container and volume stay, by C(last), C(hourly), C(daily),
-            C(weekly), C(monthly) and C(yearly) (restic's C(--keep-*)). Default C({daily: 7, weekly: 4, monthly: 6}).
+            C(weekly), C(monthly) and C(yearly) (restic's C(--keep-*)).
+          - "Default C({daily: 7, weekly: 4, monthly: 6})."
         type: dict
       password:
         description: The repositories' password (from a vault). Without it the backups cannot be read.
@@ -208,10 +218,15 @@ run:
   description: The run's id (restic tag C(run=...)).
   returned: with O(action=backup)
   type: str
-timer:
-  description: The timer's unit name and whether it is enabled (C(enabled), or C(no systemd) when the host's init is not systemd).
+timers:
+  description: The timers (C(name), C(enabled)) - the backup's, and the drill's when scheduled.
   returned: with O(action=configure)
-  type: dict
+  type: list
+  elements: dict
+timers_note:
+  description: Why no timer is enabled (the host's init is not systemd).
+  returned: with O(action=configure), on a host without systemd
+  type: str
 """
 
 import inspect
@@ -231,7 +246,7 @@ from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdErro
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
 
 ARGUMENT_SPEC = dict(
-    action=dict(type="str", choices=["configure", "backup", "restore", "list", "status"], default="configure"),
+    action=dict(type="str", choices=["configure", "backup", "restore", "drill", "list", "status"], default="configure"),
     state=dict(type="str", choices=["present", "absent"], default="present"),
     owner=dict(type="str", default="onebox"),
     services=dict(type="list", elements="dict", default=[]),
@@ -305,11 +320,12 @@ class BackupManager:
             if path not in out:
                 out[path] = (None, 0o600, name.endswith(".env"))
         out.update((path, (text, 0o644, False)) for path, text in self.backups.units(unit_dir).items())
+        out.update((path, (None, 0o644, False)) for path in self._units_on_disk(unit_dir) if path not in out)  # a drill no longer scheduled
         return out
 
     def _units_on_disk(self, unit_dir):
-        unit = _backup_agent.UNIT % self.owner
-        return [os.path.join(unit_dir, unit + ext) for ext in (".service", ".timer") if os.path.exists(os.path.join(unit_dir, unit + ext))]
+        names = [unit % self.owner + ext for unit in (_backup_agent.UNIT, _backup_agent.DRILL_UNIT) for ext in (".service", ".timer")]
+        return [os.path.join(unit_dir, name) for name in names if os.path.exists(os.path.join(unit_dir, name))]
 
     @staticmethod
     def _listdir(path):
@@ -336,29 +352,32 @@ class BackupManager:
             if code != 0:
                 raise OneboxError("the backup targets: %s" % answer.get("error"), targets=answer.get("targets"))
             result.update(targets=answer["targets"], changed=answer["changed"])
+        systemd = os.path.isdir("/run/systemd/system")
+        unit_dir = module.params["unit_dir"]
+        wanted = [name + ".timer" for name in self.backups.timers()] if self.backups is not None and \
+            module.params["state"] == "present" else []
         changed_files, diffs, units_changed = [], [], False
         for path, (content, mode, secret) in sorted(self.desired().items()):
             current, current_mode = self._read(path)
             if current == content and (content is None or current_mode == mode):
                 continue
             changed_files.append(path)
-            units_changed = units_changed or path.startswith(module.params["unit_dir"])
+            units_changed = units_changed or path.startswith(unit_dir)
             if module._diff and not secret and path != _backup_agent.PROGRAM:
                 diffs.append(entry(path, current or "", content or ""))
             if not check:
+                if content is None and systemd and path.endswith(".timer"):
+                    self._systemctl("disable", "--now", os.path.basename(path))
                 self._write(path, content, mode)
-        systemd = os.path.isdir("/run/systemd/system")
-        unit = _backup_agent.UNIT % self.owner
-        timer = {"name": unit + ".timer", "enabled": False if not systemd else None}
+        timers = [{"name": name, "enabled": systemd and not check} for name in wanted]
         if systemd and not check:
             if units_changed:
                 self._systemctl("daemon-reload")
-            if self.module.params["state"] == "present":
-                self._systemctl("enable", "--now", unit + ".timer")
-                timer["enabled"] = True
-        elif not systemd:
-            timer["note"] = "no systemd: the units are written, no timer runs them"
-        result.update(changed=result.get("changed", False) or bool(changed_files), files=changed_files, timer=timer)
+            for name in wanted:
+                self._systemctl("enable", "--now", name)
+        result.update(changed=result.get("changed", False) or bool(changed_files), files=changed_files, timers=timers)
+        if not systemd:
+            result["timers_note"] = "no systemd: the units are written, no timer runs them"
         if self.module.params["state"] == "present":
             result["services"] = self.agent("status", given=check)[1].get("services", [])
         if module._diff:
@@ -416,7 +435,7 @@ class BackupManager:
 
     def ask(self, action):
         params = self.module.params
-        if action in ("backup", "restore") and not self.module.check_mode and not os.path.exists(self.config_path):
+        if action in ("backup", "restore", "drill") and not self.module.check_mode and not os.path.exists(self.config_path):
             raise OneboxError("the backups of %s are not configured on this host (run action=configure first)" % self.owner)
         args = [action]
         if action == "restore":
@@ -425,9 +444,9 @@ class BackupManager:
             args += ["--all"] if params["restore_all"] else []
             args += ["--overwrite"] if params["overwrite"] else []
             args += ["--run", params["restore_run"]] if params["restore_run"] else []
-        if action in ("restore", "list") and params["restore_target"]:
+        if action in ("restore", "list", "drill") and params["restore_target"]:
             args += ["--target", params["restore_target"]]
-        if action in ("backup", "restore", "list"):
+        if action in ("backup", "restore", "list", "drill"):
             args += list(params["restore_services"])
         rc, answer = self.agent(*args)
         if rc != 0:
