@@ -45,6 +45,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 import uuid
@@ -251,6 +252,15 @@ class Restic:
             raise Failure("%s: %s" % (self.name, restic_error((proc.stderr or b"").decode("utf-8", "replace"), proc.returncode)))
         return (proc.stdout or b"").decode("utf-8", "replace") if stdout is None else ""
 
+    def reachable(self):
+        """The repository opens with the password, and a directory one takes files."""
+        self.run("cat", "config", timeout=120)
+        if self.repository.startswith("/"):
+            try:
+                probe_directory(self.repository)
+            except Failure as e:
+                raise Failure("%s: %s" % (self.name, e))
+
     def json(self, *args, timeout=RESTIC_TIMEOUT):
         return json.loads(self.run(*(args + ("--json",)), timeout=timeout) or "null")
 
@@ -271,6 +281,46 @@ class Restic:
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError as e:
             raise Failure("%s: restic: %s" % (self.name, e))
+
+
+class Watchdog:
+    """Kills the processes still running after ``seconds``: restic retries a failing backend (a
+    disk that refuses writes, an S3 server gone) for up to about 15 minutes, and a restic that
+    stops reading its stdin would block the stream feeding it for good."""
+
+    def __init__(self, procs, seconds):
+        self.seconds, self.fired = seconds, False
+        self._timer = threading.Timer(seconds, self._fire, [procs])
+        self._timer.daemon = True
+
+    def _fire(self, procs):
+        self.fired = True
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.cancel()
+        return False
+
+
+def probe_directory(repository):
+    """A directory repository's subdirectories each take a new file (restic would otherwise retry
+    a refused write for minutes before saying so)."""
+    dirs = [os.path.join(repository, d) for d in ("locks", "snapshots", "index")]
+    data = os.path.join(repository, "data")
+    dirs += [os.path.join(data, d) for d in sorted(os.listdir(data))] if os.path.isdir(data) else []
+    for directory in dirs:
+        try:
+            fd, path = tempfile.mkstemp(dir=directory, prefix=".onebox-probe-")
+            os.close(fd)
+            os.unlink(path)
+        except OSError as e:
+            raise Failure("cannot write in %s: %s" % (directory, e.strerror))
 
 
 def backup_summary(output):
@@ -460,7 +510,7 @@ class Agent:
         for target in self.targets():
             restic = self.restic(target)
             try:
-                restic.run("cat", "config", timeout=120)
+                restic.reachable()
                 out.append({"name": target["name"], "action": "none"})
                 continue
             except Failure as e:
@@ -484,8 +534,8 @@ class Agent:
         pool = self.pool()
         targets = self.targets()
         restics = [self.restic(t) for t in targets]
-        for restic in restics:  # a missing repository or a wrong password fails before anything is read
-            restic.run("cat", "config", timeout=120)
+        for restic in restics:  # a missing repository, a wrong password, a refused write: before anything is read
+            restic.reachable()
         self.log("run %s: %s" % (run, ", ".join(s["name"] for s in services) or "nothing to back up"))
         results = []
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, self.config.get("parallel", 2))) as pool_exec:
@@ -507,7 +557,7 @@ class Agent:
         self._record(run, results)
         seconds = round(time.monotonic() - started, 1)
         self.log("run %s: %s in %.1f s" % (run, "failed" if failed else "done", seconds))
-        return (1 if failed else 0), {"run": run, "services": results, "targets": maintenance, "failed": failed,
+        return (1 if failed else 0), {"run": run, "services": results, "targets": maintenance, "failures": failed,
                                       "seconds": seconds, "changed": True}
 
     def _backup_service(self, service, run, pool, restics):
@@ -583,7 +633,9 @@ class Agent:
         procs = [(r, r.start_backup(filename, self.config["owner"], tags)) for r in restics]
         broken = {}
         readers = {}
-        with concurrent.futures.ThreadPoolExecutor(max_workers=2 * len(procs)) as io:
+        limit = self.config.get("object_timeout", RESTIC_TIMEOUT)
+        with Watchdog([proc for _r, proc in procs], limit) as watchdog, \
+                concurrent.futures.ThreadPoolExecutor(max_workers=2 * len(procs)) as io:
             for restic, proc in procs:  # their output read as it comes: a full pipe would stall them
                 readers[restic.name] = (io.submit(proc.stdout.read), io.submit(proc.stderr.read))
             while True:
@@ -611,6 +663,9 @@ class Agent:
                     proc.kill()
                 stdout = readers[restic.name][0].result().decode("utf-8", "replace")
                 stderr = readers[restic.name][1].result().decode("utf-8", "replace")
+                if watchdog.fired and proc.returncode != 0:
+                    raise Failure("%s: restic backup of %s took more than %d s (object_timeout): %s" % (
+                        restic.name, filename, limit, " | ".join(stderr.strip().splitlines()[-2:])))
                 if proc.returncode != 0:
                     raise Failure("%s: %s" % (restic.name, restic_error(stderr or stdout, proc.returncode)))
                 out[restic.name] = backup_summary(stdout)
@@ -704,7 +759,7 @@ class Agent:
                 results.append({"name": service["name"], "ok": False, "error": str(e)})
         self._record_drills(results)
         failed = [r["name"] for r in results if not r["ok"]]
-        return (1 if failed else 0), {"target": restic.name, "services": results, "failed": failed, "changed": False}
+        return (1 if failed else 0), {"target": restic.name, "services": results, "failures": failed, "changed": False}
 
     def _drill_service(self, service, run, restic, pool):
         base = drill_name()
@@ -850,7 +905,19 @@ class Agent:
             kind, name = key.split("/", 1)
             if kind == "instance":
                 self.lxd.call("PUT", "/1.0/instances/%s/state" % name, {"action": "start", "timeout": 60}, timeout=120)
+                self._wait_address(name)
         self.log("%s: restored from run %s (%s)" % (item["name"], item["run"], ", ".join(sorted(item["objects"]))))
+
+    def _wait_address(self, name, timeout=60):
+        """Until the container has an IPv4 address (its network up: what forwards and sites reach)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            network = (self.lxd.get("/1.0/instances/%s/state" % name) or {}).get("network") or {}
+            if any(a.get("family") == "inet" and a.get("scope") == "global"
+                   for nic, info in network.items() if nic != "lo" for a in info.get("addresses") or []):
+                return
+            time.sleep(0.2)
+        raise Failure("%s started but has no IPv4 address after %d s" % (name, timeout))
 
     def _import(self, kind, name, snapshot, restic, pool, as_name=None):
         """Object ``name`` of restic snapshot ``snapshot`` into LXD (as ``as_name``)."""
@@ -860,7 +927,8 @@ class Agent:
         if kind == "instance":
             headers["X-LXD-pool"] = pool
         try:
-            self.lxd.call("POST", path, proc.stdout, headers)
+            with Watchdog([proc], self.config.get("object_timeout", RESTIC_TIMEOUT)):
+                self.lxd.call("POST", path, proc.stdout, headers)
         finally:
             try:
                 proc.stdout.close()

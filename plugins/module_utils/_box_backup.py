@@ -39,6 +39,7 @@ ARGUMENT_SPEC = dict(
     parallel=dict(type="int", default=2),
     timeout=dict(type="int", default=21600),
     command_timeout=dict(type="int", default=600),
+    object_timeout=dict(type="int", default=3600),
 )
 
 
@@ -59,7 +60,7 @@ def parse_backup_options(raw, field="backup"):
     options["retention"] = {key: v.whole(count, "%s.retention.%s" % (field, key)) for key, count in retention.items()}
     if not any(options["retention"].values()):
         raise ValidationError(field + ".retention", retention, "keeps nothing: give at least one count above 0")
-    for key in ("parallel", "timeout", "command_timeout"):
+    for key in ("parallel", "timeout", "command_timeout", "object_timeout"):
         v.whole(options[key], "%s.%s" % (field, key), 1)
     seen = set()
     for index, target in enumerate(options["targets"]):
@@ -137,7 +138,8 @@ class BoxBackup:
         config = {"owner": self.owner, "socket": self.socket, "lock": self.lock, "lock_timeout": self.lock_timeout,
                   "targets": [{"name": t["name"], "repository": t["repository"]} for t in self.options["targets"]],
                   "retention": {k: n for k, n in self.options["retention"].items() if n},
-                  "check": self.options["check"], "parallel": self.options["parallel"], "services": self.services()}
+                  "check": self.options["check"], "parallel": self.options["parallel"],
+                  "object_timeout": self.options["object_timeout"], "services": self.services()}
         return json.dumps(config, indent=1, sort_keys=True) + "\n"
 
     def secrets(self):

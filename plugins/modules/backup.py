@@ -125,6 +125,13 @@ options:
         description: Seconds a whole run may take (the unit's C(TimeoutStartSec)).
         type: int
         default: 21600
+      object_timeout:
+        description:
+          - Seconds one container's or volume's backup (or import, in a restore) may take. restic
+            retries a failing target for many minutes; past this its processes are stopped and the
+            run fails.
+        type: int
+        default: 3600
       command_timeout:
         description: Seconds a service's C(backup_command) may take.
         type: int
@@ -214,6 +221,11 @@ services:
   returned: always
   type: list
   elements: dict
+failures:
+  description: What failed in a V(backup) or V(drill) (services, C(target NAME)); on failure the task fails naming each with its error.
+  returned: with O(action=backup) or V(drill)
+  type: list
+  elements: str
 run:
   description: The run's id (restic tag C(run=...)).
   returned: with O(action=backup)
@@ -344,42 +356,45 @@ class BackupManager:
 
     def configure(self):
         module, check = self.module, self.module.check_mode
-        result = {}
-        if self.module.params["state"] == "present":
-            # The targets first, with the configuration and secrets about to be written: a wrong
-            # password or a missing mount fails before anything on the host changes.
-            code, answer = self.agent("prepare", given=True)
-            if code != 0:
-                raise OneboxError("the backup targets: %s" % answer.get("error"), targets=answer.get("targets"))
-            result.update(targets=answer["targets"], changed=answer["changed"])
-        systemd = os.path.isdir("/run/systemd/system")
+        present = module.params["state"] == "present"
         unit_dir = module.params["unit_dir"]
-        wanted = [name + ".timer" for name in self.backups.timers()] if self.backups is not None and \
-            module.params["state"] == "present" else []
-        changed_files, diffs, units_changed = [], [], False
+        planned = []  # (path, content or None, mode): what differs
+        diffs = []
         for path, (content, mode, secret) in sorted(self.desired().items()):
             current, current_mode = self._read(path)
             if current == content and (content is None or current_mode == mode):
                 continue
-            changed_files.append(path)
-            units_changed = units_changed or path.startswith(unit_dir)
+            planned.append((path, content, mode))
             if module._diff and not secret and path != _backup_agent.PROGRAM:
                 diffs.append(entry(path, current or "", content or ""))
-            if not check:
+        result = {"changed": bool(planned), "files": [path for path, _c, _m in planned], "targets": []}
+        if present and any(path.startswith(_backup_agent.CONFIG_DIR % self.owner) for path, _c, _m in planned):
+            # The targets, with the configuration and secrets about to be written, before any of
+            # them is: a wrong password or a missing mount fails with the host as it was. A run
+            # that changes neither asks no repository anything (the timer's runs do).
+            code, answer = self.agent("prepare", given=True)
+            if code != 0:
+                raise OneboxError("the backup targets: %s" % answer.get("error"), targets=answer.get("targets"))
+            result.update(targets=answer["targets"], changed=result["changed"] or answer["changed"])
+        systemd = os.path.isdir("/run/systemd/system")
+        wanted = [name + ".timer" for name in self.backups.timers()] if present else []
+        if not check:
+            for path, content, mode in planned:
                 if content is None and systemd and path.endswith(".timer"):
                     self._systemctl("disable", "--now", os.path.basename(path))
                 self._write(path, content, mode)
-        timers = [{"name": name, "enabled": systemd and not check} for name in wanted]
-        if systemd and not check:
-            if units_changed:
-                self._systemctl("daemon-reload")
-            for name in wanted:
-                self._systemctl("enable", "--now", name)
-        result.update(changed=result.get("changed", False) or bool(changed_files), files=changed_files, timers=timers)
+            if systemd:
+                if any(path.startswith(unit_dir) for path, _c, _m in planned):
+                    self._systemctl("daemon-reload")
+                for name in wanted:
+                    self._systemctl("enable", "--now", name)
+        result["timers"] = [{"name": name, "enabled": systemd and not check} for name in wanted]
         if not systemd:
             result["timers_note"] = "no systemd: the units are written, no timer runs them"
-        if self.module.params["state"] == "present":
-            result["services"] = self.agent("status", given=check)[1].get("services", [])
+        if present:
+            # The record of the last runs, read here (the agent's own code, no process of its own).
+            agent = _backup_agent.Agent(json.loads(self.backups.config()))
+            result["services"] = agent.status()[1]["services"]
         if module._diff:
             result["diff"] = diffs
         return result
@@ -388,6 +403,9 @@ class BackupManager:
         if content is None:
             if os.path.exists(path):
                 os.unlink(path)
+            directory = os.path.dirname(path)
+            if directory == _backup_agent.CONFIG_DIR % self.owner and not os.listdir(directory):
+                os.rmdir(directory)
             return
         directory = os.path.dirname(path)
         os.makedirs(directory, mode=0o700 if mode == 0o600 else 0o755, exist_ok=True)
