@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import stat
 import sys
-import tempfile
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _dnat
 from ansible_collections.homelab.onebox.plugins.module_utils import _dnat_claims
 from ansible_collections.homelab.onebox.plugins.module_utils import _dnat_rules
 from ansible_collections.homelab.onebox.plugins.module_utils._diff import entry
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._host_files import write_host_file
 
 FORWARD_SPEC = dict(
     proto=dict(type="str", choices=list(_dnat.PROTOCOLS), default="tcp"),
@@ -297,17 +297,7 @@ class DnatManager:
             raise
 
     def write(self, path, content, mode):
-        if content is None:
-            os.unlink(path)
-            return
-        directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path))
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
-        os.chmod(tmp, mode)
-        self.module.atomic_move(tmp, path)
-        os.chmod(path, mode)
+        write_host_file(self.module, path, content, mode)
 
     @staticmethod
     def write_proc(path, value):

@@ -253,6 +253,7 @@ from ansible_collections.homelab.onebox.plugins.module_utils._box_backup import 
 from ansible_collections.homelab.onebox.plugins.module_utils._box_service import secret_values
 from ansible_collections.homelab.onebox.plugins.module_utils._diff import entry
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._host_files import write_host_file
 from ansible_collections.homelab.onebox.plugins.module_utils._lock import lock_path
 from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdError, endpoint_from_url
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
@@ -325,6 +326,10 @@ class BackupManager:
             out = {path: (None, 0o644, False) for path in self._units_on_disk(unit_dir)}
             for name in self._listdir(config_dir):
                 out[os.path.join(config_dir, name)] = (None, 0o600, name.endswith(".env"))
+            others = [d for d in self._listdir(os.path.dirname(config_dir)) if d.startswith("backup-") and
+                      os.path.join(os.path.dirname(config_dir), d) != config_dir]
+            if not others and os.path.exists(_backup_agent.PROGRAM):  # the agent goes with the last box using it
+                out[_backup_agent.PROGRAM] = (None, 0o755, False)
             return out
         out = {path: (content, mode, path.endswith(".env")) for path, (content, mode) in self.backups.files(agent_source()).items()}
         for name in self._listdir(config_dir):  # the secrets of a target no longer given
@@ -400,21 +405,10 @@ class BackupManager:
         return result
 
     def _write(self, path, content, mode):
-        if content is None:
-            if os.path.exists(path):
-                os.unlink(path)
-            directory = os.path.dirname(path)
-            if directory == _backup_agent.CONFIG_DIR % self.owner and not os.listdir(directory):
-                os.rmdir(directory)
-            return
+        write_host_file(self.module, path, content, mode, dir_mode=0o700 if mode == 0o600 else 0o755)
         directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o700 if mode == 0o600 else 0o755, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path))
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
-        os.chmod(tmp, mode)
-        self.module.atomic_move(tmp, path)
-        os.chmod(path, mode)
+        if content is None and directory == _backup_agent.CONFIG_DIR % self.owner and not self._listdir(directory):
+            os.rmdir(directory)  # the configuration's directory goes with its last file
 
     def _systemctl(self, *args):
         rc, out, err = self.module.run_command(["systemctl"] + list(args))
