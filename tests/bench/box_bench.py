@@ -1,6 +1,6 @@
 """The box's cost on this machine, as one table (not a test: it measures and prints).
 
-    tests/bench/run [--runs 3] [--scale 50 [--scale 150] | --scale 50,150] [--skip-scale | --only-scale | --only-tls]
+    tests/bench/run [--runs 3] [--scale 50 [--scale 150] | --scale 50,150] [--skip-scale | --only-scale | --only-tls | --only-backup]
 
 Figures (each the median of --runs runs, with min and max):
 - the reference box (inventory.example, base image present): cold converge from nothing,
@@ -13,6 +13,8 @@ Figures (each the median of --runs runs, with min and max):
   its N + 1 containers;
 - HTTPS: the reference box with TLS on its 4 domains against pebble (tests/acme.py), cold and
   no-change, next to the same box without TLS; a forced renewal of its certificates;
+- backups: the reference box's containers and volumes exported by LXD alone, against its first
+  and second (incremental) backup run by the agent, and one small service restored;
 - exec round trip through _lxd.py (median of 200);
 - dnat with 200 forwards and nginx_site with 100 sites: the module's own time, no-change and
   one change (python + module, without ansible's start-up).
@@ -273,6 +275,82 @@ def tls_figures(runs):
     row("forced renewal of the 4 certificates, start to served", figures["renewal"])
 
 
+def backup_figures(runs):
+    """The reference box's backups (its onebox_backup pointed at a fresh directory repository each
+    run): every container and volume exported by LXD alone (``lxc export`` / ``lxc storage volume
+    export``, gzip as LXD does by default, two at once as the agent works), against the agent's
+    first run into the empty repository and a second, incremental one (seconds and bytes the
+    repository grew); then one small service (site-a) restored over itself, from the restore's
+    start to its page answering through the proxy again."""
+    import urllib.request  # pylint: disable=import-outside-toplevel
+    reference, site = "inventory.example", "site.yml"
+    agent = ["/usr/local/sbin/onebox-backup", "--config", "/etc/onebox/backup-onebox-example/config.json"]
+    playbook(reference, site)
+    config = json.load(open(agent[2], encoding="utf-8"))
+    objects = [("instance", c) for s in config["services"] for c in s["containers"]]
+    objects += [("volume", v) for s in config["services"] for v in s["volumes"]
+                if subprocess.run(["lxc", "storage", "volume", "show", "default", v], capture_output=True, check=False).returncode == 0]
+    figures = {key: [] for key in ("lxd", "lxd bytes", "first", "first bytes", "second", "second bytes", "restore")}
+
+    def size(path):
+        return sum(os.path.getsize(os.path.join(top, n)) for top, _d, names in os.walk(path) for n in names)
+
+    proxy_ip = subprocess.run(["lxc", "list", "^onebox-example-proxy$", "-c", "4", "--format", "csv"],
+                              capture_output=True, text=True, check=True).stdout.split()[0]
+
+    def answers():  # through the proxy, as the forward of port 80 takes a client to it
+        request = urllib.request.Request("http://%s/" % proxy_ip, headers={"Host": "site-a.example.test"})
+        try:
+            return urllib.request.urlopen(request, timeout=2).status == 200
+        except OSError:
+            return False
+
+    for _run in range(runs):
+        tmp = tempfile.mkdtemp(prefix="onebox-bench-backup-")
+        try:
+            def export(obj):
+                kind, name = obj
+                out = os.path.join(tmp, "%s-%s.tar.gz" % (kind, name))
+                argv = ["lxc", "export", name, out, "--instance-only"] if kind == "instance" else \
+                    ["lxc", "storage", "volume", "export", "default", name, out]
+                subprocess.run(argv, check=True, capture_output=True, timeout=1800)
+                return os.path.getsize(out)
+            started = time.monotonic()
+            with ThreadPoolExecutor(max_workers=config.get("parallel", 2)) as pool:
+                exported = sum(pool.map(export, objects))
+            figures["lxd"].append(time.monotonic() - started)
+            figures["lxd bytes"].append(exported / 1e6)
+            for name in os.listdir(tmp):
+                os.unlink(os.path.join(tmp, name))
+            repo = os.path.join(tmp, "repo")
+            playbook(reference, site, {"onebox_backup": {"password": "bench", "targets": [{"name": "local", "repository": repo}]}})
+            for key in ("first", "second"):
+                before = size(repo)
+                started = time.monotonic()
+                subprocess.run(agent + ["backup"], check=True, capture_output=True, timeout=3600)
+                figures[key].append(time.monotonic() - started)
+                figures[key + " bytes"].append((size(repo) - before) / 1e6)
+            started = time.monotonic()
+            subprocess.run(agent + ["restore", "--overwrite", "site-a"], check=True, capture_output=True, timeout=600)
+            while not answers():
+                assert time.monotonic() - started < 120, "site-a does not answer after its restore"
+                time.sleep(0.05)
+            figures["restore"].append(time.monotonic() - started)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    playbook(reference, site)  # the example's own backups again
+    count = len(objects)
+    row("LXD alone: lxc export of the box's %d containers and volumes (gzip)" % count, figures["lxd"])
+    row("  their size", figures["lxd bytes"], unit="MB")
+    row("backup of the box, first run into an empty repository", figures["first"])
+    row("  the repository grew by", figures["first bytes"], unit="MB")
+    ROWS.append(("first backup / LXD alone", statistics.median(figures["first"]) / statistics.median(figures["lxd"]),
+                 0, 0, 1, "x", "<= 1.3"))
+    row("backup of the box, second run (incremental)", figures["second"])
+    row("  the repository grew by", figures["second bytes"], unit="MB")
+    row("restore of site-a over itself, start to answering", figures["restore"], "< 15 s")
+
+
 def scale_counts(text):
     """--scale's value: one count or several, comma-separated ("50,150")."""
     try:
@@ -295,6 +373,8 @@ def main():
                        help="the scale rows only: the example box and the host's other objects are left alone")
     which.add_argument("--only-tls", action="store_true",
                        help="the HTTPS rows only: the reference box with and without TLS against pebble")
+    which.add_argument("--only-backup", action="store_true",
+                       help="the backup rows only: the reference box backed up, against LXD's own export, and restored")
     args = parser.parse_args()
     scales = [count for counts in args.scale or [[50]] for count in counts]
     lxd = LxdClient(timeout=120)
@@ -303,9 +383,11 @@ def main():
           "work on %d containers at once"
           % (os.cpu_count(), env["server_version"], env["storage"], os.getloadavg()[0], PARALLEL), flush=True)
 
-    if not args.only_scale:
+    if args.only_backup:
+        backup_figures(args.runs)
+    if not (args.only_scale or args.only_backup):
         tls_figures(args.runs)
-    if not (args.only_scale or args.only_tls):
+    if not (args.only_scale or args.only_tls or args.only_backup):
         reference = "inventory.example"
         cold = box_figures("reference box", reference, args.runs,
                            lambda run: {"onebox_example_greeting": "bench %d %s" % (run, uuid.uuid4().hex[:6])},
@@ -316,11 +398,11 @@ def main():
         ROWS.append(("reference box cold / floor", statistics.median(cold) / statistics.median(base_floor),
                      0, 0, 1, "x", "<= 1.3"))
 
-    if not (args.skip_scale or args.only_tls):
+    if not (args.skip_scale or args.only_tls or args.only_backup):
         for count in scales:
             scale_figures(lxd, count, args.runs)
 
-    if not (args.only_scale or args.only_tls):
+    if not (args.only_scale or args.only_tls or args.only_backup):
         name = "bench-exec-%s" % uuid.uuid4().hex[:4]
         lxd.create_instance({"name": name, "type": "container", "source": {"type": "image", "alias": IMAGE}})
         try:
