@@ -161,13 +161,14 @@ options:
     default: /etc/systemd/system
 extends_documentation_fragment:
   - homelab.onebox.lxd
+  - homelab.onebox.module
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    support: full
-    details: V(backup) and V(restore) report what they would do; V(configure) what it would write and which repositories it would make.
+    details: V(backup), V(restore) and V(drill) report what they would do; V(configure) what it would write and which repositories it would make.
   diff_mode:
     support: partial
-    details: The configuration and the units (never the secrets files).
+    details: The configuration and the units (never the secrets files nor the agent's program).
 notes:
   - Runs on the LXD host, whose unix socket O(lxd_url) must be (the agent talks to it; no pylxd needed). Needs Debian's
     C(restic) there (the P(homelab.onebox.backup#role) role installs it).
