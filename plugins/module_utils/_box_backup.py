@@ -122,10 +122,7 @@ class BoxBackup:
             item = {"name": service.name, "containers": list(service.members), "volumes": volumes,
                     "include": bool(service.backup)}
             if service.backup_command:
-                # A line is a shell's (a dump redirected into a volume); a list runs as it is.
-                given = service.raw.get("backup_command")
-                command = ["/bin/sh", "-c", given] if isinstance(given, str) else list(service.backup_command)
-                item.update(command=command, command_in=service.members[0],
+                item.update(command=list(service.backup_command), command_in=service.members[0],
                             command_timeout=self.options["command_timeout"])
             out.append(item)
         if self.box.proxy:
@@ -142,14 +139,18 @@ class BoxBackup:
                   "object_timeout": self.options["object_timeout"], "services": self.services()}
         return json.dumps(config, indent=1, sort_keys=True) + "\n"
 
-    def secrets(self):
-        """TARGET.env per target: RESTIC_PASSWORD and the target's environment, one KEY=VALUE a line."""
+    def environments(self):
+        """Per target, what restic runs with: RESTIC_PASSWORD and the target's environment."""
         out = {}
         for target in self.options["targets"]:
             env = {"RESTIC_PASSWORD": target.get("password") or self.options["password"]}
             env.update((k, str(val)) for k, val in (target.get("environment") or {}).items())
-            out[target["name"]] = "".join("%s=%s\n" % item for item in sorted(env.items()))
+            out[target["name"]] = env
         return out
+
+    def secrets(self):
+        """TARGET.env per target: its environment, one KEY=VALUE a line."""
+        return {name: "".join("%s=%s\n" % item for item in sorted(env.items())) for name, env in self.environments().items()}
 
     def files(self, agent_source):
         """path -> (content, mode) of every file on the host (the secrets' included)."""

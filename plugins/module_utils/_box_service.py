@@ -139,6 +139,9 @@ class BoxService:
         # up, and the command run in its container first (a database dump onto a volume).
         self.backup = v.flag(raw.get("backup", True), where("backup"))
         self.backup_command = self._command("backup_command")
+        if isinstance(raw.get("backup_command"), str):
+            # A line is a shell's (a dump redirected onto a volume); a list runs as it is.
+            self.backup_command = ["/bin/sh", "-c", raw["backup_command"]]
         self.purge = False
 
     def _removed(self):

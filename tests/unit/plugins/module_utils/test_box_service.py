@@ -51,11 +51,12 @@ def test_volumes_are_named_after_the_owner_and_the_service_or_shared():
          "shared": True, "device": "vol-media"}]
 
 
-def test_backup_and_backup_command_are_parsed_like_command():
+def test_backup_and_backup_command_are_parsed_and_checked_like_command():
     plain = parse_service(0, {"name": "db"}, OWNED)
     assert plain.backup is True and plain.backup_command is None and plain.volumes == []
     dumped = parse_service(0, {"name": "db", "backup": False, "backup_command": "pg_dump -f /var/lib/db/dump.sql"}, OWNED)
-    assert dumped.backup is False and dumped.backup_command == ["pg_dump", "-f", "/var/lib/db/dump.sql"]
+    # A line runs under a shell (a dump redirected onto a volume), a list as it is.
+    assert dumped.backup is False and dumped.backup_command == ["/bin/sh", "-c", "pg_dump -f /var/lib/db/dump.sql"]
     listed = parse_service(0, {"name": "db", "backup_command": ["/bin/sh", "-c", "dump > /d/x"]}, OWNED)
     assert listed.backup_command == ["/bin/sh", "-c", "dump > /d/x"]
 
