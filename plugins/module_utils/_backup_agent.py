@@ -63,7 +63,7 @@ NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 TARGET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 RETENTION_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 # LXD operations (snapshot, copy, backup, import) and restic commands are each bounded; an object's
-# stream is bounded by the run's timeout (the unit's TimeoutStartSec is longer).
+# stream by the configuration's object_timeout (Watchdog), the whole run by the unit's TimeoutStartSec.
 OPERATION_TIMEOUT, RESTIC_TIMEOUT, LOCK_TIMEOUT = 1800, 3600, 3600
 
 
@@ -138,14 +138,12 @@ class Lxd:
     def request(self, method, path, body=None, headers=None, timeout=None):
         """The response's JSON; an error answer raises Failure with LXD's message."""
         conn = self._connection(timeout)
+        streamed = hasattr(body, "read")  # an import's tarball, sent as restic dumps it
+        all_headers = {"Content-Type": "application/json"} if body is not None and not streamed else {}
+        all_headers.update(headers or {})
         try:
-            data = json.dumps(body).encode() if body is not None and not hasattr(body, "read") else body
-            all_headers = {"Content-Type": "application/json"} if body is not None and not hasattr(body, "read") else {}
-            all_headers.update(headers or {})
-            if hasattr(body, "read"):
-                conn.request(method, path, body=body, headers=all_headers, encode_chunked=True)
-            else:
-                conn.request(method, path, body=data, headers=all_headers)
+            conn.request(method, path, body=body if streamed or body is None else json.dumps(body).encode(),
+                         headers=all_headers, encode_chunked=streamed)
             response = conn.getresponse()
             text = response.read()
         except OSError as e:
@@ -174,13 +172,13 @@ class Lxd:
     def get(self, path):
         return self.request("GET", path).get("metadata")
 
-    def exists(self, path):
+    def find(self, path):
+        """The object's metadata, or None when LXD has no such object."""
         try:
-            self.request("GET", path)
-            return True
+            return self.request("GET", path).get("metadata") or {}
         except Failure as e:
             if "not found" in str(e).lower():
-                return False
+                return None
             raise
 
     @contextlib.contextmanager
@@ -240,17 +238,17 @@ class Restic:
     def command(self, *args):
         return [self.program] + list(args)
 
-    def run(self, *args, timeout=RESTIC_TIMEOUT, stdout=None):
+    def run(self, *args, timeout=RESTIC_TIMEOUT):
         try:
             proc = subprocess.run(self.command(*args), env=self.env, stdin=subprocess.DEVNULL,
-                                  stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, check=False)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise Failure("%s: restic %s took more than %d s" % (self.name, args[0], timeout))
         except OSError as e:
             raise Failure("%s: restic: %s" % (self.name, e))
         if proc.returncode != 0:
             raise Failure("%s: %s" % (self.name, restic_error((proc.stderr or b"").decode("utf-8", "replace"), proc.returncode)))
-        return (proc.stdout or b"").decode("utf-8", "replace") if stdout is None else ""
+        return proc.stdout.decode("utf-8", "replace")
 
     def reachable(self):
         """The repository opens with the password, and a directory one takes files."""
@@ -359,10 +357,14 @@ def runs_of(snapshots, service):
     return sorted(runs.values(), key=lambda r: (r["time"], r["run"]), reverse=True)
 
 
+def objects_of(service):
+    """A service's objects as the agent names them: instance/NAME..., volume/NAME..."""
+    return ["instance/%s" % c for c in service.get("containers", [])] + ["volume/%s" % v for v in service.get("volumes", [])]
+
+
 def complete(run, service):
     """Whether a run holds every object of the service as configured now."""
-    wanted = {"instance/%s" % c for c in service.get("containers", [])} | {"volume/%s" % v for v in service.get("volumes", [])}
-    return wanted <= set(run["objects"])
+    return set(objects_of(service)) <= set(run["objects"])
 
 
 class Manifest:
@@ -399,11 +401,9 @@ class Manifest:
             view = view[os.write(self._write_fd, view):]
 
     def close(self):
-        """The manifest (None when the tarball could not be read); closing twice is closing once."""
-        if self._write_fd is not None:
-            os.close(self._write_fd)
-            self._write_fd = None
-            self._thread.join(OPERATION_TIMEOUT)
+        """The manifest (None when the tarball could not be read)."""
+        os.close(self._write_fd)
+        self._thread.join(OPERATION_TIMEOUT)
         return self.files if self.error is None else None
 
 
@@ -413,18 +413,15 @@ def drill_name():
 
 # ---- the agent -------------------------------------------------------------------------------
 class Agent:
-    def __init__(self, config, check=False, root="/", restic="restic"):
-        self.config, self.check, self.root = config, check, root
+    def __init__(self, config, check=False, restic="restic"):
+        self.config, self.check = config, check
         owner = config["owner"]
         self.lxd = Lxd(config["socket"])
-        self.log_path = self.path(config.get("log") or LOG % owner)
-        self.state_dir = self.path(config.get("state_dir") or STATE_DIR % owner)
-        self.config_dir = self.path(config.get("config_dir") or CONFIG_DIR % owner)
+        self.log_path = config.get("log") or LOG % owner
+        self.state_dir = config.get("state_dir") or STATE_DIR % owner
+        self.config_dir = config.get("config_dir") or CONFIG_DIR % owner
         self.restic_program = restic
         self._log_lock = threading.Lock()
-
-    def path(self, path):
-        return os.path.join(self.root, path.lstrip("/"))
 
     def log(self, message):
         line = "onebox-backup: %s" % message
@@ -475,8 +472,6 @@ class Agent:
 
     def pool(self):
         """The pool of the default profile's root disk: where the box's volumes are."""
-        if self.config.get("pool"):
-            return self.config["pool"]
         root = ((self.lxd.get("/1.0/profiles/default") or {}).get("devices") or {}).get("root") or {}
         if not root.get("pool"):
             raise Failure("the default profile has no root disk with a pool")
@@ -526,8 +521,7 @@ class Agent:
     def backup(self, names):
         services = self.services(names)
         run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-        plan = [{"name": s["name"], "objects": ["instance/%s" % c for c in s.get("containers", [])]
-                 + ["volume/%s" % v for v in s.get("volumes", [])]} for s in services]
+        plan = [{"name": s["name"], "objects": objects_of(s)} for s in services]
         if self.check:
             return 0, {"run": None, "services": plan, "changed": bool(plan)}
         started = time.monotonic()
@@ -569,9 +563,7 @@ class Agent:
             if status != 0:
                 raise Failure("its backup_command exited %s in %s: %s" % (status, container, (err or out).strip()[-300:]))
         snapshot = "%s-%s" % (SNAPSHOT, run)
-        objects = [("instance", c) for c in service.get("containers", []) if self.lxd.exists("/1.0/instances/%s" % c)]
-        objects += [("volume", v) for v in service.get("volumes", [])
-                    if self.lxd.exists("/1.0/storage-pools/%s/volumes/custom/%s" % (pool, v))]
+        objects = [tuple(key.split("/", 1)) for key in objects_of(service) if self._current(key, pool) is not None]
         made = []
         try:
             # The objects' snapshots one right after the other: the service's instant.
@@ -619,10 +611,13 @@ class Agent:
             self.lxd.call("POST", temp_path + "/backups", body)
             tags = ["onebox", "service=%s" % service, "run=%s" % run, "kind=%s" % kind, "object=%s" % name]
             manifest = Manifest() if kind == "volume" else None
-            with self.lxd.stream(temp_path + "/backups/onebox/export") as response:
-                stored = self._into_restic(response, object_file(kind, name), tags, restics, manifest)
+            try:
+                with self.lxd.stream(temp_path + "/backups/onebox/export") as response:
+                    stored = self._into_restic(response, object_file(kind, name), tags, restics, manifest)
+            finally:
+                files = manifest.close() if manifest is not None else None  # its reader ends, the run failed or not
             if manifest is not None:
-                self._save_manifest(run, name, manifest.close())
+                self._save_manifest(run, name, files)
             return stored
         finally:
             with contextlib.suppress(Failure):
@@ -652,8 +647,6 @@ class Agent:
                     except OSError as e:
                         broken[restic.name] = str(e)
             out = {}
-            if manifest is not None:
-                manifest.close()
             for restic, proc in procs:
                 with contextlib.suppress(OSError):
                     proc.stdin.close()
@@ -674,13 +667,10 @@ class Agent:
     def _maintain(self, restic):
         """Retention, then the repository's own check, on one target."""
         retention = self.config.get("retention") or {}
-        args = ["forget", "--host", self.config["owner"], "--tag", "onebox", "--group-by", "host,paths", "--prune"]
-        for key in RETENTION_KEYS:
-            if retention.get(key):
-                args += ["--keep-%s" % key, str(retention[key])]
+        keep = [arg for key in RETENTION_KEYS if retention.get(key) for arg in ("--keep-%s" % key, str(retention[key]))]
         try:
-            if len(args) > 8:  # no retention given: keep everything
-                restic.run(*args)
+            if keep:  # no retention given: keep everything
+                restic.run("forget", "--host", self.config["owner"], "--tag", "onebox", "--group-by", "host,paths", "--prune", *keep)
             if self.config.get("check", True):
                 restic.run("check")
             return {"name": restic.name, "ok": True}
@@ -793,12 +783,8 @@ class Agent:
             return checked
         finally:
             for kind, temp in made:
-                path = self._object_path(kind, temp, pool)
-                if kind == "instance":
-                    with contextlib.suppress(Failure):
-                        self.lxd.call("PUT", path + "/state", {"action": "stop", "force": True, "timeout": 30}, timeout=60)
                 with contextlib.suppress(Failure):
-                    self.lxd.call("DELETE", path)
+                    self._remove(kind, temp, pool)
 
     def _detach(self, name, volumes):
         """The drill's container made a stranger: its volumes the drill's copies, no static
@@ -865,9 +851,17 @@ class Agent:
             chosen = next((r for r in runs if complete(r, service)), None)
             if chosen is None:
                 raise Failure("%s: no backup%s holds all of it (%s) in target %s" % (
-                    service["name"], " of run %s" % run if run else "", ", ".join(service.get("containers", []) + service.get("volumes", [])),
-                    restic.name))
-            present = [o for o in sorted(chosen["objects"]) if self.lxd.exists(self._object_path(*o.split("/", 1), pool=pool))]
+                    service["name"], " of run %s" % run if run else "", ", ".join(objects_of(service)), restic.name))
+            present = []
+            for key in sorted(chosen["objects"]):
+                current = self._current(key, pool)
+                if current is None:
+                    continue
+                mark = (current.get("config") or {}).get("user.onebox.owner")
+                if mark != self.config["owner"]:
+                    raise Failure("%s: %s exists and is not marked as %s's (%s): never replaced" % (
+                        service["name"], key, self.config["owner"], mark))
+                present.append(key)
             if present and not overwrite:
                 raise Failure("%s: %s exist(s) on the box: restoring replaces them; say overwrite to do it" % (
                     service["name"], ", ".join(present)))
@@ -881,23 +875,11 @@ class Agent:
         return 0, {"target": restic.name, "services": plan, "seconds": round(time.monotonic() - started, 1), "changed": True}
 
     def _restore_service(self, item, restic, pool):
-        """Its containers stopped and deleted, its volumes deleted, each imported from the backup, the containers started."""
-        owner = self.config["owner"]
+        """Its containers stopped and deleted, its volumes deleted (each checked for the owner's mark
+        in the plan), each imported from the backup, the containers started."""
         objects = sorted(item["objects"].items(), key=lambda kv: kv[0].startswith("instance/"))  # volumes first
-        for key in item["replaces"]:
-            kind, name = key.split("/", 1)
-            path = self._object_path(kind, name, pool)
-            current = self.lxd.get(path) or {}
-            mark = (current.get("config") or {}).get("user.onebox.owner")
-            if mark != owner:
-                raise Failure("%s: %s is not marked as %s's (%s): never replaced" % (item["name"], key, owner, mark))
         for key in sorted(item["replaces"], key=lambda k: not k.startswith("instance/")):  # containers first
-            kind, name = key.split("/", 1)
-            path = self._object_path(kind, name, pool)
-            if kind == "instance":
-                with contextlib.suppress(Failure):
-                    self.lxd.call("PUT", path + "/state", {"action": "stop", "force": True, "timeout": 30}, timeout=60)
-            self.lxd.call("DELETE", path)
+            self._remove(*key.split("/", 1), pool=pool)
         for key, snapshot in objects:
             kind, name = key.split("/", 1)
             self._import(kind, name, snapshot, restic, pool)
@@ -907,6 +889,18 @@ class Agent:
                 self.lxd.call("PUT", "/1.0/instances/%s/state" % name, {"action": "start", "timeout": 60}, timeout=120)
                 self._wait_address(name)
         self.log("%s: restored from run %s (%s)" % (item["name"], item["run"], ", ".join(sorted(item["objects"]))))
+
+    def _current(self, key, pool):
+        """Object ``kind/name`` as LXD has it, or None when it has none."""
+        return self.lxd.find(self._object_path(*key.split("/", 1), pool=pool))
+
+    def _remove(self, kind, name, pool):
+        """An object gone: a container stopped (forced) first, then deleted."""
+        path = self._object_path(kind, name, pool)
+        if kind == "instance":
+            with contextlib.suppress(Failure):
+                self.lxd.call("PUT", path + "/state", {"action": "stop", "force": True, "timeout": 30}, timeout=60)
+        self.lxd.call("DELETE", path)
 
     def _wait_address(self, name, timeout=60):
         """Until the container has an IPv4 address (its network up: what forwards and sites reach)."""
@@ -957,23 +951,20 @@ def _command(agent, argv):
         if not arg.startswith("-"):
             names.append(arg)
         i += 1
-    if cmd == "prepare":
-        return agent.prepare()
-    if cmd == "backup":
-        with agent.lock() if not agent.check else contextlib.nullcontext():
-            return agent.backup(names)
-    if cmd == "restore":
-        with agent.lock() if not agent.check else contextlib.nullcontext():
-            return agent.restore(names, all_services="--all" in flags, run=values.get("run"), target=values.get("target"),
-                                 overwrite="--overwrite" in flags)
-    if cmd == "drill":
-        with agent.lock() if not agent.check else contextlib.nullcontext():
-            return agent.drill(names, values.get("target"))
-    if cmd == "list":
-        return agent.list(names, values.get("target"))
-    if cmd == "status":
-        return agent.status()
-    raise ConfigError("usage: onebox-backup --config FILE prepare|backup|restore|drill|list|status ... (got %s)" % cmd)
+    commands = {  # name -> (what it does, whether it changes the box: then under the run lock)
+        "prepare": (agent.prepare, False),
+        "backup": (lambda: agent.backup(names), True),
+        "restore": (lambda: agent.restore(names, all_services="--all" in flags, run=values.get("run"),
+                                          target=values.get("target"), overwrite="--overwrite" in flags), True),
+        "drill": (lambda: agent.drill(names, values.get("target")), True),
+        "list": (lambda: agent.list(names, values.get("target")), False),
+        "status": (agent.status, False),
+    }
+    if cmd not in commands:
+        raise ConfigError("usage: onebox-backup --config FILE prepare|backup|restore|drill|list|status ... (got %s)" % cmd)
+    function, locked = commands[cmd]
+    with agent.lock() if locked and not agent.check else contextlib.nullcontext():
+        return function()
 
 
 def main(argv=None):

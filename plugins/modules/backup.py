@@ -421,7 +421,7 @@ class BackupManager:
         """Run the agent (the installed one, or this module's copy): (exit status, its JSON).
         ``given`` (default: in check mode): with the configuration and secrets this run writes,
         not the files'."""
-        params, check = self.module.params, self.module.check_mode
+        check = self.module.check_mode
         env = {}
         program = _backup_agent.PROGRAM
         given = check if given is None else given
@@ -431,8 +431,7 @@ class BackupManager:
                 handle.write(agent_source())
         if given and self.backups is not None:
             env["ONEBOX_BACKUP_CONFIG"] = self.backups.config()
-            env["ONEBOX_BACKUP_SECRETS"] = json.dumps({name: dict(line.split("=", 1) for line in text.splitlines())
-                                                       for name, text in self.backups.secrets().items()})
+            env["ONEBOX_BACKUP_SECRETS"] = json.dumps(self.backups.environments())
         argv = ["/usr/bin/python3", program, "--config", self.config_path] + list(args) + (["--check"] if check else [])
         try:
             rc, out, err = self.module.run_command(argv, environ_update=env)

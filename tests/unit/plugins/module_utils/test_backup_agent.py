@@ -2,6 +2,8 @@
 runs a service can be restored from."""
 import json
 
+import pytest
+
 from ansible_collections.homelab.onebox.plugins.module_utils import _backup_agent as ba
 
 CONFIG = {"owner": "box", "socket": "/var/lib/lxd/unix.socket", "lock": "/run/lock/x", "targets": [{"name": "disk", "repository": "/r"}],
@@ -66,3 +68,25 @@ def test_a_broken_configuration_or_usage_exits_2_and_says_why(tmp_path, capsys):
     assert "usage" in json.loads(capsys.readouterr().out)["error"]
     assert ba.main(["--config", str(path), "restore"]) == 2
     assert "SERVICE" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_restore_refuses_an_object_without_the_owners_mark_before_any_change(monkeypatch):
+    agent = ba.Agent(CONFIG)
+    monkeypatch.setattr(agent, "restic", lambda target: type("Restic", (), {"name": "disk"})())
+    monkeypatch.setattr(agent, "snapshots", lambda restic: [snap("db", "r1", "instance", "db", ident="aaaaaaaa11"),
+                                                            snap("db", "r1", "volume", "box-db-data", ident="bbbbbbbb22")])
+    monkeypatch.setattr(agent, "pool", lambda: "default")
+
+    class Lxd:
+        def find(self, path):  # the container is someone else's; the volume is gone
+            return {"config": {"user.onebox.owner": "other"}} if path.startswith("/1.0/instances/") else None
+
+        def call(self, *args, **kwargs):
+            raise AssertionError("restore changed something: %r" % (args,))
+
+    agent.lxd = Lxd()
+    with pytest.raises(ba.Failure, match="instance/db exists and is not marked as box's"):
+        agent.restore(["db"], overwrite=True)
+    agent.check = True  # check mode says the same, before anything too
+    with pytest.raises(ba.Failure, match="not marked as box's"):
+        agent.restore(["db"], overwrite=True)
