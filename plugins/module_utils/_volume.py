@@ -72,7 +72,6 @@ class VolumeSet:
         self.actions = {}   # name -> "create", "resize" or "none", for the wanted ones
         self.deleting = []  # the names apply_deletions() deletes
         self.kept = []      # the owner's volumes no longer described that this run unmounts and keeps
-        self._done = False
 
     def read(self):
         """Every custom volume of the pool, in one request."""
