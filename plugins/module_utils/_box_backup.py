@@ -22,6 +22,8 @@ TARGET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 # environment is refused (a typo would otherwise be a silent no-op).
 ENV_NAME = re.compile(r"(AWS|RESTIC|B2|AZURE|GOOGLE|OS|ST|RCLONE)_[A-Z0-9_]+")
 DEFAULT_RETENTION = {"daily": 7, "weekly": 4, "monthly": 6}
+# The first line of every unit the backups write: what a removal looks for before deleting one.
+UNIT_MARK = "# Managed by homelab.onebox (backups of box "
 
 ARGUMENT_SPEC = dict(
     schedule=dict(type="str", default="daily"),
@@ -173,7 +175,7 @@ class BoxBackup:
         out = {}
         for unit, (what, command, calendar) in self.timers().items():
             out["%s/%s.service" % (unit_dir, unit)] = (
-                "# Managed by homelab.onebox (backups of box %s). Do not edit: changes are overwritten.\n"
+                UNIT_MARK + "%s). Do not edit: changes are overwritten.\n"
                 "[Unit]\nDescription=homelab.onebox: %s box %s (%s)\n"
                 "After=network-online.target lxd.service snap.lxd.daemon.service incus.service\n"
                 "Wants=network-online.target\n\n"
@@ -181,7 +183,7 @@ class BoxBackup:
                 "IOSchedulingClass=idle\n"
                 % (self.owner, what, self.owner, LOG % self.owner, PROGRAM, self.config_dir, command, self.options["timeout"]))
             out["%s/%s.timer" % (unit_dir, unit)] = (
-                "# Managed by homelab.onebox (backups of box %s). Do not edit: changes are overwritten.\n"
+                UNIT_MARK + "%s). Do not edit: changes are overwritten.\n"
                 "[Unit]\nDescription=homelab.onebox: %s box %s on schedule\n\n"
                 "[Timer]\nOnCalendar=%s\nPersistent=true\nRandomizedDelaySec=%d\n\n"
                 "[Install]\nWantedBy=timers.target\n"

@@ -250,7 +250,8 @@ import tempfile
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _backup_agent
 from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
-from ansible_collections.homelab.onebox.plugins.module_utils._box_backup import ARGUMENT_SPEC as BACKUP_SPEC, BoxBackup, backup_secrets, parse_backup_options
+from ansible_collections.homelab.onebox.plugins.module_utils import _box_backup
+from ansible_collections.homelab.onebox.plugins.module_utils._box_backup import BoxBackup, backup_secrets, parse_backup_options
 from ansible_collections.homelab.onebox.plugins.module_utils._box_service import secret_values
 from ansible_collections.homelab.onebox.plugins.module_utils._diff import entry
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
@@ -266,7 +267,7 @@ ARGUMENT_SPEC = dict(
     services=dict(type="list", elements="dict", default=[]),
     proxy_name=dict(type="str"),
     image=dict(type="str", default="onebox-debian12"),
-    backup=dict(type="dict", options=BACKUP_SPEC),
+    backup=dict(type="dict", options=_box_backup.ARGUMENT_SPEC),
     restore_services=dict(type="list", elements="str", default=[]),
     restore_all=dict(type="bool", default=False),
     restore_run=dict(type="str"),
@@ -292,6 +293,8 @@ class BackupManager:
             raise ValidationError("lxd_url", params["lxd_url"], str(e))
         if not self.socket.startswith("/"):
             raise ValidationError("lxd_url", params["lxd_url"], "backups run on the LXD host: give its unix socket")
+        if params["action"] == "restore" and not params["restore_services"] and not params["restore_all"]:
+            raise ValidationError("restore_services", [], "name the services to restore, or restore_all")
         present = params["action"] != "configure" or params["state"] == "present"
         if present and params["backup"] is None:
             raise ValidationError("backup", None, "the backups' targets and password are needed (onebox_backup)")
@@ -302,15 +305,17 @@ class BackupManager:
         self.owner = params["owner"]
         self.config_path = "%s/config.json" % (_backup_agent.CONFIG_DIR % self.owner)
         if options is not None:
-            self._check_schedule(options["schedule"])
+            for key in ("schedule", "drill_schedule"):
+                if options.get(key) is not None:
+                    self._check_schedule("backup." + key, options[key])
 
-    def _check_schedule(self, schedule):
+    def _check_schedule(self, field, schedule):
         tool = shutil.which("systemd-analyze")
         if tool is None:
             return  # no systemd tools: nothing would run the timer anyway (the result says so)
         rc, _out, err = self.module.run_command([tool, "calendar", schedule])
         if rc != 0:
-            raise ValidationError("backup.schedule", schedule, "systemd does not read it: %s" % err.strip().splitlines()[-1:])
+            raise ValidationError(field, schedule, "systemd does not read it: %s" % " ".join(err.strip().splitlines()[-1:]))
 
     def run(self):
         action = self.module.params["action"]
@@ -342,8 +347,10 @@ class BackupManager:
         return out
 
     def _units_on_disk(self, unit_dir):
+        """The box's backup units there, those carrying the collection's mark (never a unit of the same name made otherwise)."""
         names = [unit % self.owner + ext for unit in (_backup_agent.UNIT, _backup_agent.DRILL_UNIT) for ext in (".service", ".timer")]
-        return [os.path.join(unit_dir, name) for name in names if os.path.exists(os.path.join(unit_dir, name))]
+        paths = [os.path.join(unit_dir, name) for name in names]
+        return [path for path in paths if (self._read(path)[0] or "").startswith(_box_backup.UNIT_MARK)]
 
     @staticmethod
     def _listdir(path):
@@ -451,8 +458,6 @@ class BackupManager:
             raise OneboxError("the backups of %s are not configured on this host (run action=configure first)" % self.owner)
         args = [action]
         if action == "restore":
-            if not params["restore_services"] and not params["restore_all"]:
-                raise ValidationError("restore_services", [], "name the services to restore, or restore_all")
             args += ["--all"] if params["restore_all"] else []
             args += ["--overwrite"] if params["overwrite"] else []
             args += ["--run", params["restore_run"]] if params["restore_run"] else []

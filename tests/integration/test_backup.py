@@ -131,7 +131,8 @@ def world(tmp_path_factory, s3, bucket, lxd):
         yield {"box": box_args, "backup": backup_args, "disk": disk, "s3": s3_repo, "env": s3.env(), "tmp": tmp,
                "inventory": str(inventory), "address": built["addresses"][APP][0]}
     finally:
-        run_module("backup", dict(backup_args, state="absent"))
+        removed = run_module("backup", dict(backup_args, state="absent"))
+        assert not removed.get("failed") and not any(os.path.exists(p) for p in (SERVICE_UNIT, TIMER_UNIT, CONFIG_DIR)), removed
         gone = run_module("box", dict(box_args, state="absent", purge=True), timeout=600)
         assert not gone.get("failed"), gone
         for path in (STATE_DIR, "/tmp/%s-cache" % OWNER):
