@@ -26,7 +26,7 @@ SERVICE_KEYS = {
     "name", "kind", "description", "image", "domains", "routes", "port", "host_port", "forwards",
     "count", "method", "memory", "memory_swap", "cpus", "boot", "files", "packages", "user",
     "command", "environment", "working_directory", "proxy", "adopt", "allow_host_listener", "tls",
-    "volumes", "backup", "backup_command", "state", "purge",
+    "volumes", "backup", "backup_command", "state", "purge", "health",
 }
 # A removed service (state: absent) says only which one, and whether its volumes go with it.
 ABSENT_KEYS = {"name", "state", "purge"}
@@ -38,6 +38,10 @@ SHARED = "shared"
 VOLUME_DEVICE_PREFIX = "vol-"
 ROUTE_KEYS = {"domain", "path", "strip_prefix"}
 FORWARD_KEYS = {"proto", "port", "target_port", "source", "host_address", "comment", "allow_host_listener"}
+HEALTH_KEYS = {"http", "tcp", "expect", "timeout"}
+# What a health check waits for when the service does not say: a 200, for up to a minute.
+HEALTH_EXPECT = 200
+HEALTH_TIMEOUT = 60
 # The port the proxy serves HTTP on, and a service's port when it runs no command (the image's nginx).
 HTTP_PORT = 80
 
@@ -142,6 +146,7 @@ class BoxService:
         if isinstance(raw.get("backup_command"), str):
             # A line is a shell's (a dump redirected onto a volume); a list runs as it is.
             self.backup_command = ["/bin/sh", "-c", raw["backup_command"]]
+        self.health = self._health()
         self.purge = False
 
     def _removed(self):
@@ -239,6 +244,28 @@ class BoxService:
                             "path": path, "size": size, "readonly": readonly, "shared": shared,
                             "device": VOLUME_DEVICE_PREFIX + name})
         return volumes
+
+    def _health(self):
+        """``health`` -> None, or {http: PATH or None, tcp: PORT or None, expect: CODE (http only,
+        else None), timeout: SECONDS}: exactly one of http and tcp; http asks the service's port."""
+        raw, where = self.raw.get("health"), self.where("health")
+        if raw is None:
+            return None
+        v.mapping(raw, where, HEALTH_KEYS)
+        if ("http" in raw) == ("tcp" in raw):
+            raise ValidationError(where, raw, "takes exactly one of http (a path) and tcp (a port)")
+        health = {"http": None, "tcp": None, "expect": None,
+                  "timeout": v.whole(raw.get("timeout", HEALTH_TIMEOUT), where + ".timeout", 1)}
+        if "tcp" in raw:
+            health["tcp"] = v.port(raw["tcp"], where + ".tcp")
+            if "expect" in raw:
+                raise ValidationError(where + ".expect", raw["expect"], "an HTTP status: only with http")
+            return health
+        health["http"] = v.url_path(raw["http"], where + ".http")
+        if self.port is None:
+            raise ValidationError(where + ".http", raw["http"], "the service has no port to ask: give its port")
+        health["expect"] = v.integer(raw.get("expect", HEALTH_EXPECT), where + ".expect", 100, 599)
+        return health
 
     def _limits(self):
         return v.limits(self.raw.get("memory"), self.raw.get("memory_swap"), self.raw.get("cpus"), self.where)

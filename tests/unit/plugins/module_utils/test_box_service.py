@@ -109,3 +109,39 @@ def test_a_bad_volume_backup_or_state_is_named_with_its_value(raw, field, value,
     with pytest.raises(ValidationError) as err:
         parse_service(0, dict(raw, name="db"), OWNED)
     assert err.value.field == field and err.value.value == value and reason in err.value.reason, err.value.msg
+
+
+# ---- health ------------------------------------------------------------------------------------
+def test_health_is_none_or_one_check_with_its_defaults():
+    assert parse_service(0, {"name": "web"}, DEFAULTS).health is None
+    http = parse_service(0, {"name": "web", "health": {"http": "/healthz"}}, DEFAULTS)
+    assert http.health == {"http": "/healthz", "tcp": None, "expect": 200, "timeout": 60}
+    app = parse_service(0, {"name": "api", "command": ["/srv/api"], "port": 8000,
+                            "health": {"http": "/", "expect": 204, "timeout": 5}}, DEFAULTS)
+    assert app.health == {"http": "/", "tcp": None, "expect": 204, "timeout": 5}
+    # A plain or internal service has no HTTP, but its port can be asked.
+    db = parse_service(0, {"name": "db", "kind": "internal", "command": ["/srv/db"], "health": {"tcp": 5432}}, DEFAULTS)
+    assert db.health == {"http": None, "tcp": 5432, "expect": None, "timeout": 60}
+
+
+APP = {"command": ["/srv/db"], "kind": "internal"}
+
+
+@pytest.mark.parametrize("raw, field, value, reason", [
+    ({"health": "/healthz"}, "services[db].health", "/healthz", "must be a dict"),
+    ({"health": {"http": "/", "retries": 3}}, "services[db].health", {"http": "/", "retries": 3}, "unknown key(s) retries"),
+    ({"health": {}}, "services[db].health", {}, "exactly one of http"),
+    ({"health": {"http": "/", "tcp": 80}}, "services[db].health", {"http": "/", "tcp": 80}, "exactly one of http"),
+    ({"health": {"http": "healthz"}}, "services[db].health.http", "healthz", "start with '/'"),
+    ({"health": {"http": "/a b"}}, "services[db].health.http", "/a b", "must not contain"),
+    ({"health": {"http": "/", "expect": 700}}, "services[db].health.expect", 700, "100-599"),
+    ({"health": {"http": "/", "timeout": 0}}, "services[db].health.timeout", 0, "1 or more"),
+    ({"health": {"http": "/", "timeout": "5"}}, "services[db].health.timeout", "5", "1 or more"),
+    (dict(APP, health={"http": "/"}), "services[db].health.http", "/", "no port to ask"),
+    (dict(APP, health={"tcp": 0}), "services[db].health.tcp", 0, "port number"),
+    (dict(APP, health={"tcp": 5432, "expect": 200}), "services[db].health.expect", 200, "only with http"),
+])
+def test_a_bad_health_is_named_with_its_value(raw, field, value, reason):
+    with pytest.raises(ValidationError) as err:
+        parse_service(0, dict(raw, name="db"), DEFAULTS)
+    assert err.value.field == field and err.value.value == value and reason in err.value.reason, err.value.msg
