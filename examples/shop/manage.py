@@ -1,0 +1,9 @@
+"""The shop's Django command line (manage.py migrate, check, shell), run in its venv."""
+import os
+import sys
+
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)
