@@ -1,14 +1,14 @@
 """The shop's settings, from its environment (the box writes it to a root-only file).
 
-SHOP_SECRET_KEY  required: Django's signing key (a secret, given at deploy time)
-SHOP_ALLOWED_HOSTS  the domains it answers, comma-separated (default: none but /health/)
-SHOP_DATABASE  the SQLite file, on the service's volume (default /var/lib/shop/db.sqlite3)
+SECRET_KEY     required: Django's signing key (a secret, given at deploy time)
+ALLOWED_HOSTS  the domains it answers, comma-separated (default: none; /health/ answers any)
+DATABASE_PATH  the SQLite file, on the service's volume (default /var/lib/shop/db.sqlite3)
 """
 import os
 
-SECRET_KEY = os.environ["SHOP_SECRET_KEY"]
+SECRET_KEY = os.environ["SECRET_KEY"]
 DEBUG = False
-ALLOWED_HOSTS = [host.strip() for host in os.environ.get("SHOP_ALLOWED_HOSTS", "").split(",") if host.strip()]
+ALLOWED_HOSTS = [name.strip() for name in os.environ.get("ALLOWED_HOSTS", "").split(",") if name.strip()]
 
 INSTALLED_APPS = ["shop"]
 MIDDLEWARE = [
@@ -24,7 +24,7 @@ WSGI_APPLICATION = "shop.wsgi.application"
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("SHOP_DATABASE", "/var/lib/shop/db.sqlite3"),
+        "NAME": os.environ.get("DATABASE_PATH", "/var/lib/shop/db.sqlite3"),
         "OPTIONS": {"timeout": 20},
     }
 }
