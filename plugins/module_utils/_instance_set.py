@@ -7,6 +7,7 @@ owner's undeclared containers pruned."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
@@ -199,13 +200,15 @@ class InstanceSet:
         return InstanceReconciler(self.lxd, spec, self.check_mode, self.diff,
                                   current=self.current.get(spec.name), pending=pending, state_of=state_of)
 
-    def apply(self, parallel, then=None):
+    def apply(self, parallel, then=None, around=None):
         """Reconcile every applied spec and prune (after plan(); in check mode nothing changes).
         Errors of containers, and ``then``'s, raise once all are done, naming each container.
 
         ``then(spec, result, settle)`` runs once the container is there and running, before it
         necessarily has its address (set-up inside overlaps its DHCP); ``settle()`` waits for the
-        address when the work needs the network, and returns the result with it."""
+        address when the work needs the network, and returns the result with it.
+        ``around(spec)``: a context manager each declared container's whole work runs in (the
+        box's rolling changes take a pool member's turn there, before it is re-created)."""
         results = {}
 
         def state_of(name):
@@ -214,11 +217,12 @@ class InstanceSet:
         def one(spec, source_future):
             if source_future is not None and spec.state != "absent":
                 source_future.result()  # a copy waits for its own source only
-            reconciler = self._reconciler(spec, state_of)
-            if then is None or spec.state == "absent":
-                return reconciler.run()
-            then(spec, reconciler.run(settle=False), reconciler.settle)
-            return reconciler.settle()
+            with around(spec) if around is not None else nullcontext():
+                reconciler = self._reconciler(spec, state_of)
+                if then is None or spec.state == "absent":
+                    return reconciler.run()
+                then(spec, reconciler.run(settle=False), reconciler.settle)
+                return reconciler.settle()
 
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             # The states of every instance, in one request beside the work on the containers: an
