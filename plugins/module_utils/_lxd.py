@@ -310,9 +310,11 @@ class LxdClient:
         return response.content
 
     def push_file(self, name, path, data, mode=0o644, uid=0, gid=0):
-        """Write a file. LXD applies mode/uid/gid only when it creates the file (over an existing
-        one it keeps the old ones) and only the permission bits of the mode (no setuid/setgid/
-        sticky): change those with chmod/chown through exec."""
+        """Write a file: ``data`` is bytes, text (UTF-8) or a binary file object, which requests
+        streams (its size from fstat) instead of holding it whole. LXD applies mode/uid/gid only
+        when it creates the file (over an existing one it keeps the old ones) and only the
+        permission bits of the mode (no setuid/setgid/sticky): change those with chmod/chown
+        through exec."""
         if isinstance(data, str):
             data = data.encode("utf-8")
         headers = {"X-LXD-type": "file", "X-LXD-mode": "0%o" % mode, "X-LXD-uid": str(uid),

@@ -29,13 +29,18 @@ LXD_ARGUMENT_SPEC = dict(
 class OneboxModule(AnsibleModule):
     """AnsibleModule plus ``self.lxd`` (an LxdClient opened on first use) and ``run()``."""
 
-    def __init__(self, argument_spec, lxd=False, secrets=None, run_lock=True, **kwargs):
+    def __init__(self, argument_spec, lxd=False, secrets=None, run_lock=True, sources=None, **kwargs):
         """``secrets``: params -> secret values inside options that cannot be no_log as a whole
         (Ansible would then mask every string of them, names included). They are kept out of the
-        log, the invocation and error messages; the result itself must not carry them."""
+        log, the invocation and error messages; the result itself must not carry them.
+        ``sources``: params -> the ``files`` items that may have a ``src``; with it the module
+        takes ``src_archives`` (its action plugin's transferred copies), unpacked before the run."""
         spec = dict(argument_spec)
         if lxd:
             spec.update(LXD_ARGUMENT_SPEC)
+        if sources is not None:
+            spec["src_archives"] = dict(type="dict")
+        self._sources = sources
         self._secrets = secrets
         self._takes_run_lock = run_lock  # False: what the module runs takes the lock itself (the backup agent)
         self._secret_values = set()
@@ -71,6 +76,10 @@ class OneboxModule(AnsibleModule):
         """Build the manager (it checks the input), then run it holding the daemon's run lock;
         exit with its result. Any OneboxError becomes fail_json."""
         try:
+            if self._sources is not None and self.params.get("src_archives"):
+                # Imported here: only a run with transferred sources needs it.
+                from ansible_collections.homelab.onebox.plugins.module_utils._provision_source import unpack_archives
+                unpack_archives(self.params["src_archives"], self._sources(self.params), self.tmpdir)
             manager = manager_factory(self)
             with self._run_lock() as lock:
                 result = manager.run()

@@ -33,12 +33,14 @@ description:
 extends_documentation_fragment:
   - homelab.onebox.lxd
   - homelab.onebox.module
+  - homelab.onebox.src
   - ansible.builtin.action_common_attributes
 attributes:
   diff_mode:
     details:
       - The content of every changed file, before and after, keyed by container then path.
-        Environment files show C(********) for every value.
+        Environment files show C(********) for every value. A file larger than 64 KiB, or not
+        UTF-8, shows its size and SHA-256 instead (and is not pulled from the container for it).
 options:
   instances:
     description: The containers and what each must contain. Each must exist and be running.
@@ -78,6 +80,11 @@ options:
         description:
           - Files, compared byte for byte (and by owner and mode) and written when different.
             Missing parent directories are created, owned by root, mode C(0755).
+          - A file's bytes are its O(instances[].files[].content), or O(instances[].files[].src)
+            on the controller - a file of any size or kind (streamed into the container, never
+            held in memory whole), or a directory whose tree goes to O(instances[].files[].path).
+            Each is compared by SHA-256 (the container's side in the same one exec as everything
+            else, however many files a tree has), so only changed files move.
         type: list
         elements: dict
         suboptions:
@@ -86,14 +93,36 @@ options:
             type: str
             required: true
           content:
-            description: The file's text (UTF-8). Required when O(instances[].files[].state=present).
+            description:
+              - The file's text (UTF-8). With O(instances[].files[].state=present), this or
+                O(instances[].files[].src) is required, not both.
             type: str
+          src:
+            description:
+              - A file or a directory on the controller (a relative path is looked for as
+                M(ansible.builtin.copy) does - the role's C(files/), the playbook's C(files/) and
+                directory; links are followed). It must exist, or the task fails before any change.
+              - A directory is a tree - O(instances[].files[].path) is the directory in the container,
+                its files and directories are made under it (directories mode C(0755), owned like
+                the files), each file with O(instances[].files[].mode) or else its own permission
+                bits (an executable stays executable).
+              - A change of any of its files restarts the container's services as any file's does
+                (O(instances[].files[].restart)).
+            type: str
+          sync:
+            description:
+              - With a directory O(instances[].files[].src), remove what is under
+                O(instances[].files[].path) in the container and not in the source (never anything
+                outside it). Without it, a file removed from the source stays in the container.
+            type: bool
+            default: false
           mode:
             description:
               - Permissions, octal; quote it (C("0644")). An unquoted YAML C(0644) is read as the
                 number it means; an unquoted C(644) is not.
+              - Default C(0644) for O(instances[].files[].content), the source file's own permission
+                bits for O(instances[].files[].src) (for a tree, given, every file's).
             type: raw
-            default: "0644"
           owner:
             description: Owning user; it must exist or be declared in O(instances[].users).
             type: str
@@ -170,6 +199,58 @@ options:
             description: Whether the service starts at boot (C(systemctl enable)/C(disable)).
             type: bool
             default: true
+          open_files:
+            description:
+              - The most files its process may have open (C(LimitNOFILE=) in the unit), 1 to 1048576.
+                Only with O(instances[].services[].command).
+            type: int
+      setup:
+        description:
+          - Setup steps, run in order after the container's packages, users and files and before its
+            services are (re)started; any step that runs restarts the container's started services.
+          - A step runs when it never ran, when its command, user or working directory changed, when
+            something O(instances[].setup[].when_changed) names changed, or when
+            O(instances[].setup[].creates) is missing. What it last ran against is a sha256 kept in
+            C(/var/lib/onebox/setup/SERVICE.N) (root's only, C(container.N) without a service),
+            read with the rest of the state and written only once the step succeeded.
+          - A step that fails (non-zero exit, or its timeout) fails the container with the last 20
+            lines of its output (stdout and stderr); its services are not restarted.
+        type: list
+        elements: dict
+        suboptions:
+          command:
+            description:
+              - A list runs as it is (the program an absolute path or a name in C(PATH)); a string
+                runs as C(/bin/sh -c STRING) (a line, or a script).
+            type: raw
+            required: true
+          when_changed:
+            description:
+              - What the step depends on. An absolute path of a declared file, or a directory
+                holding declared files (their declared content: every file under it); a package
+                of O(instances[].packages) (its installed version, as C(dpkg-query) reports it); an
+                environment key of the step's O(instances[].setup[].service) (its value).
+              - Without it the step runs once (and again when the step itself changes).
+            type: list
+            elements: str
+            default: []
+          creates:
+            description: An absolute path; the step runs whenever it is missing.
+            type: str
+          service:
+            description:
+              - A service of the container with a command (O(instances[].services[].name)): the step
+                runs in its working directory (C(/) when it has none) with its environment, as its
+                user. Without it: as root, in C(/), with no environment of a service.
+            type: str
+          user:
+            description:
+              - The user the step runs as (C(setpriv), with its groups; C(HOME), C(USER) and
+                C(LOGNAME) set). Default the service's user, else root. It must exist or be declared.
+            type: str
+          timeout:
+            description: Seconds the step may take (then it is killed and fails). Default O(package_timeout).
+            type: int
   parallel:
     description: How many containers are worked on at once.
     type: int
@@ -191,8 +272,10 @@ notes:
     value (C(8000)) also masks that text elsewhere in the result (in a diff, for example).
   - File content is not C(no_log); put a secret in O(instances[].services[].environment) or use
     C(no_log) on the task.
-  - "The module does not check that a started process stays up: C(systemctl start) of a
-    C(Type=simple) unit returns once the process is spawned."
+  - "C(systemctl start) of a C(Type=simple) unit returns once the process is spawned: so one second
+    after a (re)start the module asks systemd whether each service it started is running (active,
+    never restarted since), and fails the container naming a service that is not, with the last 20
+    lines of its journal (C(journalctl -u UNIT)). A process that dies later is not seen."
 seealso:
   - module: homelab.onebox.lxd_instances
 """
@@ -224,6 +307,8 @@ EXAMPLES = r"""
         files:
           - {path: /var/www/html/index.html, content: "<h1>Hello</h1>\n"}
           - {path: /var/www/html/index.nginx-debian.html, state: absent}
+          # files/site/ of the role or playbook: the whole tree, what the source no longer has removed
+          - {path: /var/www/html/assets, src: site/, sync: true}
         services:
           - name: nginx
   register: provisioned
@@ -253,8 +338,10 @@ instances:
       description:
         - What was done, in order (in check mode, what would be done), for example C(package jq),
           C(user app), C(file /srv/app/app.py), C(remove /var/www/html/old.html),
+          C(tree /var/www/html/assets (3 pushed, 1 removed)),
           C(environment onebox-app), C(unit onebox-app), C(daemon-reload), C(enable onebox-app),
-          C(stop nginx), C(start onebox-app), C(restart onebox-app).
+          C(stop nginx), C(start onebox-app), C(restart onebox-app), C(setup app[0]) (a setup step
+          that ran, or would run).
       type: list
       elements: str
   sample: [{name: app, changed: true, actions: [user app, file /srv/app/app.py, unit onebox-app,
@@ -268,7 +355,7 @@ from ansible_collections.homelab.onebox.plugins.module_utils._errors import Oneb
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
 from ansible_collections.homelab.onebox.plugins.module_utils._provision import Provisioner, check_instances, take_diff
 from ansible_collections.homelab.onebox.plugins.module_utils._provision_spec import (
-    FILE_STATES, RESTART_CHOICES, SERVICE_STATES, parse_insides)
+    FILE_STATES, RESTART_CHOICES, SERVICE_STATES, file_fields, parse_insides)
 
 ARGUMENT_SPEC = dict(
     instances=dict(type="list", elements="dict", default=[], options=dict(
@@ -281,7 +368,9 @@ ARGUMENT_SPEC = dict(
         files=dict(type="list", elements="dict", options=dict(
             path=dict(type="str", required=True),
             content=dict(type="str"),
-            mode=dict(type="raw", default="0644"),
+            src=dict(type="str"),
+            sync=dict(type="bool", default=False),
+            mode=dict(type="raw"),
             owner=dict(type="str", default="root"),
             group=dict(type="str"),
             state=dict(type="str", choices=list(FILE_STATES), default="present"),
@@ -297,6 +386,15 @@ ARGUMENT_SPEC = dict(
             restart=dict(type="str", choices=list(RESTART_CHOICES), default="always"),
             state=dict(type="str", choices=list(SERVICE_STATES), default="started"),
             enabled=dict(type="bool", default=True),
+            open_files=dict(type="int"),
+        )),
+        setup=dict(type="list", elements="dict", options=dict(
+            command=dict(type="raw", required=True),
+            when_changed=dict(type="list", elements="str", default=[]),
+            creates=dict(type="str"),
+            user=dict(type="str"),
+            timeout=dict(type="int"),
+            service=dict(type="str"),
         )),
     )),
     parallel=dict(type="int", default=4),
@@ -347,7 +445,8 @@ class ProvisionManager:
 
 
 def main():
-    module = OneboxModule(ARGUMENT_SPEC, lxd=True, supports_check_mode=True)
+    module = OneboxModule(ARGUMENT_SPEC, lxd=True, supports_check_mode=True,
+                          sources=lambda params: [item for _field, item in file_fields(params["instances"])])
     module.run(ProvisionManager)
 
 
