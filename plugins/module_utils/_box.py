@@ -99,6 +99,7 @@ class BoxParts:
         self.tls = _box_tls.BoxTls(tls_options, self.services)
         self._check_host_ports()
         self._check_volumes()
+        self._order_boot()
 
     # ---- whole-description checks -------------------------------------------------------
     def _check_names(self):
@@ -204,6 +205,62 @@ class BoxParts:
                     raise ValidationError(where + ".size", volume["size"], "the shared volume %s is declared with size "
                                           "%s by %s: declare it alike everywhere" % (volume["name"], other[2], other[1]))
 
+    def _order_boot(self):
+        """``after`` -> boot priorities. At boot LXD starts the containers with boot.autostart by
+        descending boot.autostart.priority (0 when unset), waiting a container's boot.autostart.delay
+        after it: so a service starts after the ones it names when its priority is lower than
+        theirs. A service named by others and without an explicit ``boot.priority`` gets the lowest
+        that is above every one naming it (0 for one that names others and is named by none): the
+        order asked for and nothing more, services outside any ``after`` left as they are. A name
+        that is not a service of the box, a cycle, and an explicit ``boot.priority`` that
+        contradicts the order are refused, naming the ``after`` entry."""
+        by_name = {service.name: service for service in self.services}
+        for service in self.services:
+            for index, name in enumerate(service.after):
+                if name not in by_name:
+                    raise ValidationError("%s[%d]" % (service.where("after"), index), name,
+                                          "no service of that name in the description")
+        state = {}   # name -> "visiting" or "done" (a depth-first walk along after)
+
+        def walk(service, path):
+            state[service.name] = "visiting"
+            for index, name in enumerate(service.after):
+                if state.get(name) == "visiting":
+                    cycle = path[path.index(name):] + [service.name, name]
+                    raise ValidationError("%s[%d]" % (service.where("after"), index), name,
+                                          "a cycle: %s" % " after ".join(reversed(cycle)))
+                if state.get(name) is None:
+                    walk(by_name[name], path + [service.name])
+            state[service.name] = "done"
+        for service in self.services:
+            if state.get(service.name) is None:
+                walk(service, [])
+        named_by = {}
+        for service in self.services:
+            for index, name in enumerate(service.after):
+                named_by.setdefault(name, []).append(service)
+        priority = {}
+
+        def priority_of(service):
+            if service.name not in priority:
+                explicit = service.boot.get("autostart_priority")
+                priority[service.name] = explicit if explicit is not None else max(
+                    [priority_of(other) + 1 for other in named_by.get(service.name, ())] + [0])
+            return priority[service.name]
+        for service in self.services:
+            for index, name in enumerate(service.after):
+                first, mine = priority_of(by_name[name]), priority_of(service)
+                if mine >= first:
+                    raise ValidationError(
+                        "%s[%d]" % (service.where("after"), index), name,
+                        "contradicts the boot priorities: %s starts at priority %d (its boot.priority) and this service "
+                        "at %d (%s); LXD starts a higher priority first, so this one needs a boot.priority below %d, "
+                        "or none" % (by_name[name].where(), first, mine, "its boot.priority"
+                                     if service.boot.get("autostart_priority") is not None else "above the services "
+                                     "that start after it", first))
+        for name, value in priority.items():
+            by_name[name].boot["autostart_priority"] = value
+
     def volumes(self):
         """The services' storage volumes, each once (a shared one as first declared): name (in
         LXD), size, service (None when shared), shared; field, value and size_field (how an error
@@ -277,7 +334,9 @@ class BoxParts:
         for service in self.services:
             for member in service.members:
                 item = {"name": member}
-                files = [dict(f, content=f["content"].replace(INSTANCE_PLACEHOLDER, member)) if "content" in f else dict(f)
+                # The placeholder is a content's; a src's bytes go as they are.
+                files = [dict(f, content=f["content"].replace(INSTANCE_PLACEHOLDER, member))
+                         if isinstance(f.get("content"), str) else dict(f)
                          for f in service.files]
                 if files:
                     item["files"] = files
@@ -287,9 +346,15 @@ class BoxParts:
                     item["users"] = [{"name": service.user, "home": service.working_directory}]
                     item["services"] = [{"name": service.name, "command": list(service.command), "user": service.user,
                                          "working_directory": service.working_directory,
-                                         "environment": dict(service.environment), "restart": "always"}]
+                                         "environment": dict(service.environment), "restart": service.restart}]
+                    if service.open_files:
+                        item["services"][0]["open_files"] = service.open_files
                 elif service.kind in ("static", "pool"):
                     item["services"] = [{"name": "nginx"}]  # the image's nginx serves /var/www/html on 80
+                if service.setup:
+                    # A step of a service with a command runs as it does (its directory, environment).
+                    named = {"service": service.name} if service.command else {}
+                    item["setup"] = [dict(step, **named) for step in service.setup]
                 if len(item) > 1:
                     items.append(item)
         if self.proxy:
@@ -318,12 +383,19 @@ class BoxParts:
         """The storage volume of the proxy's certificates (certbot's /etc/letsencrypt)."""
         return "%s-tls" % self.options["proxy_name"]
 
+    def _server(self, member, port, down):
+        """One member of a pool's upstream: ``HOST:PORT``, or marked down."""
+        address = "%s:%d" % (self._backend_host(member), port)
+        return {"address": address, "down": True} if down else address
+
     def _backend_host(self, name):
         found = self.addresses.get(name) or []
         return found[0] if found else name
 
-    def sites(self):
-        """Site specs for homelab.onebox.nginx_site in the proxy (the default server is the role's)."""
+    def sites(self, down=()):
+        """Site specs for homelab.onebox.nginx_site in the proxy (the default server is the role's).
+        ``down``: pool members left in their upstream marked ``down`` (a rolling change drains
+        the member it is changing: nginx sends it no request until the sites are applied again)."""
         by_domain, order, upstreams_done = {}, [], set()
 
         def site(domain):
@@ -339,7 +411,7 @@ class BoxParts:
                     upstreams_done.add(service.name)
                     target_site["upstreams"].append({
                         "name": service.name, "method": service.method,
-                        "servers": ["%s:%d" % (self._backend_host(m), service.port) for m in service.members]})
+                        "servers": [self._server(m, service.port, m in down) for m in service.members]})
                 return "http://%s" % service.name
             return "http://%s:%d" % (self._backend_host(service.name), service.port)
 

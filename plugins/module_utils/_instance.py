@@ -99,6 +99,9 @@ class InstanceSpec:
         # A device name prefix whose devices are this spec's alone: one of them the spec no longer
         # declares leaves the instance (the box's volumes, vol-NAME). None: undeclared devices stay.
         self.owned_devices = None
+        # The fingerprint the spec's image alias points at now, when the instance must follow it
+        # (a rebuilt base image under the same alias); None: an alias moving re-creates nothing.
+        self.image_fingerprint = None
 
     def check_host(self, lxd, field="cpus"):
         """What only the daemon's host can say: limits.cpu beyond its CPUs would never be met."""
@@ -119,10 +122,25 @@ class InstanceSpec:
 
     def replaced_image(self, current):
         """The image ``current`` records when the spec records another (the instance is then
-        re-created), else None."""
-        wanted = self.config.get(IMAGE_KEY)
-        had = ((current or {}).get("config") or {}).get(IMAGE_KEY)
-        return had if wanted is not None and had is not None and had != wanted else None
+        re-created), else None. Following the alias (``image_fingerprint``), an instance made from
+        another image than the one the alias names now is replaced too (LXD records the one it was
+        made from as volatile.base_image): its old image is then named by fingerprint."""
+        config = (current or {}).get("config") or {}
+        wanted, had = self.config.get(IMAGE_KEY), config.get(IMAGE_KEY)
+        if wanted is not None and had is not None and had != wanted:
+            return had
+        base = config.get("volatile.base_image")
+        if current is not None and self.image_fingerprint and base and base != self.image_fingerprint:
+            return "%s (%s)" % (had or self.image, base[:12])
+        return None
+
+    def why_replaced(self, current):
+        """``image OLD -> NEW`` when ``current`` is to be re-created from another image, else None."""
+        replaced = self.replaced_image(current)
+        if replaced is None:
+            return None
+        new = "%s (%s)" % (self.image, self.image_fingerprint[:12]) if self.image_fingerprint else self.image
+        return "image %s -> %s" % (replaced, new)
 
     def stale_devices(self, current):
         """The owned devices (``owned_devices``) of ``current`` the spec no longer declares."""

@@ -41,12 +41,12 @@ class InstanceReconciler:
                 self._act("delete", lambda: self._delete(current))
             return self._result(before, {}, None)
 
-        body, replaced = None, spec.replaced_image(current)
+        body, replaced = None, spec.why_replaced(current)
         if replaced is not None:
             # LXD never changes an instance's image: a new image is a new container (its volumes
             # stay, attached again by its devices). An unknown image fails before the old one goes.
             body = spec.create_body(lxd, self.pending)
-            self.recreated = "image %s -> %s" % (replaced, spec.image)
+            self.recreated = replaced
             self._act("delete", lambda: self._delete(current))
             current = None
         if current is None:

@@ -41,11 +41,21 @@ description:
   - A container records the image it was made from (C(user.onebox.image)); a service whose image
     changes gets its containers deleted and made again from the new one, their volumes attached
     again.
+  - A container this run makes or changes whose service has a C(health) check (C({http: PATH} or
+    {tcp: PORT}, expect, timeout)) is probed from the host at its address until it answers; one that
+    does not fails the run naming its service, with the last lines of its journal. The sites are
+    applied after every container is done, so the proxy routes to a new pool member only once it
+    answers.
+  - A change to a running pool (its files, packages, environment, setup steps, or its image) rolls
+    - one member at a time is marked down in the pool's upstream (one C(nginx -t) and reload),
+    changed, waited for (its C(health), else a connect to its port) and put back; a member that
+    fails ends the roll, the others keep serving the previous version.
   - One module task for the whole box, because each Ansible task costs a module start; a box of many
     services costs the same few tasks as a box of one.
 extends_documentation_fragment:
   - homelab.onebox.lxd
   - homelab.onebox.module
+  - homelab.onebox.src
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
@@ -85,6 +95,10 @@ options:
         its containers. A service with C(state=absent) (and only C(name) besides, and C(purge)) builds
         nothing; with C(purge=true) its volumes are deleted once its containers are gone.
       - Values of each service's C(environment) are secrets; they are kept out of the output.
+      - A C(files) item gives C(content), or C(src) - a file or a directory tree on the controller (a
+        relative one looked for as M(ansible.builtin.copy) does), pushed by SHA-256 so only changed
+        files move, with C(mode), C(owner), C(group), and for a directory C(sync=true) removing what
+        the source no longer has under C(path). See M(homelab.onebox.lxd_provision) for the details.
       - Required with O(state=present). An empty list would delete every container of O(owner), so
         it is refused (when O(parts) has V(containers)) unless O(allow_empty=true). A box is removed with O(state=absent) (the
         C(playbooks/teardown.yml) playbook).
@@ -211,6 +225,28 @@ options:
         marked with O(owner), the services' and the proxy's certificates and ACME account alike - once
         the containers are gone. Without it a teardown keeps them, and a box converged again finds
         its data and serves the same certificates, ordering none. Needs V(containers) in O(parts).
+    type: bool
+    default: false
+  upgrade:
+    description:
+      - Debian's updates inside every container this run keeps (C(playbooks/upgrade.yml)) - the
+        package lists refreshed, the pending upgrades installed keeping the configuration files
+        the box wrote, the container's services restarted and, when its service has a C(health),
+        waited for. A container with nothing pending is not touched.
+      - A pool's members are upgraded one at a time - drained from the proxy, upgraded, healthy,
+        put back - as for any rolling change; the other containers one at a time too. A container
+        just made is as new as its image and is left alone.
+      - In check mode the package lists the containers have are read as they are (refreshing them
+        would change the container), so the upgrades reported may be fewer than a real run finds.
+    type: bool
+    default: false
+  follow_images:
+    description:
+      - A container made from another image than the one its image alias names now (LXD records it
+        as C(volatile.base_image)) is re-created from the alias's image, as for a service whose
+        C(image) changed - its volumes attached again, a pool one member at a time. This is how a
+        box moves onto a base image rebuilt under the same alias (C(playbooks/upgrade.yml) with
+        C(rebuild=true)).
     type: bool
     default: false
   proxy:
@@ -397,6 +433,20 @@ volumes:
       description: V(create), V(resize), V(delete) (a purge) or V(none).
       type: str
   sample: [{name: mybox-db-data, pool: default, service: db, action: create}]
+upgraded:
+  description:
+    - With O(upgrade), per container the packages its upgrade changed (would change, in check
+      mode) - C(NAME FROM -> TO).
+  returned: always
+  type: dict
+  sample: {web-1: ["libssl3 3.0.15-1~deb12u1 -> 3.0.17-1~deb12u2"]}
+healthy:
+  description:
+    - The containers this run made or changed whose service has a C(health) check (and the pool
+      members of a rolling change), with the seconds it took them to pass it.
+  returned: always
+  type: dict
+  sample: {shop: 1.4, web-1: 0.2}
 volumes_kept:
   description:
     - Volumes of O(owner) no longer described that this run unmounted (their service or its
@@ -417,7 +467,9 @@ forwards_kept:
 """
 
 import inspect
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
@@ -425,21 +477,26 @@ from ansible_collections.homelab.onebox.plugins.module_utils import _nginx_targe
 from ansible_collections.homelab.onebox.plugins.module_utils import _tls_agent
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate
 from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
-from ansible_collections.homelab.onebox.plugins.module_utils._box_service import VOLUME_DEVICE_PREFIX, secret_values
+from ansible_collections.homelab.onebox.plugins.module_utils._box_rollout import Rollout
+from ansible_collections.homelab.onebox.plugins.module_utils._box_service import VOLUME_DEVICE_PREFIX, file_fields, secret_values
 from ansible_collections.homelab.onebox.plugins.module_utils._box_tls import ARGUMENT_SPEC as TLS_SPEC, AGENT_PATH, CONF_DIR as TLS_CONF_DIR, tls_secrets
 from ansible_collections.homelab.onebox.plugins.module_utils._dnat_host import ARGUMENT_SPEC as DNAT_SPEC, DnatManager
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError, named_failure
+from ansible_collections.homelab.onebox.plugins.module_utils._health import HealthError, describe as describe_check, wait_healthy
 from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, parse_instances, warn_pruned
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx import SiteSet
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx_render import catch_all_site
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx_site import parse_sites
 from ansible_collections.homelab.onebox.plugins.module_utils._provision import Provisioner, take_diff
-from ansible_collections.homelab.onebox.plugins.module_utils._provision_spec import parse_inside
+from ansible_collections.homelab.onebox.plugins.module_utils._provision_spec import UNIT_PREFIX, parse_inside
 from ansible_collections.homelab.onebox.plugins.module_utils._tls import ProxyCertificates
+from ansible_collections.homelab.onebox.plugins.module_utils._upgrade import Upgrade
 from ansible_collections.homelab.onebox.plugins.module_utils._volume import VolumeSet
 
 PARTS = ("containers", "insides", "sites", "forwards")
+# A rolling change waits this long for a pool member without a ``health`` to take connections.
+ROLLING_HEALTH_SECONDS = 60
 # The dnat options a box passes through (its forwards come from the description).
 _DNAT_OPTIONS = ("isolate", "chain_prefix", "backend", "ip_forward", "sysctl_file", "save_path", "restore_script")
 
@@ -457,6 +514,8 @@ ARGUMENT_SPEC = dict(
     package_timeout=dict(type="int", default=600),
     tls=dict(type="dict", options=TLS_SPEC),
     purge=dict(type="bool", default=False),
+    upgrade=dict(type="bool", default=False),
+    follow_images=dict(type="bool", default=False),
     proxy=dict(type="dict", default={}, apply_defaults=True, options=dict(
         name=dict(type="str"),
         memory=dict(type="str"),
@@ -476,12 +535,20 @@ ARGUMENT_SPEC = dict(
 
 class Insides:
     """What runs inside the containers: one Provisioner per container, read, planned and applied
-    as soon as that container runs (``then`` is InstanceSet.apply's callback)."""
+    as soon as that container runs (``then`` is InstanceSet.apply's callback). A pool member
+    about to change first takes its pool's turn (``rollout``, a Rollout); ``finish(name, changed,
+    settle)`` is what follows a container's inside (its upgrade, the wait for its health)."""
 
-    def __init__(self, lxd, specs, check_mode, diff, timeout, package_timeout):
+    def __init__(self, lxd, specs, check_mode, diff, timeout, package_timeout, rollout=None, finish=None):
         self.lxd, self.specs, self.check_mode, self.diff = lxd, specs, check_mode, diff
         self.timeout, self.package_timeout = timeout, package_timeout
+        self.rollout, self.finish = rollout, finish
         self.workers = {}
+
+    def changed(self, name):
+        """Whether this run changes (changed, in check mode) the container's inside."""
+        worker = self.workers.get(name)
+        return worker is not None and worker.planned is not None and worker.planned.changed
 
     def then(self, spec, result, settle):
         if spec.name in self.specs:
@@ -496,6 +563,8 @@ class Insides:
         if worker.plan().packages:
             settle()  # packages come through the network: the container needs its address first
         if worker.planned.changed and not self.check_mode:
+            if self.rollout is not None:
+                self.rollout.take(name)
             worker.apply()
 
     def alone(self, names, current, parallel):
@@ -508,10 +577,17 @@ class Insides:
         errors = []
 
         def one(name):
+            ok = False
             try:
                 self.converge(name, False, lambda: None)
+                if self.finish is not None:
+                    self.finish(name, self.changed(name), lambda: None)
+                ok = True
             except OneboxError as exc:
                 errors.append((name, exc))
+            finally:
+                if self.rollout is not None:
+                    self.rollout.release(name, ok)
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             list(pool.map(one, [name for name in names if name in current]))
         if errors:
@@ -582,6 +658,12 @@ class BoxManager:
         self.inside_specs = {item["name"]: parse_inside(item, self.box.field_of(item["name"]))
                              for item in self.box.provision() if self._wants_inside(item["name"])}
         self.dnat_params = self._dnat_params() if "forwards" in self.parts else None
+        self.service_of = {member: service for service in self.box.services for member in service.members}
+        self.healthy = {}   # container -> seconds its health check took this run
+        self.upgraded = {}  # container -> the packages its upgrade changed (would change, in check mode)
+        # The containers of no pool are upgraded one at a time (a pool's members take their turns).
+        self.upgrade_turn = threading.Lock()
+        self.rollout = None
 
     def _wants_inside(self, name):
         """The proxy's inside is the sites part's; the services' the insides part's."""
@@ -627,6 +709,8 @@ class BoxManager:
         with ThreadPoolExecutor(max_workers=1) as side:
             volume_read = side.submit(volumes.read) if volumes is not None else None
             containers.read()  # the listing of every instance: the volumes' one request beside it
+        if params["follow_images"]:
+            self._follow_images()
         if volume_read is not None:
             volume_read.result()
         # The volumes a purge deletes are named with the containers a prune deletes (its guard
@@ -652,7 +736,12 @@ class BoxManager:
         # 2. The containers, each one's inside as soon as it runs; then the sites, then the forwards.
         if volumes is not None:
             volumes.apply()  # made and grown before the containers that mount them are made or changed
-        insides = Insides(lxd, self.inside_specs, check, diff, params["timeout"], params["package_timeout"])
+        running = [name for name, inst in containers.current.items() if inst.get("status") == "Running"]
+        recreated = {name for name, _why in containers.recreated}
+        self.rollout = rollout = Rollout(self.box.services, running, check_mode=check, warn=module.warn,
+                                         drain=self._drain if self._can_drain(containers.current, recreated) else None)
+        insides = Insides(lxd, self.inside_specs, check, diff, params["timeout"], params["package_timeout"],
+                          rollout=rollout, finish=self._finish)
         site_set, site_read, placings = self._site_set(sites), [], []
         certs = self._certificates(site_set)
 
@@ -669,18 +758,37 @@ class BoxManager:
                 # files change.
                 placings.append(reading.submit(certs.place))
             insides.then(spec, result, settle)
+            self._finish(spec.name, bool(result["actions"]) or insides.changed(spec.name), settle,
+                         new="create" in result["actions"])
             if proxy_now and certs is not None:
                 changed = self._agent_files_changed(insides)
                 if not early or changed is None or changed:
                     missing = changed is None or changed.get(AGENT_PATH) == "none"
                     placings.append(reading.submit(certs.place, check and (new or missing)))
+
+        @contextmanager
+        def around(spec):
+            """A container's whole work: a pool member re-created from a new image takes its
+            pool's turn first (its re-creation is its change); its turn ends with its work."""
+            if spec.name in recreated:
+                rollout.take(spec.name)
+            ok = False
+            try:
+                yield
+                ok = True
+            finally:
+                rollout.release(spec.name, ok)
+
         if applied or containers.doomed:
             with ThreadPoolExecutor(max_workers=2) as reading:
-                containers.apply(params["parallel"], then=then)
+                containers.apply(params["parallel"], then=then, around=around)
             result = containers.result()
         else:
             result = dict(changed=False, instances=[], addresses={}, pruned=[])
         result["addresses"] = dict(addresses, **result["addresses"])
+        result["healthy"] = self.healthy
+        result["upgraded"] = self.upgraded
+        result["changed"] = result["changed"] or bool(self.upgraded)
         elsewhere = [name for name in self.inside_specs if name not in applied]
         if elsewhere:
             insides.alone(elsewhere, containers.current, params["parallel"])
@@ -734,12 +842,91 @@ class BoxManager:
         """The proxy's SiteSet (None without the sites part or a proxy)."""
         if sites is None or not self.box.proxy:
             return None
-        module, params = self.module, self.module.params
-        target = nginx_target.LxdTarget(module.lxd, self.box.proxy, params["proxy"]["conf_dir"],
-                                        nginx_target.test_and_dump_command("nginx"),
-                                        nginx_target.reload_command("nginx"),
-                                        timeout=max(params["lxd_timeout"] or 30, 30))
-        return SiteSet(target, sites, prune=True, check_mode=module.check_mode, diff=module._diff, warn=module.warn)
+        module = self.module
+        return SiteSet(self._nginx(), sites, prune=True, check_mode=module.check_mode, diff=module._diff,
+                       warn=module.warn)
+
+    def _nginx(self):
+        """nginx in the proxy container, as SiteSet works on it."""
+        params = self.module.params
+        return nginx_target.LxdTarget(self.module.lxd, self.box.proxy, params["proxy"]["conf_dir"],
+                                      nginx_target.test_and_dump_command("nginx"), nginx_target.reload_command("nginx"),
+                                      timeout=max(params["lxd_timeout"] or 30, 30))
+
+    def _can_drain(self, current, recreated):
+        """Whether a rolling change can drain pool members: this run applies the sites, and the
+        proxy runs before it and is not re-created by it."""
+        proxy = self.box.proxy
+        return ("sites" in self.parts and bool(proxy) and proxy not in recreated
+                and (current.get(proxy) or {}).get("status") == "Running")
+
+    def _drain(self, service, member):
+        """The sites holding ``service``'s upstream applied with ``member`` down (one nginx -t and
+        reload); the other sites are left as they are until the box's sites are applied."""
+        sites = [site for site in self._sites(down=(member,))
+                 if any(upstream["name"] == service.name for upstream in site.get("upstreams") or ())]
+        drained = SiteSet(self._nginx(), sites, prune=False, warn=self.module.warn)
+        drained.read()
+        drained.plan()
+        drained.apply()
+
+    def _follow_images(self):
+        """Each container follows the image its alias names now: one made from another (a base
+        image rebuilt under the same alias) is re-created from it, as for a new image."""
+        fingerprints = {}
+        for spec in self.instance_specs:
+            if spec.state == "absent" or not spec.image:
+                continue
+            if spec.image not in fingerprints:
+                alias = self.module.lxd.image_alias(spec.image)
+                fingerprints[spec.image] = alias["target"] if alias else None  # a fingerprint follows nothing
+            spec.image_fingerprint = fingerprints[spec.image]
+
+    def _finish(self, name, changed, settle, new=False):
+        """What follows a container's inside: Debian's updates, when this run upgrades (not in a
+        container just made: it is as new as its image), then the wait for its health."""
+        if self.module.params["upgrade"] and not new:
+            settle()  # apt needs the network
+            changed = self._upgrade(name) or changed
+        self._await_health(name, changed, settle)
+
+    def _upgrade(self, name):
+        """The container's pending upgrades installed (a pool member in its pool's turn, drained;
+        any other container one at a time) and its services restarted. Whether it changed."""
+        upgrade = Upgrade(self.module.lxd, name, timeout=self.module.params["package_timeout"],
+                          check_mode=self.module.check_mode)
+        if not upgrade.pending():
+            return False
+        self.upgraded[name] = ["%s %s -> %s" % (p["name"], p["from"], p["to"]) for p in upgrade.packages]
+        if self.module.check_mode:
+            return True
+        spec = self.inside_specs.get(name)
+        units = [svc.unit for svc in spec.services if svc.state == "started"] if spec is not None else []
+        if self.rollout.rolls(name):
+            self.rollout.take(name)  # its turn lasts until it is healthy
+            upgrade.apply(units)
+        else:
+            with self.upgrade_turn:
+                upgrade.apply(units)
+        return True
+
+    def _await_health(self, name, changed, settle):
+        """A container this run changed (made, re-created, or changed inside): once its service
+        answers its health check - a pool member with its turn answers at least on its port,
+        before its turn goes to the next member. Recorded in ``healthy`` (seconds waited)."""
+        service = self.service_of.get(name)
+        if service is None or not changed or self.module.check_mode:
+            return
+        check = health_check(service, rolling=self.rollout.has_turn(name))
+        if check is None:
+            return
+        settle()  # its address, before anything can reach it
+        address = (self.box.addresses.get(name) or [name])[0]
+        try:
+            self.healthy[name] = round(wait_healthy(address, check), 2)
+        except HealthError as exc:
+            raise OneboxError("%s is %s; %s" % (service.where(), exc.msg, journal_tail(self.module.lxd, name, service)),
+                              service=service.name, health=describe_check(address, check))
 
     def _certificates(self, site_set):
         """The proxy's ProxyCertificates (None without the sites part or a proxy keeping any)."""
@@ -782,6 +969,8 @@ class BoxManager:
                 # A placing made stale by this run's new agent files may have failed (the agent
                 # replaced under it); the one after them counts.
                 certs.placed = placings[-1].result()
+            if self.rollout.drained:
+                site_set.read()  # read beside the containers, before or amid the drains: read what they left
         else:
             site_set.read()  # the proxy was not made or changed by this run (it is only read)
             if certs is not None:
@@ -793,14 +982,41 @@ class BoxManager:
         result["changed"] = result["changed"] or site_result["changed"]
         return site_result.get("diff", [])
 
-    def _sites(self):
-        """The proxy's sites, parsed (checked) now, pointing at the containers' static addresses."""
+    def _sites(self, down=()):
+        """The proxy's sites, parsed (checked) now, pointing at the containers' static addresses
+        (``down``: pool members marked down, see BoxParts.sites)."""
         if not self.box.proxy:
             return []
-        sites = self.box.sites() + list(self.module.params["proxy"]["sites"])
+        sites = self.box.sites(down=down) + list(self.module.params["proxy"]["sites"])
         if self.module.params["proxy"]["catch_all"]:
             sites.insert(0, catch_all_site(sites=sites))
         return parse_sites(sites, log_dir=self.module.params["proxy"]["log_dir"])
+
+
+def health_check(service, rolling=False):
+    """The check a changed container of ``service`` must pass (see _health): its ``health``, or,
+    for a pool member in a rolling change, a connect to its port; None: nothing to wait for."""
+    if service.health:
+        check = dict(service.health)
+        if check.get("http"):
+            # The Host header the proxy passes on: the service's first name.
+            names = service.domains + [route["domain"] for route in service.routes]
+            check.update(port=service.port, host=names[0].replace("*", "www", 1) if names else None)
+        return check
+    if rolling and service.port:
+        return {"tcp": service.port, "timeout": ROLLING_HEALTH_SECONDS}
+    return None
+
+
+def journal_tail(lxd, name, service, lines=20):
+    """The last lines of the service's journal in its container, for a failure's message."""
+    unit = "%s%s.service" % (UNIT_PREFIX, service.name) if service.command else "nginx.service"
+    try:
+        found = lxd.exec(name, ["journalctl", "--no-pager", "-o", "short-iso", "-n", str(lines), "-u", unit], timeout=30)
+    except OneboxError as exc:
+        return "its journal could not be read: %s" % exc.msg
+    text = (found.stdout or found.stderr).strip()
+    return "the last lines of its journal (journalctl -u %s):\n%s" % (unit, text or "(empty)")
 
 
 def agent_source():
@@ -821,7 +1037,8 @@ def main():
     # Environment values are secrets: out of the log and the result wherever they occur.
     module = OneboxModule(ARGUMENT_SPEC, lxd=True, supports_check_mode=True,
                           required_if=[("state", "present", ["services"])],
-                          secrets=lambda params: list(secret_values(params["services"])) + tls_secrets(params["tls"]))
+                          secrets=lambda params: list(secret_values(params["services"])) + tls_secrets(params["tls"]),
+                          sources=lambda params: [item for _field, item in file_fields(params["services"])])
     module.run(BoxManager)
 
 

@@ -158,11 +158,9 @@ def test_a_change_to_the_pool_rolls_one_member_at_a_time_without_a_failed_reques
 def test_after_the_roll_every_member_is_back_in_the_proxy(built, client, tmp):
     again = run_module("box", args(tmp, version="v2"))
     assert not again["changed"], again
-    seen = set()
-    for _ in range(12):
-        seen.add(client.run([sys.executable, "-c", "import urllib.request,sys;print(urllib.request.urlopen("
-                                               "'http://%s:%d/', timeout=5).read().decode().strip())"
-                             % (client.host_address, PORT)], timeout=20).stdout.strip())
+    ask = "import urllib.request; print(urllib.request.urlopen('http://%s:%d/', timeout=5).read().decode().strip())"
+    seen = {client.run([sys.executable, "-c", ask % (client.host_address, PORT)], timeout=20).stdout.strip()
+            for _ in range(12)}
     assert seen == {"v2 %s" % m for m in MEMBERS}, seen
 
 

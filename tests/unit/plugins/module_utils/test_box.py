@@ -320,3 +320,14 @@ def test_volume_names_claimed_twice_and_removed_services_named_twice_are_refused
 def test_one_shared_volume_declared_alike_is_one_volume():
     parts = parse_box([dict(DB, volumes=[dict(MEDIA, size="1GiB")]), dict(VPN, volumes=[dict(MEDIA, size="1024MiB")])])
     assert [v["name"] for v in parts.volumes()] == ["onebox-shared-media"]
+
+
+def test_a_drained_pool_member_stays_in_its_upstream_marked_down():
+    addresses = {"web-1": ["10.1.0.21"], "web-2": ["10.1.0.22"], "web-3": ["10.1.0.23"]}
+    box = parse_box(BOX, {}, addresses)
+    pool = {s["name"]: s for s in box.sites(down=("web-2",))}["pool.example.test"]
+    assert pool["upstreams"][0]["servers"] == ["10.1.0.21:80", {"address": "10.1.0.22:80", "down": True},
+                                               "10.1.0.23:80"]
+    # Every other site is as without the drain.
+    assert [s for s in box.sites(down=("web-2",)) if s["name"] != "pool.example.test"] == \
+        [s for s in box.sites() if s["name"] != "pool.example.test"]

@@ -168,3 +168,18 @@ def test_owned_devices_no_longer_declared_are_stale_and_a_put_removes_them():
     assert set(spec.view(current)["devices"]) == {"vol-data", "vol-old"}   # the diff shows the one that goes
     after = InstanceSpec.predicted_after_put(current, body)
     assert set(after["devices"]) == {"vol-data", "eth0", "gpu"} and set(current["devices"]) == set(VOLUMES)
+
+
+def test_following_its_alias_an_instance_made_from_another_image_is_replaced():
+    spec = parse_instance(params(image="base", config={IMAGE_KEY: "base"}))
+    made_from = {"config": {IMAGE_KEY: "base", "volatile.base_image": "a" * 64}}
+    assert spec.why_replaced(made_from) is None          # not followed: a moved alias changes nothing
+    spec.image_fingerprint = "b" * 64
+    assert spec.why_replaced(made_from) == "image base (%s) -> base (%s)" % ("a" * 12, "b" * 12)
+    spec.image_fingerprint = "a" * 64
+    assert spec.why_replaced(made_from) is None          # made from the alias's image: kept
+    assert spec.why_replaced(None) is None
+    # A new image named in the description is the reason, whatever the alias.
+    spec.image_fingerprint = "b" * 64
+    assert spec.why_replaced({"config": {IMAGE_KEY: "old", "volatile.base_image": "b" * 64}}) == \
+        "image old -> base (%s)" % ("b" * 12)

@@ -419,3 +419,22 @@ def test_a_container_made_before_the_image_was_recorded_gets_the_record_not_a_ne
     assert result["instances"][0]["actions"][0] == "update" and "recreated" not in result["instances"][0]
     assert lxd.names("delete_instance") == [] and lxd.names("create_instance") == []
     assert lxd.instances_by_name["db"]["config"]["user.onebox.image"] == "onebox-debian12"
+
+
+def test_the_health_check_a_changed_container_waits_for():
+    from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
+    from ansible_collections.homelab.onebox.plugins.modules.box import ROLLING_HEALTH_SECONDS, health_check
+    services = parse_box([
+        {"name": "shop", "command": ["gunicorn"], "port": 8000, "domains": ["shop.example.org"],
+         "health": {"http": "/health/"}},
+        {"name": "db", "kind": "internal", "command": ["db"], "port": 5432, "health": {"tcp": 5432, "timeout": 9}},
+        {"name": "web", "kind": "pool", "count": 2, "routes": [{"domain": "*.example.net", "path": "/w/"}]},
+    ]).services
+    shop, db, web = services
+    # The proxy's Host header, so an app checking its names answers as through the proxy.
+    assert health_check(shop) == {"http": "/health/", "tcp": None, "expect": 200, "timeout": 60, "port": 8000,
+                                  "host": "shop.example.org"}
+    assert health_check(db) == {"http": None, "tcp": 5432, "expect": None, "timeout": 9}
+    # No health: nothing to wait for, unless a rolling change needs the member to take connections.
+    assert health_check(web) is None
+    assert health_check(web, rolling=True) == {"tcp": 80, "timeout": ROLLING_HEALTH_SECONDS}
