@@ -1,6 +1,7 @@
 """The box's cost on this machine, as one table (not a test: it measures and prints).
 
-    tests/bench/run [--runs 3] [--scale 50 [--scale 150] | --scale 50,150] [--skip-scale | --only-scale | --only-tls | --only-backup]
+    tests/bench/run [--runs 3] [--scale 50 [--scale 150] | --scale 50,150] [--skip-scale | --only-scale | --only-tls | --only-backup
+                    | --only-files | --only-rolling]
 
 Figures (each the median of --runs runs, with min and max):
 - the reference box (inventory.example, base image present): cold converge from nothing,
@@ -15,6 +16,11 @@ Figures (each the median of --runs runs, with min and max):
   no-change, next to the same box without TLS; a forced renewal of its certificates;
 - backups: the reference box's containers and volumes exported by LXD alone, against its first
   and second (incremental) backup run by the agent, and one small service restored;
+- files from the controller (--only-files): a 20 MiB artifact and a 1,000-file tree pushed into
+  one container through the box module (ansible's start-up included), first and unchanged run,
+  next to the same box without them;
+- a rolling change (--only-rolling): a 3-member pool's page changed one member at a time, and the
+  no-change run of the same box;
 - exec round trip through _lxd.py (median of 200);
 - dnat with 200 forwards and nginx_site with 100 sites: the module's own time, no-change and
   one change (python + module, without ansible's start-up).
@@ -40,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "integration"),
                 os.path.join(ROOT, "tests", "bench"), os.path.join(ROOT, ".collections")]
 
-from conftest import ansible_env, delete_instance_quietly  # noqa: E402  pylint: disable=wrong-import-position
+from conftest import ansible_env, delete_instance_quietly, run_module  # noqa: E402  pylint: disable=wrong-import-position
 from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient  # noqa: E402
 from ansible_collections.homelab.onebox.plugins.modules.box import ARGUMENT_SPEC as BOX_SPEC  # noqa: E402
 import dnat_bench  # noqa: E402
@@ -351,6 +357,94 @@ def backup_figures(runs):
     row("restore of site-a over itself, start to answering", figures["restore"], "< 15 s")
 
 
+def files_figures(lxd, runs):
+    """Files from the controller through the box module (an ad-hoc task, as the integration tests
+    run it): one container of a box of its own, first without files (its no-change run is the
+    baseline), then a 20 MiB random artifact added (first push, unchanged run), then a tree of
+    1,000 small files (100 directories of 10, 200 bytes each) beside it (first push, unchanged
+    run). Each run starts from the files removed from the container."""
+    tmp = tempfile.mkdtemp()
+    tag = uuid.uuid4().hex[:4]
+    owner, name = "bench-files-%s" % tag, "bench-fi-%s" % tag
+    artifact, tree = os.path.join(tmp, "app.bin"), os.path.join(tmp, "tree")
+    with open(artifact, "wb") as out:
+        out.write(os.urandom(20 * 1024 * 1024))
+    for index in range(1000):
+        where = os.path.join(tree, "d%02d" % (index // 10))
+        os.makedirs(where, exist_ok=True)
+        with open(os.path.join(where, "f%d.txt" % index), "w", encoding="utf-8") as out:
+            out.write(("%d " % index * 100)[:200])
+
+    def box(*files):
+        started = time.monotonic()
+        result = run_module("box", {"owner": owner, "parts": ["containers", "insides"],
+                                    "services": [{"name": name, "kind": "internal", "files": list(files)}]}, timeout=600)
+        assert not result.get("failed"), result.get("msg", result)
+        return time.monotonic() - started, result["changed"]
+
+    big, many = {"path": "/opt/bench/app.bin", "src": artifact}, {"path": "/srv/bench-tree", "src": tree}
+    figures = {key: [] for key in ("none", "artifact", "artifact again", "tree", "tree again")}
+    try:
+        box()
+        for _run in range(runs):
+            lxd.run(name, ["rm", "-rf", "/opt/bench", "/srv/bench-tree"])
+            figures["none"].append(box()[0])
+            for key, files in (("artifact", (big,)), ("tree", (big, many))):
+                elapsed, changed = box(*files)
+                assert changed, "the first push of the %s changed nothing" % key
+                figures[key].append(elapsed)
+                elapsed, changed = box(*files)
+                assert not changed, "the unchanged run of the %s changed something" % key
+                figures[key + " again"].append(elapsed)
+    finally:
+        run_module("box", {"owner": owner, "state": "absent"})
+        delete_instance_quietly(lxd, name)
+        shutil.rmtree(tmp, ignore_errors=True)
+    row("files: one container, no files: no-change (ansible)", figures["none"])
+    row("files: a 20 MiB artifact, first push", figures["artifact"])
+    row("files: a 20 MiB artifact, unchanged", figures["artifact again"])
+    row("files: + a 1,000-file tree, first push", figures["tree"])
+    row("files: artifact and 1,000-file tree, unchanged", figures["tree again"])
+
+
+def rolling_figures(runs):
+    """A rolling change through the box module (an ad-hoc task, ansible's start-up included): a
+    box of its own with a 3-member static pool behind the proxy on a host port; its page changed
+    (each member drained, its nginx restarted, connected to, put back), then the no-change run."""
+    tmp = tempfile.mkdtemp()
+    tag = uuid.uuid4().hex[:4]
+    owner = "bench-roll-%s" % tag
+    port = 41000 + int(tag, 16) % 8000
+
+    def box(version, state="present"):
+        args = {"owner": owner, "state": state, "proxy": {"name": "bench-rl-%s-proxy" % tag},
+                "forwards": {"chain_prefix": "OBBR%s" % tag.upper(), "save_path": os.path.join(tmp, "rules"),
+                             "restore_script": os.path.join(tmp, "restore"), "sysctl_file": os.path.join(tmp, "sysctl")}}
+        if state == "present":
+            args["services"] = [{"name": "bench-rl-%s" % tag, "kind": "pool", "count": 3, "host_port": port,
+                                 "files": [{"path": "/var/www/html/index.html", "content": "%s @INSTANCE@\n" % version}]}]
+        started = time.monotonic()
+        result = run_module("box", args, timeout=600)
+        assert not result.get("failed"), result.get("msg", result)
+        return time.monotonic() - started, result
+
+    change, nochange = [], []
+    try:
+        box("v0")
+        for run in range(runs):
+            elapsed, result = box("v%d" % (run + 1))
+            assert len(result["healthy"]) == 3, "not every member rolled: %s" % result["healthy"]
+            change.append(elapsed)
+            elapsed, result = box("v%d" % (run + 1))
+            assert not result["changed"], "the no-change run changed something"
+            nochange.append(elapsed)
+    finally:
+        box(None, state="absent")
+        shutil.rmtree(tmp, ignore_errors=True)
+    row("rolling: a 3-member pool's page changed, one member at a time", change)
+    row("rolling: the same box, no-change", nochange)
+
+
 def scale_counts(text):
     """--scale's value: one count or several, comma-separated ("50,150")."""
     try:
@@ -375,7 +469,12 @@ def main():
                        help="the HTTPS rows only: the reference box with and without TLS against pebble")
     which.add_argument("--only-backup", action="store_true",
                        help="the backup rows only: the reference box backed up, against LXD's own export, and restored")
+    which.add_argument("--only-files", action="store_true",
+                       help="the rows of files from the controller: a 20 MiB artifact and a 1,000-file tree, pushed and unchanged")
+    which.add_argument("--only-rolling", action="store_true",
+                       help="the rows of a rolling change: a 3-member pool changed one member at a time")
     args = parser.parse_args()
+    only = args.only_backup or args.only_files or args.only_rolling
     scales = [count for counts in args.scale or [[50]] for count in counts]
     lxd = LxdClient(timeout=120)
     env = lxd.server["environment"]
@@ -385,9 +484,13 @@ def main():
 
     if args.only_backup:
         backup_figures(args.runs)
-    if not (args.only_scale or args.only_backup):
+    if args.only_files:
+        files_figures(lxd, args.runs)
+    if args.only_rolling:
+        rolling_figures(args.runs)
+    if not (args.only_scale or only):
         tls_figures(args.runs)
-    if not (args.only_scale or args.only_tls or args.only_backup):
+    if not (args.only_scale or args.only_tls or only):
         reference = "inventory.example"
         cold = box_figures("reference box", reference, args.runs,
                            lambda run: {"onebox_example_greeting": "bench %d %s" % (run, uuid.uuid4().hex[:6])},
@@ -398,11 +501,11 @@ def main():
         ROWS.append(("reference box cold / floor", statistics.median(cold) / statistics.median(base_floor),
                      0, 0, 1, "x", "<= 1.3"))
 
-    if not (args.skip_scale or args.only_tls or args.only_backup):
+    if not (args.skip_scale or args.only_tls or only):
         for count in scales:
             scale_figures(lxd, count, args.runs)
 
-    if not (args.only_scale or args.only_tls or args.only_backup):
+    if not (args.only_scale or args.only_tls or only):
         name = "bench-exec-%s" % uuid.uuid4().hex[:4]
         lxd.create_instance({"name": name, "type": "container", "source": {"type": "image", "alias": IMAGE}})
         try:
