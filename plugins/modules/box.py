@@ -443,7 +443,8 @@ upgraded:
 healthy:
   description:
     - The containers this run made or changed whose service has a C(health) check (and the pool
-      members of a rolling change), with the seconds it took them to pass it.
+      members it made or changed, checked at least on their port), with the seconds it took them
+      to pass it.
   returned: always
   type: dict
   sample: {shop: 1.4, web-1: 0.2}
@@ -495,8 +496,8 @@ from ansible_collections.homelab.onebox.plugins.module_utils._upgrade import Upg
 from ansible_collections.homelab.onebox.plugins.module_utils._volume import VolumeSet
 
 PARTS = ("containers", "insides", "sites", "forwards")
-# A rolling change waits this long for a pool member without a ``health`` to take connections.
-ROLLING_HEALTH_SECONDS = 60
+# How long a changed pool member without a ``health`` may take to accept connections.
+POOL_HEALTH_SECONDS = 60
 # The dnat options a box passes through (its forwards come from the description).
 _DNAT_OPTIONS = ("isolate", "chain_prefix", "backend", "ip_forward", "sysctl_file", "save_path", "restore_script")
 
@@ -912,12 +913,12 @@ class BoxManager:
 
     def _await_health(self, name, changed, settle):
         """A container this run changed (made, re-created, or changed inside): once its service
-        answers its health check - a pool member with its turn answers at least on its port,
-        before its turn goes to the next member. Recorded in ``healthy`` (seconds waited)."""
+        answers its health check - a pool member answers at least on its port, before its turn
+        goes to the next member or the sites take it in. Recorded in ``healthy`` (seconds waited)."""
         service = self.service_of.get(name)
         if service is None or not changed or self.module.check_mode:
             return
-        check = health_check(service, rolling=self.rollout.has_turn(name))
+        check = health_check(service)
         if check is None:
             return
         settle()  # its address, before anything can reach it
@@ -993,9 +994,10 @@ class BoxManager:
         return parse_sites(sites, log_dir=self.module.params["proxy"]["log_dir"])
 
 
-def health_check(service, rolling=False):
+def health_check(service):
     """The check a changed container of ``service`` must pass (see _health): its ``health``, or,
-    for a pool member in a rolling change, a connect to its port; None: nothing to wait for."""
+    for a pool's member, a connect to its port (the proxy takes a new member in, and a rolling
+    change gives the next member its turn, only once it answers); None: nothing to wait for."""
     if service.health:
         check = dict(service.health)
         if check.get("http"):
@@ -1003,8 +1005,8 @@ def health_check(service, rolling=False):
             names = service.domains + [route["domain"] for route in service.routes]
             check.update(port=service.port, host=names[0].replace("*", "www", 1) if names else None)
         return check
-    if rolling and service.port:
-        return {"tcp": service.port, "timeout": ROLLING_HEALTH_SECONDS}
+    if service.kind == "pool" and service.port:
+        return {"tcp": service.port, "timeout": POOL_HEALTH_SECONDS}
     return None
 
 

@@ -423,7 +423,7 @@ def test_a_container_made_before_the_image_was_recorded_gets_the_record_not_a_ne
 
 def test_the_health_check_a_changed_container_waits_for():
     from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
-    from ansible_collections.homelab.onebox.plugins.modules.box import ROLLING_HEALTH_SECONDS, health_check
+    from ansible_collections.homelab.onebox.plugins.modules.box import POOL_HEALTH_SECONDS, health_check
     services = parse_box([
         {"name": "shop", "command": ["gunicorn"], "port": 8000, "domains": ["shop.example.org"],
          "health": {"http": "/health/"}},
@@ -435,6 +435,6 @@ def test_the_health_check_a_changed_container_waits_for():
     assert health_check(shop) == {"http": "/health/", "tcp": None, "expect": 200, "timeout": 60, "port": 8000,
                                   "host": "shop.example.org"}
     assert health_check(db) == {"http": None, "tcp": 5432, "expect": None, "timeout": 9}
-    # No health: nothing to wait for, unless a rolling change needs the member to take connections.
-    assert health_check(web) is None
-    assert health_check(web, rolling=True) == {"tcp": 80, "timeout": ROLLING_HEALTH_SECONDS}
+    # No health: a pool's member is waited for until it takes connections, anything else not at all.
+    assert health_check(web) == {"tcp": 80, "timeout": POOL_HEALTH_SECONDS}
+    assert health_check(parse_box([{"name": "plain", "kind": "internal", "command": ["x"], "port": 9}]).services[0]) is None
