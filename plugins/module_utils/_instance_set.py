@@ -133,7 +133,7 @@ class InstanceSet:
         for spec in self.applied:
             spec.check_host(self.lxd, "%s.cpus" % spec.field)
         self.doomed_volumes = list(volumes)
-        self.recreated = [(spec.name, "image %s -> %s" % (spec.replaced_image(self.current[spec.name]), spec.image))
+        self.recreated = [(spec.name, spec.why_replaced(self.current[spec.name]))
                           for spec in self.applied if spec.state != "absent" and spec.name in self.current
                           and spec.replaced_image(self.current[spec.name]) is not None]
         self.doomed = self._doomed()
