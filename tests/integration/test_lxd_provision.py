@@ -187,6 +187,32 @@ def test_static_site_and_a_second_container_in_the_same_call(lxd, box):
     assert again["changed"] is False and all(r["actions"] == [] for r in again["instances"])
 
 
+def test_files_from_the_controller_a_tree_and_a_binary_restart_the_service_and_move_once(lxd, box, tmp_path):
+    web = box["web"]
+    tree = tmp_path / "site"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "index.html").write_text("<h1>from the controller</h1>\n")
+    (tree / "sub" / "a.txt").write_text("a\n")
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(bytes(range(256)) * 64)
+    args = {"instances": [{"name": web, "services": [{"name": "nginx"}],
+                           "files": [{"path": "/var/www/html/ctl", "src": str(tree)},
+                                     {"path": "/opt/blob.bin", "src": str(blob), "mode": "0600"}]}]}
+    first = run_module("lxd_provision", args)
+    assert first.get("failed") is not True, first
+    assert first["instances"][0]["actions"][:2] == ["file /opt/blob.bin", "tree /var/www/html/ctl (2 pushed, 2 dirs)"]
+    assert http_get("http://%s/ctl/" % box["ip"]["web"]) == "<h1>from the controller</h1>\n"
+    assert sh(lxd, web, "sha256sum < /opt/blob.bin; stat -c %a /opt/blob.bin").stdout.split()[::2] == [
+        __import__("hashlib").sha256(blob.read_bytes()).hexdigest(), "600"]
+    assert run_module("lxd_provision", args)["changed"] is False
+    (tree / "sub" / "a.txt").write_text("b\n")
+    assert run_module("lxd_provision", args)["instances"][0]["actions"] == [
+        "tree /var/www/html/ctl (1 pushed)", "restart nginx"]                # a change restarts as any file's
+    args["instances"][0]["files"].append({"path": "/opt/none", "src": str(tmp_path / "none")})
+    missing = run_module("lxd_provision", args)
+    assert missing.get("failed") and "instances[0].files[2].src" in missing["msg"], missing
+
+
 def test_packages_installed_only_when_missing(lxd, box):
     name = box["web"]
     present = run_module("lxd_provision", {"instances": [{"name": name, "packages": ["procps", "coreutils"]}]})
