@@ -18,6 +18,8 @@ from __future__ import annotations
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
 from ansible_collections.homelab.onebox.plugins.module_utils._box_tls import parse_service_tls
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
+from ansible_collections.homelab.onebox.plugins.module_utils._provision_spec import (
+    RESTART_CHOICES, open_files_limit, setup_command, setup_dependency)
 
 KINDS = ("static", "app", "pool", "plain", "internal")
 METHODS = ("round_robin", "least_conn", "ip_hash")
@@ -26,7 +28,7 @@ SERVICE_KEYS = {
     "name", "kind", "description", "image", "domains", "routes", "port", "host_port", "forwards",
     "count", "method", "memory", "memory_swap", "cpus", "boot", "files", "packages", "user",
     "command", "environment", "working_directory", "proxy", "adopt", "allow_host_listener", "tls",
-    "volumes", "backup", "backup_command", "state", "purge", "health",
+    "volumes", "backup", "backup_command", "state", "purge", "health", "setup", "restart", "open_files", "after",
 }
 # A removed service (state: absent) says only which one, and whether its volumes go with it.
 ABSENT_KEYS = {"name", "state", "purge"}
@@ -39,6 +41,7 @@ VOLUME_DEVICE_PREFIX = "vol-"
 ROUTE_KEYS = {"domain", "path", "strip_prefix"}
 FORWARD_KEYS = {"proto", "port", "target_port", "source", "host_address", "comment", "allow_host_listener"}
 HEALTH_KEYS = {"http", "tcp", "expect", "timeout"}
+SETUP_KEYS = {"command", "when_changed", "creates", "user", "timeout"}
 # What a health check waits for when the service does not say: a 200, for up to a minute.
 HEALTH_EXPECT = 200
 HEALTH_TIMEOUT = 60
@@ -147,6 +150,9 @@ class BoxService:
             # A line is a shell's (a dump redirected onto a volume); a list runs as it is.
             self.backup_command = ["/bin/sh", "-c", raw["backup_command"]]
         self.health = self._health()
+        self._process()
+        self.setup = self._setup()
+        self.after = self._after()
         self.purge = False
 
     def _removed(self):
@@ -158,6 +164,7 @@ class BoxService:
                                   "a service with state: absent builds nothing: it takes only name, state and purge")
         self.purge = v.flag(self.raw.get("purge", False), self.where("purge"))
         self.volumes = []
+        self.health, self.setup, self.after = None, [], []
 
     def where(self, key=None):
         return _where(self.index, self.raw, key)
@@ -267,6 +274,61 @@ class BoxService:
         health["expect"] = v.integer(raw.get("expect", HEALTH_EXPECT), where + ".expect", 100, 599)
         return health
 
+    def _process(self):
+        """``restart`` (systemd's Restart=, default always) and ``open_files`` (LimitNOFILE=) of the
+        unit the box writes: only a service with a command has one."""
+        self.restart, self.open_files = "always", None
+        for key in ("restart", "open_files"):
+            if key in self.raw and not self.command:
+                raise ValidationError(self.where(key), self.raw[key], "only a service with a command has a process "
+                                      "the box runs (its unit)")
+        if "restart" in self.raw:
+            self.restart = v.one_of(self.raw["restart"], RESTART_CHOICES, self.where("restart"))
+        if self.raw.get("open_files") is not None:
+            self.open_files = open_files_limit(self.raw["open_files"], self.where("open_files"))
+
+    def _setup(self):
+        """``setup`` -> [{command, when_changed, creates, user, timeout}]: commands run in each of
+        its containers after its files and packages, before it is (re)started (_provision)."""
+        paths = [v.absolute_path(f["path"], "%s[%d].path" % (self.where("files"), i)) for i, f in enumerate(self.files)]
+        trees = [path for path, f in zip(paths, self.files) if f.get("src") is not None]  # a src may be a directory
+        environment = self.environment if self.command else {}   # a step has its service's environment
+        steps = []
+        for index, raw in enumerate(self._list("setup")):
+            where = "%s[%d]" % (self.where("setup"), index)
+            if not isinstance(raw, dict) or raw.get("command") is None:
+                raise ValidationError(where, raw, "a setup step is a dict with a command (and when_changed, creates, "
+                                                  "user, timeout)")
+            unknown = sorted(set(raw) - SETUP_KEYS)
+            if unknown:
+                raise ValidationError("%s.%s" % (where, unknown[0]), raw[unknown[0]],
+                                      "unknown key (known: %s)" % ", ".join(sorted(SETUP_KEYS)))
+            when = [setup_dependency(entry, "%s.when_changed[%d]" % (where, i), paths, self.packages, environment, trees)
+                    for i, entry in enumerate(v.items(raw.get("when_changed"), where + ".when_changed", scalar=True))]
+            step = {"command": setup_command(raw["command"], where + ".command"), "when_changed": when,
+                    "creates": None, "user": v.posix_name(raw.get("user", self.user or "root"), where + ".user"),
+                    "timeout": None}
+            if raw.get("creates") is not None:
+                step["creates"] = v.absolute_path(raw["creates"], where + ".creates")
+            if raw.get("timeout") is not None:
+                step["timeout"] = v.whole(raw["timeout"], where + ".timeout", 1)
+            steps.append(step)
+        return steps
+
+    def _after(self):
+        """``after``: the services whose containers start before this one's at boot (their names;
+        that they exist, and the order they make, are the whole box's: _box.py)."""
+        after = []
+        for index, name in enumerate(self._list("after")):
+            where = "%s[%d]" % (self.where("after"), index)
+            v.instance_name(name, where)
+            if name == self.name:
+                raise ValidationError(where, name, "a service cannot start after itself")
+            if name in after:
+                raise ValidationError(where, name, "named twice")
+            after.append(name)
+        return after
+
     def _limits(self):
         return v.limits(self.raw.get("memory"), self.raw.get("memory_swap"), self.raw.get("cpus"), self.where)
 
@@ -285,15 +347,19 @@ class BoxService:
         for index, raw in enumerate(self._list("files")):
             where = "%s[%d]" % (self.where("files"), index)
             if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
-                raise ValidationError(where, raw, "a file is a dict with path and content (or state: absent)")
+                raise ValidationError(where, raw, "a file is a dict with path and content or src (or state: absent)")
             path = raw["path"]
             if not path.startswith("/") or ".." in path.split("/") or "\n" in path:
                 raise ValidationError(where + ".path", path, "must be an absolute path without '..' or newlines")
             if path in seen:
                 raise ValidationError(where + ".path", path, "declared twice")
             seen.add(path)
-            if raw.get("state", "present") == "present" and not isinstance(raw.get("content"), str):
-                raise ValidationError(where + ".content", raw.get("content"), "must be the file's text")
+            if raw.get("src") is not None:
+                if not isinstance(raw["src"], str) or not raw["src"]:
+                    raise ValidationError(where + ".src", raw["src"], "must be a path on the controller")
+            elif raw.get("state", "present") == "present" and not isinstance(raw.get("content"), str):
+                raise ValidationError(where + ".content", raw.get("content"), "must be the file's text (or src: a "
+                                      "file or directory on the controller)")
             files.append(dict(raw))
         return files
 
@@ -303,6 +369,17 @@ class BoxService:
         if self.kind == "pool":
             return ["%s-%d" % (self.name, i) for i in range(1, self.count + 1)]
         return [self.name]
+
+
+def file_fields(services):
+    """(field, item) of every ``files`` item of a description not yet validated, named as the
+    user wrote it (``services[web].files[2]``): the items whose ``src`` the action plugin resolves
+    on the controller."""
+    for index, service in enumerate(services if isinstance(services, list) else ()):
+        files = service.get("files") if isinstance(service, dict) else None
+        for number, item in enumerate(files if isinstance(files, list) else ()):
+            if isinstance(item, dict):
+                yield "%s[%d]" % (_where(index, service, "files"), number), item
 
 
 def secret_values(services):

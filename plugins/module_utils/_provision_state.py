@@ -5,7 +5,8 @@
 
 state_script() prints everything the plan needs as tagged lines in one exec; parse_state() turns
 them into an InsideState (a FileState per declared file, directories, users, groups, units,
-packages), or a OneboxError naming the container when init was not ready or the output was cut.
+packages and their versions, what each setup step last ran against), or a OneboxError naming the
+container when init was not ready or the output was cut.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import re
 import shlex
 
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
+from ansible_collections.homelab.onebox.plugins.module_utils._provision_spec import RESTART_PENDING
 
 
 def parents(path):
@@ -131,7 +133,7 @@ def state_script(spec, timeout=120):
         # separated; only the units' blocks are printed once basic.target is active.
         lines += ["nl='\n'",
                   "ready() {",
-                  "  units=$(systemctl show -p LoadState -p UnitFileState -p ActiveState -- %s 2>&1)"
+                  "  units=$(systemctl show -p LoadState -p UnitFileState -p ActiveState -p SubState -- %s 2>&1)"
                   % words([INIT_READY] + [svc.unit for svc in spec.services]),
                   "  first=${units#*ActiveState=}",
                   '  [ "${first%%"$nl"*}" = active ]',
@@ -144,16 +146,68 @@ def state_script(spec, timeout=120):
         lines.append("for f in %s; do if [ -f \"$f\" ] && [ ! -L \"$f\" ]; then set -- \"$@\" \"$f\"; fi; done"
                      % words(files))
         lines.append("if [ $# -gt 0 ]; then sha256sum -- \"$@\" | sed 's/^/H /'; fi")
+    sized = [f.path for f in spec.files if f.source is not None]
+    if sized:  # a file from a src: its size, so diff pulls no large file
+        lines.append("stat -c 'Z %%s|%%n' -- %s 2>/dev/null" % words(sized))
+    lines += tree_lines(spec.trees)
     dirs = sorted({parents(f.path) for f in spec.all_files if f.state == "present"})
     lines += ["if [ -d %s ]; then echo 'D 1 %s'; else echo 'D 0 %s'; fi" % (shlex.quote(d), i, i)
               for i, d in enumerate(dirs)]
     lines += id_lines(spec.user_names(), spec.group_names())
     if spec.packages:
         lines.append('echo "A $(ls /var/lib/apt/lists 2>/dev/null | grep -c _Packages)"')
-        lines.append("dpkg-query -W -f='P ${Package} ${db:Status-Abbrev}\\n' -- %s 2>/dev/null"
+        # The status is three characters ("ii "); the version follows it (a setup step's when_changed).
+        lines.append("dpkg-query -W -f='P ${Package} ${db:Status-Abbrev}${Version}\\n' -- %s 2>/dev/null"
                      % words(spec.packages))
+    lines += setup_lines(spec.setup)
     lines.append("echo END")
     return "\n".join(lines) + "\n"
+
+
+def tree_lines(trees):
+    """Shell lines reading every tree: per tree, each entry under its directory (the directory
+    itself first, as ``""``) as ``T<i> TYPE|MODE|UID|GID|SIZE|RELATIVE PATH`` (find's ``%y``,
+    ``%m``, ...) and the sha256 of each regular file as ``H`` lines, or ``T<i> !`` when its path
+    is not a directory (``-`` when nothing is there). Two finds and a batched sha256sum a tree,
+    however many files it has; the script does not grow with them. A name with a newline would
+    break the lines: it is left out (never compared, never removed)."""
+    if not trees:
+        return []
+    lines = ["tnl='\n'"]
+    for index, tree in enumerate(trees):
+        root = shlex.quote(tree.path)
+        lines += ["if [ -d %s ] && [ ! -L %s ]; then" % (root, root),
+                  "  find %s -name \"*$tnl*\" -prune -o -printf 'T%d %%y|%%m|%%U|%%G|%%s|%%P\\n'" % (root, index),
+                  "  find %s -name \"*$tnl*\" -prune -o -type f -exec sha256sum -- {} + | sed 's/^/H /'" % root,
+                  "elif [ -e %s ] || [ -L %s ]; then echo 'T%d !'; else echo 'T%d -'; fi" % (root, root, index, index)]
+    return lines
+
+
+class TreeState:
+    """What is under one tree's path: ``kind`` of the path itself (dir, none, other) and every
+    entry under it, relative path -> FileState (kinds file, dir, link, other; digest of files)."""
+
+    def __init__(self):
+        self.kind = "none"
+        self.root = None         # the FileState of the path itself, when it is a directory
+        self.entries = {}
+
+
+_TREE_KINDS = {"f": "file", "d": "dir", "l": "link"}
+
+
+def setup_lines(steps):
+    """Shell lines printing, per setup step, the digest its stamp file holds (``X INDEX DIGEST``)
+    and whether its ``creates`` path is there (``C INDEX``), and whether a restart is still owed
+    after a step failed (``X pending``): shell builtins only, no process."""
+    lines = ["if [ -e %s ]; then echo 'X pending'; fi" % RESTART_PENDING] if steps else []
+    for index, step in enumerate(steps):
+        stamp = shlex.quote(step.stamp)
+        lines.append("if [ -f %s ] && read -r d < %s; then echo \"X %d $d\"; fi" % (stamp, stamp, index))
+        if step.creates:
+            lines.append("if [ -e %s ] || [ -L %s ]; then echo 'C %d'; fi"
+                         % (shlex.quote(step.creates), shlex.quote(step.creates), index))
+    return lines
 
 
 _KINDS = {"regular file": "file", "regular empty file": "file", "directory": "dir", "symbolic link": "link"}
@@ -173,8 +227,9 @@ def parse_digest(rest):
 class FileState:
     """One declared path as found: its kind (file, dir, link, other, none), mode, owner, digest."""
 
-    def __init__(self, kind, mode=None, uid=None, gid=None, digest=None):
+    def __init__(self, kind, mode=None, uid=None, gid=None, digest=None, size=None):
         self.kind, self.mode, self.uid, self.gid, self.digest = kind, mode, uid, gid, digest
+        self.size = size   # bytes, where it was read (a file from a src, a tree's files)
 
 
 class InsideState:
@@ -182,11 +237,16 @@ class InsideState:
 
     def __init__(self):
         self.files = []          # FileState per spec.all_files
+        self.trees = []          # TreeState per spec.trees
         self.dirs = {}           # parent directory -> exists
         self.passwd = {}         # user -> (uid, gid, home) or None
         self.groups = {}         # group -> gid or None
         self.units = []          # (is-enabled, is-active) per spec.services
         self.packages = {}       # package -> dpkg status abbreviation ("ii " when installed)
+        self.versions = {}       # installed package -> its version, as dpkg reports it
+        self.stamps = {}         # setup step index -> the digest it last ran against
+        self.created = set()     # setup step indexes whose ``creates`` path is there
+        self.restart_pending = False   # a setup step failed since the services were last restarted
         self.apt_lists = None    # number of package lists apt has (None: not asked)
 
     def uid(self, user):
@@ -215,7 +275,9 @@ def parse_ids(state, users, groups, lines):
 
 def parse_units(lines, count):
     """``systemctl show`` blocks -> [(unit file state, active state)] ("" when there is no such
-    unit), or None when the output does not hold ``count`` blocks."""
+    unit), or None when the output does not hold ``count`` blocks. A unit whose process died and
+    that waits to be restarted (``activating``, sub-state ``auto-restart``) is ``auto-restart``: not
+    running, so the plan starts it and the check after the start says why it does not stay up."""
     blocks, block = [], {}
     for line in lines + [""]:
         key, sep, value = line.partition("=")
@@ -228,8 +290,25 @@ def parse_units(lines, count):
             return None   # an error message instead of properties
     if len(blocks) != count or any("ActiveState" not in b for b in blocks):
         return None
-    return [("" if b.get("LoadState") == "not-found" else b.get("UnitFileState", ""), b["ActiveState"])
-            for b in blocks]
+    return [("" if b.get("LoadState") == "not-found" else b.get("UnitFileState", ""),
+             "auto-restart" if b.get("SubState") == "auto-restart" else b["ActiveState"]) for b in blocks]
+
+
+def parse_tree_line(tstate, rest):
+    """One ``T<i>`` line of tree_lines() into its TreeState."""
+    if rest in ("!", "-"):
+        tstate.kind = "other" if rest == "!" else "none"
+        return
+    fields = rest.split("|", 5)
+    if len(fields) != 6 or not all(f.isdigit() for f in fields[1:5]):
+        return
+    kind, mode, uid, gid, size, rel = fields
+    entry = FileState(_TREE_KINDS.get(kind, "other"), int(mode, 8), int(uid), int(gid), size=int(size))
+    if rel:
+        tstate.entries[rel] = entry
+    else:
+        tstate.kind = "dir"
+        tstate.root = entry
 
 
 def parse_state(spec, output, where="container"):
@@ -241,10 +320,17 @@ def parse_state(spec, output, where="container"):
         raise OneboxError("reading the state of %s: the output is missing or cut short: %r" % (where, output[-500:]))
     state = InsideState()
     dirs = sorted({parents(f.path) for f in spec.all_files if f.state == "present"})
-    found, digests, units = {}, {}, []
+    found, digests, units, sizes = {}, {}, [], {}
+    trees = [TreeState() for _tree in spec.trees]
     for line in lines:
         tag, _sep, rest = line.partition(" ")
-        if tag == "F":
+        if tag.startswith("T") and tag[1:].isdigit() and int(tag[1:]) < len(trees):
+            parse_tree_line(trees[int(tag[1:])], rest)
+        elif tag == "Z":
+            size, _sep, path = rest.partition("|")
+            if size.isdigit():
+                sizes[path] = int(size)
+        elif tag == "F":
             fields = rest.split("|", 4)
             if len(fields) == 5:
                 found[fields[4]] = FileState(_KINDS.get(fields[0], "other"), int(fields[1], 8),
@@ -263,11 +349,25 @@ def parse_state(spec, output, where="container"):
         elif tag == "P":
             name, _sep, status = rest.partition(" ")
             if status.startswith("ii") or name not in state.packages:
-                state.packages[name] = status
+                state.packages[name] = status[:3]
+                if status.startswith("ii"):
+                    state.versions[name] = status[3:]
+        elif tag == "X":
+            index, _sep, digest = rest.partition(" ")
+            state.restart_pending = state.restart_pending or index == "pending"
+            if index.isdigit():
+                state.stamps[int(index)] = digest.strip()
+        elif tag == "C" and rest.strip().isdigit():
+            state.created.add(int(rest))
     for fspec in spec.all_files:
         current = found.get(fspec.path, FileState("none"))
         current.digest = digests.get(fspec.path)
+        current.size = sizes.get(fspec.path)
         state.files.append(current)
+    for tree, tstate in zip(spec.trees, trees):
+        for rel, entry in tstate.entries.items():
+            entry.digest = digests.get(tree.full(rel))
+    state.trees = trees
     parse_ids(state, spec.user_names(), spec.group_names(), lines)
     state.units = parse_units(units, len(spec.services))
     if state.units is None:

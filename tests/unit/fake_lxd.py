@@ -4,7 +4,8 @@ Instances are dicts shaped as LXD's API returns them (``name``, ``status``, ``co
 ``devices``, ``expanded_devices``, ``profiles``, ``ephemeral`` and, when asked for, ``state``).
 Every call is recorded in order in ``calls`` as a tuple ``(method, name, ...)``; ``fail(method,
 name)`` makes that call raise an LxdError for that instance; ``on_exec`` answers commands run
-inside. A started container holds its eth0 static address at once, or one from 10.0.0.100 up.
+inside. A started container holds its eth0 static address at once, or one from 10.0.0.100 up;
+its services stay up once started (the check after a start, unanswered, hears them running).
 
 Import it as ``from unit.fake_lxd import FakeLxd`` (``tests/`` is on sys.path under pytest).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 import threading
 
 from ansible_collections.homelab.onebox.plugins.module_utils._lxd import ExecResult, LxdClient, LxdError, LxdNotFound
@@ -206,7 +208,7 @@ class FakeLxd:
         if self.on_exec is not None:
             answer = self.on_exec(name, list(command), dict(timeout=timeout, environment=environment, cwd=cwd,
                                                             user=user, group=group))
-        return ExecResult(*answer) if answer is not None else ExecResult(0, "", "")
+        return ExecResult(*answer) if answer is not None else ExecResult(0, _started(command), "")
 
     def pull_file(self, name, path):
         self._record("pull_file", name, path)
@@ -216,6 +218,8 @@ class FakeLxd:
         self._record("push_file", name, path, mode, uid, gid)
         with self._lock:
             self._get(name, "write %s in %s" % (path, name))
+            if hasattr(data, "read"):  # a file object, streamed by the real client
+                data = data.read()
             self.files[(name, path)] = data.encode("utf-8") if isinstance(data, str) else bytes(data)
 
     def image_alias(self, alias):
@@ -279,3 +283,10 @@ class FakeLxd:
 
     def close(self):
         pass
+
+
+def _started(command):
+    """What the check after a (re)start (_provision.started_check_lines) prints of units that stay up."""
+    script = command[-1] if command[:2] == ["sh", "-c"] else ""
+    return "".join("R%s ActiveState=active\nR%s SubState=running\nR%s NRestarts=0\n" % (i, i, i)
+                   for i in re.findall(r"sed 's/\^/R(\d+) /'", script))

@@ -145,3 +145,101 @@ def test_a_bad_health_is_named_with_its_value(raw, field, value, reason):
     with pytest.raises(ValidationError) as err:
         parse_service(0, dict(raw, name="db"), DEFAULTS)
     assert err.value.field == field and err.value.value == value and reason in err.value.reason, err.value.msg
+
+
+def test_a_file_from_the_controller_and_the_items_the_action_plugin_resolves():
+    from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
+    from ansible_collections.homelab.onebox.plugins.module_utils._box_service import file_fields
+    services = [{"name": "web", "kind": "pool", "count": 2, "domains": ["w.test"],
+                 "files": [{"path": "/srv/@INSTANCE@.txt", "content": "I am @INSTANCE@"},
+                           {"path": "/srv/app", "src": "app/@INSTANCE@"}]}]
+    items = {i["name"]: i["files"] for i in parse_box(services).provision() if i["name"].startswith("web")}
+    assert items["web-2"] == [{"path": "/srv/@INSTANCE@.txt", "content": "I am web-2"},
+                              {"path": "/srv/app", "src": "app/@INSTANCE@"}]   # a src is left as it is
+    assert [field for field, _item in file_fields(services + ["junk", {"name": "x!", "files": [{}]}])] == [
+        "services[web].files[0]", "services[web].files[1]", "services[2].files[0]"]
+    for files, field in (([{"path": "/a", "src": 5}], "services[a].files[0].src"),
+                         ([{"path": "/a"}], "services[a].files[0].content")):
+        with pytest.raises(ValidationError) as err:
+            parse_service(0, {"name": "a", "files": files}, DEFAULTS)
+        assert err.value.field == field
+
+
+# ---- setup steps and the process -------------------------------------------------------------------
+SHOP = {"name": "shop", "command": ["/srv/shop/venv/bin/gunicorn", "app.wsgi"], "port": 8000, "domains": ["shop.test"],
+        "packages": ["python3-venv"], "environment": {"DJANGO_SETTINGS_MODULE": "app.settings"},
+        "files": [{"path": "/srv/shop/requirements.txt", "content": "django\n"},
+                  {"path": "/srv/shop/app", "src": "shop/app"}]}
+
+
+def test_setup_steps_default_to_the_services_user_and_name_what_they_depend_on():
+    shop = parse_service(0, dict(SHOP, setup=[
+        {"command": ["/usr/bin/python3", "-m", "venv", "/srv/shop/venv"], "creates": "/srv/shop/venv/bin/python"},
+        {"command": "venv/bin/pip install -r requirements.txt", "timeout": 900,
+         "when_changed": ["/srv/shop/requirements.txt", "/srv/shop/app/settings.py", "/srv/shop/", "python3-venv",
+                          "DJANGO_SETTINGS_MODULE"]},
+        {"command": "chown -R shop /srv/shop/media", "user": "root", "when_changed": "/srv/shop/app"}]), DEFAULTS)
+    assert shop.setup == [
+        {"command": ["/usr/bin/python3", "-m", "venv", "/srv/shop/venv"], "when_changed": [],
+         "creates": "/srv/shop/venv/bin/python", "user": "shop", "timeout": None},
+        # A path under a src (a tree, maybe) is its; a directory stands for the files under it.
+        {"command": ["/bin/sh", "-c", "venv/bin/pip install -r requirements.txt"], "timeout": 900, "creates": None,
+         "user": "shop", "when_changed": ["/srv/shop/requirements.txt", "/srv/shop/app/settings.py", "/srv/shop",
+                                          "python3-venv", "DJANGO_SETTINGS_MODULE"]},
+        {"command": ["/bin/sh", "-c", "chown -R shop /srv/shop/media"], "when_changed": ["/srv/shop/app"],
+         "creates": None, "user": "root", "timeout": None}]
+    # A static service's steps run as root (it has no user of its own).
+    site = parse_service(0, {"name": "site", "files": [{"path": "/var/www/html/index.html", "content": "x"}],
+                             "setup": [{"command": "gzip -k /var/www/html/index.html"}]}, DEFAULTS)
+    assert site.setup[0]["user"] == "root"
+    assert (shop.restart, shop.open_files, shop.after) == ("always", None, [])
+
+
+def test_restart_open_files_and_after_are_the_processes():
+    shop = parse_service(0, dict(SHOP, restart="on-failure", open_files=65536, after=["db", "cache"]), DEFAULTS)
+    assert (shop.restart, shop.open_files, shop.after) == ("on-failure", 65536, ["db", "cache"])
+    gone = parse_service(0, {"name": "shop", "state": "absent"}, DEFAULTS)
+    assert (gone.health, gone.setup, gone.after) == (None, [], [])
+
+
+def setup_step(**changes):
+    return dict({"command": "pip install -r requirements.txt", "when_changed": ["/srv/shop/requirements.txt"]}, **changes)
+
+
+@pytest.mark.parametrize("raw, field, value, reason", [
+    ({"setup": {"command": "x"}}, "services[shop].setup", {"command": "x"}, "must be a list"),
+    ({"setup": ["pip install"]}, "services[shop].setup[0]", "pip install", "a dict with a command"),
+    ({"setup": [{"when_changed": []}]}, "services[shop].setup[0]", {"when_changed": []}, "a dict with a command"),
+    ({"setup": [setup_step(when="always")]}, "services[shop].setup[0].when", "always", "unknown key"),
+    ({"setup": [setup_step(command="")]}, "services[shop].setup[0].command", "", "not empty"),
+    ({"setup": [setup_step(command=["pip", None])]}, "services[shop].setup[0].command[1]", None, "text"),
+    ({"setup": [setup_step(), setup_step(when_changed=["python3-venv", "/srv/shop/other.txt"])]},
+     "services[shop].setup[1].when_changed[1]", "/srv/shop/other.txt", "not a declared file's path"),
+    ({"setup": [setup_step(when_changed=["SECRET"])]}, "services[shop].setup[0].when_changed[0]", "SECRET",
+     "environment keys of the service (DJANGO_SETTINGS_MODULE)"),
+    ({"setup": [setup_step(when_changed=["/srv/../etc/passwd"])]}, "services[shop].setup[0].when_changed[0]",
+     "/srv/../etc/passwd", "'..'"),
+    ({"setup": [setup_step(user="Root")]}, "services[shop].setup[0].user", "Root", "lower-case"),
+    ({"setup": [setup_step(creates="venv/bin/python")]}, "services[shop].setup[0].creates", "venv/bin/python", "absolute"),
+    ({"setup": [setup_step(timeout=0)]}, "services[shop].setup[0].timeout", 0, "1 or more"),
+    ({"setup": [setup_step(timeout=1.5)]}, "services[shop].setup[0].timeout", 1.5, "1 or more"),
+    ({"restart": "sometimes"}, "services[shop].restart", "sometimes", "must be one of always, on-failure"),
+    ({"open_files": 0}, "services[shop].open_files", 0, "1 or more"),
+    ({"open_files": "1024"}, "services[shop].open_files", "1024", "1 or more"),
+    ({"open_files": 2 ** 21}, "services[shop].open_files", 2 ** 21, "at most 1048576"),
+    ({"after": "db"}, "services[shop].after", "db", "must be a list"),
+    ({"after": ["db", "db"]}, "services[shop].after[1]", "db", "named twice"),
+    ({"after": ["shop"]}, "services[shop].after[0]", "shop", "after itself"),
+    ({"after": ["no;pe"]}, "services[shop].after[0]", "no;pe", "letters, digits or hyphens"),
+])
+def test_a_bad_setup_or_process_key_is_named_with_its_value(raw, field, value, reason):
+    with pytest.raises(ValidationError) as err:
+        parse_service(0, dict(SHOP, **raw), DEFAULTS)
+    assert err.value.field == field and err.value.value == value and reason in err.value.reason, err.value.msg
+
+
+@pytest.mark.parametrize("key, value", [("restart", "no"), ("open_files", 1024)])
+def test_restart_and_open_files_are_a_commands(key, value):
+    with pytest.raises(ValidationError) as err:
+        parse_service(0, {"name": "site", key: value}, DEFAULTS)
+    assert err.value.field == "services[site].%s" % key and "only a service with a command" in err.value.reason

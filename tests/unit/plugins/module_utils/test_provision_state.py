@@ -20,7 +20,7 @@ def test_state_script_quotes_and_ends_with_end():
                     "services": [{"name": "nginx"}]})
     script = st.state_script(spec)
     assert shlex.quote("/srv/it's here") in script
-    assert "systemctl show -p LoadState -p UnitFileState -p ActiveState -- basic.target nginx.service" in script
+    assert "systemctl show -p LoadState -p UnitFileState -p ActiveState -p SubState -- basic.target nginx.service" in script
     assert "dpkg-query" in script
     assert script.rstrip().endswith("echo END")
 
@@ -184,3 +184,82 @@ def test_no_systemd_is_reported_clearly():
     spec = spec_of({"name": "a", "services": [{"name": "nginx"}]})
     with pytest.raises(OneboxError, match="is systemd the container's init"):
         st.parse_state(spec, "S Failed to connect to bus: No such file or directory\nEND\n")
+
+
+# ---- trees (a src directory) and files from a src ----------------------------------------------------
+def test_a_tree_is_read_by_a_script_that_does_not_grow_with_it(tmp_path):
+    """Run by a real sh: the tree on this machine stands for the container's; two finds and a
+    batched sha256sum, whatever the number of files."""
+    source = tmp_path / "source"
+    (source / "d").mkdir(parents=True)
+    for index in range(50):
+        (source / "d" / ("f%d" % index)).write_text("x")
+    there = tmp_path / "there"
+    (there / "d" / "gone").mkdir(parents=True)
+    (there / "d" / "f1").write_text("old")
+    (there / "odd \\ name|x").write_text("")
+    (there / "new\nline").write_text("")                    # left out: its lines would break
+    (there / "link").symlink_to(there / "d" / "f1")
+    os.chmod(there / "d", 0o750)
+    not_a_dir = tmp_path / "plain"
+    not_a_dir.write_text("")
+    artifact = tmp_path / "artifact"
+    artifact.write_bytes(b"12345")
+    spec = spec_of({"name": "a", "files": [{"path": str(there), "src": str(source)},
+                                           {"path": str(tmp_path / "none"), "src": str(source)},
+                                           {"path": str(not_a_dir), "src": str(source)},
+                                           {"path": str(artifact), "src": str(artifact)}]})
+    script = st.state_script(spec)
+    assert "f49" not in script and script.count("find ") == 6
+    state = st.parse_state(spec, subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True,
+                                                timeout=10).stdout)
+    tree, none, other = state.trees
+    assert (tree.kind, none.kind, other.kind) == ("dir", "none", "other")
+    assert sorted(tree.entries) == ["d", "d/f1", "d/gone", "link", "odd \\ name|x"]
+    assert tree.entries["d"].kind == "dir" and tree.entries["d"].mode == 0o750 and tree.root.kind == "dir"
+    f1 = tree.entries["d/f1"]
+    assert (f1.kind, f1.size, f1.uid) == ("file", 3, os.getuid()) and f1.digest == hashlib.sha256(b"old").hexdigest()
+    assert tree.entries["odd \\ name|x"].digest == hashlib.sha256(b"").hexdigest()
+    assert tree.entries["link"].kind == "link" and tree.entries["link"].digest is None
+    assert state.files[0].size == 5 and state.files[0].digest == hashlib.sha256(b"12345").hexdigest()
+
+
+# ---- setup steps, package versions, a unit waiting to restart -----------------------------------
+def test_the_state_script_reads_the_stamps_creates_and_pending_restart_with_builtins(tmp_path, monkeypatch):
+    """Run by a real sh against stamps in a temporary directory: a stamp's digest, a creates path
+    there or not, the restart a failed step owed; no process for any of it."""
+    from ansible_collections.homelab.onebox.plugins.module_utils import _provision_spec as ps
+    monkeypatch.setattr(ps, "STAMP_DIR", str(tmp_path))
+    monkeypatch.setattr(st, "RESTART_PENDING", str(tmp_path / ".restart-pending"))
+    (tmp_path / "container.0").write_text("d" * 64 + "\n")
+    (tmp_path / "made").write_text("")
+    spec = spec_of({"name": "a", "setup": [{"command": "true", "creates": str(tmp_path / "made")},
+                                           {"command": "true", "creates": str(tmp_path / "missing")},
+                                           {"command": "true"}]})
+    script = st.state_script(spec)
+    assert not any("$(" in line or "cat " in line for line in st.setup_lines(spec.setup))   # builtins only
+    state = st.parse_state(spec, subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True,
+                                                timeout=10).stdout)
+    assert state.stamps == {0: "d" * 64} and state.created == {0} and state.restart_pending is False
+    (tmp_path / ".restart-pending").write_text("")
+    state = st.parse_state(spec, subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True,
+                                                timeout=10).stdout)
+    assert state.restart_pending is True
+
+
+def test_no_setup_step_no_stamp_read():
+    assert "onebox/setup" not in st.state_script(spec_of({"name": "a", "files": [{"path": "/x", "content": ""}]}))
+
+
+def test_installed_packages_have_their_versions():
+    spec = spec_of({"name": "a", "packages": ["jq", "gone", "curl"]})
+    assert "${db:Status-Abbrev}${Version}" in st.state_script(spec)
+    state = st.parse_state(spec, "A 3\nP jq ii 1.6-2.1\nP gone un \nP curl rc 7.88\nEND\n")
+    assert state.packages == {"jq": "ii ", "gone": "un ", "curl": "rc "}
+    assert state.versions == {"jq": "1.6-2.1"}
+
+
+def test_a_unit_waiting_to_be_restarted_is_not_running():
+    lines = ["LoadState=loaded", "ActiveState=activating", "SubState=auto-restart", "UnitFileState=enabled", "",
+             "LoadState=loaded", "ActiveState=activating", "SubState=start", "UnitFileState=enabled"]
+    assert st.parse_units(lines, 2) == [("enabled", "auto-restart"), ("enabled", "activating")]
