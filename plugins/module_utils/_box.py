@@ -228,7 +228,7 @@ class BoxParts:
                 if state.get(name) == "visiting":
                     cycle = path[path.index(name):] + [service.name, name]
                     raise ValidationError("%s[%d]" % (service.where("after"), index), name,
-                                          "a cycle: %s" % " after ".join(reversed(cycle)))
+                                          "a cycle: %s" % " after ".join(cycle))
                 if state.get(name) is None:
                     walk(by_name[name], path + [service.name])
             state[service.name] = "done"

@@ -88,9 +88,9 @@ options:
     description:
       - The box description, a list of services (name, kind, domains, routes, port, host_port,
         forwards, count, method, memory, memory_swap, cpus, boot, files, packages, user, command,
-        environment, working_directory, proxy, image, adopt, allow_host_listener, tls, volumes,
-        backup, backup_command, state, purge). See the P(homelab.onebox.box_parts#filter) filter
-        and C(docs/description.md).
+        environment, working_directory, restart, open_files, setup, after, health, proxy, image, adopt,
+        allow_host_listener, tls, volumes, backup, backup_command, state, purge). See the
+        P(homelab.onebox.box_parts#filter) filter and C(docs/description.md).
       - A service's C(volumes) - C({name, path, size, readonly, shared}) - are mounted into each of
         its containers. A service with C(state=absent) (and only C(name) besides, and C(purge)) builds
         nothing; with C(purge=true) its volumes are deleted once its containers are gone.
@@ -99,6 +99,15 @@ options:
         relative one looked for as M(ansible.builtin.copy) does), pushed by SHA-256 so only changed
         files move, with C(mode), C(owner), C(group), and for a directory C(sync=true) removing what
         the source no longer has under C(path). See M(homelab.onebox.lxd_provision) for the details.
+      - A service's C(setup) - C({command, when_changed, creates, user, timeout}) steps - runs in each
+        of its containers after its files and packages and before it is (re)started, as its user in
+        its directory with its environment, when a declared file, package or environment key named in
+        C(when_changed) changed (once without it), or C(creates) is missing; a failing step fails the
+        run with the end of its output and the service is not restarted. C(restart) (systemd's
+        C(Restart=), default C(always)) and C(open_files) (C(LimitNOFILE=)) go into its unit; C(after)
+        lists services whose containers start before its own at boot (derived boot priorities).
+      - A (re)started service must be running one second later, or the run fails naming it with the
+        end of its journal; its logs are C(lxc exec CONTAINER -- journalctl -u onebox-NAME -f).
       - Required with O(state=present). An empty list would delete every container of O(owner), so
         it is refused (when O(parts) has V(containers)) unless O(allow_empty=true). A box is removed with O(state=absent) (the
         C(playbooks/teardown.yml) playbook).

@@ -22,8 +22,10 @@ description:
     O(timeout); a container that is up costs no extra exec.
   - "Order inside a container: packages, users, parent directories, removals, files (owner and
     mode set before content), unit and environment files, one C(systemctl daemon-reload) if a
-    unit changed (or a declared file under C(/etc/systemd/system) was removed), C(enable)/C(disable), C(stop), then C(restart) or C(start)."
-  - A service is restarted when its unit or environment file changed, or when any declared file
+    unit changed (or a declared file under C(/etc/systemd/system) was removed; before the setup
+    steps when any runs), the setup steps that need to run (O(instances[].setup)), C(enable)/C(disable),
+    C(stop), then C(restart) or C(start), and one second later the check that each started service stays up."
+  - A service is restarted when its unit or environment file changed, when a setup step ran, or when any declared file
     (unless its O(instances[].files[].restart=false)) or package of the same container changed; a
     service that is not running is started.
   - Every item is validated, and every container's state is read and checked (the container

@@ -331,3 +331,57 @@ def test_a_drained_pool_member_stays_in_its_upstream_marked_down():
     # Every other site is as without the drain.
     assert [s for s in box.sites(down=("web-2",)) if s["name"] != "pool.example.test"] == \
         [s for s in box.sites() if s["name"] != "pool.example.test"]
+
+
+# ---- boot order (after) and what a service's process and setup pass on ------------------------------------
+def priorities(services):
+    return {i["name"]: i.get("autostart_priority") for i in plan(services)["instances"] if i["name"] != "onebox-proxy"}
+
+
+def internal(name, **keys):
+    return dict({"name": name, "kind": "internal", "command": ["/srv/%s" % name]}, **keys)
+
+
+def test_after_gives_the_services_it_names_higher_priorities_and_nothing_more():
+    # app after db and cache, db after cache; web untouched.
+    services = [internal("app", after=["db", "cache"]), internal("db", after=["cache"]), internal("cache"),
+                internal("web")]
+    assert priorities(services) == {"app": 0, "db": 1, "cache": 2, "web": None}
+    # An explicit priority is kept and the others placed around it.
+    services = [internal("app", after=["db"]), internal("db", boot={"priority": 10})]
+    assert priorities(services) == {"app": 0, "db": 10}
+    services = [internal("app", after=["db"], boot={"priority": 5}), internal("db")]
+    assert priorities(services) == {"app": 5, "db": 6}
+
+
+@pytest.mark.parametrize("services, field, value, reason", [
+    ([internal("app", after=["ghost"])], "services[app].after[0]", "ghost", "no service of that name"),
+    ([internal("a", after=["b"]), internal("b", after=["c"]), internal("c", after=["a"])],
+     "services[c].after[0]", "a", "a cycle: a after b after c after a"),
+    ([internal("app", after=["db"], boot={"priority": 10}), internal("db", boot={"priority": 10})],
+     "services[app].after[0]", "db", "services[db] starts at priority 10 (its boot.priority) and this service at 10 "
+                                     "(its boot.priority)"),
+    ([internal("app", after=["db"]), internal("db", boot={"priority": 0})],
+     "services[app].after[0]", "db", "needs a boot.priority below 0"),
+    ([internal("app", after=["db"]), internal("web", after=["app"]), internal("db", boot={"priority": 1})],
+     "services[app].after[0]", "db", "this service at 1 (above the services that start after it)"),
+])
+def test_after_refuses_an_unknown_name_a_cycle_and_a_contradiction_naming_the_entry(services, field, value, reason):
+    err = error(services)
+    assert err.field == field and err.value == value and reason in err.reason, err.msg
+
+
+def test_setup_restart_and_open_files_reach_each_member_inside():
+    pool = dict(POOL, setup=[{"command": "gzip -k /var/www/html/index.html",
+                              "when_changed": ["/var/www/html/index.html"]}])
+    app = dict(APP, restart="on-failure", open_files=4096, setup=[{"command": ["/usr/bin/true"]}])
+    items = {i["name"]: i for i in plan([pool, app])["provision"]}
+    assert items["app"]["services"][0]["restart"] == "on-failure" and items["app"]["services"][0]["open_files"] == 4096
+    assert items["app"]["setup"] == [{"command": ["/usr/bin/true"], "when_changed": [], "creates": None, "user": "app",
+                                      "timeout": None, "service": "app"}]
+    # A pool's members each run the steps; a service without a command has no service to run them as.
+    for member in ("web-1", "web-2", "web-3"):
+        assert items[member]["setup"] == [{"command": ["/bin/sh", "-c", "gzip -k /var/www/html/index.html"],
+                                           "when_changed": ["/var/www/html/index.html"], "creates": None,
+                                           "user": "root", "timeout": None}]
+    assert "open_files" not in plan([APP])["provision"][0]["services"][0]
