@@ -9,6 +9,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from box_client import http_get, tcp_ping, udp_echo, wait_for  # noqa: E402
 
 POOL = {"web-1", "web-2", "web-3"}
+SHOP_SETUP_STEPS = 5  # inventory.example: the shop's setup steps
 
 
 @pytest.mark.parametrize("domain,expected", [
@@ -19,6 +20,37 @@ POOL = {"web-1", "web-2", "web-3"}
 def test_each_domain_answers_with_its_own_service(client, domain, expected):
     status, body = http_get(client, domain)
     assert status == 200 and body.startswith(expected), (status, body)
+
+
+def shop_visits(client):
+    """The shop's front page: (status, the count of visits its database holds, this one included)."""
+    status, body = http_get(client, "shop.example.test")
+    return status, int(body.split("visits=")[1]) if status == 200 and "visits=" in body else body
+
+
+def test_shop_answers_by_its_domain_from_its_database_on_its_volume(client, lxd):
+    assert http_get(client, "shop.example.test", "/health/") == (200, "ok\n")
+    (status, before), (again, after) = shop_visits(client), shop_visits(client)
+    # Each visit is a row written by the front page: the migrated table, written and read back.
+    assert status == again == 200 and after == before + 1, (status, before, again, after)
+    assert lxd.instance("shop")["devices"]["vol-data"]["path"] == "/var/lib/shop"
+    owner = lxd.run("shop", ["stat", "-c", "%U", "/var/lib/shop/db.sqlite3"], timeout=10).strip()
+    workers = set(lxd.run("shop", ["ps", "-o", "user=", "-C", "gunicorn"], timeout=10).split())
+    assert owner == "shop" and workers == {"shop"}, (owner, workers)
+
+
+def test_shop_setup_ran_once_not_again_on_the_second_converge(lxd):
+    """Each setup step writes its stamp when it runs. The first converge ran them all, then (the
+    shop healthy) wrote the proxy's site of shop.example.test; the second (idempotence) changed
+    nothing, so no stamp may be newer than that site file."""
+    stamps = lxd.run("shop", ["find", "/var/lib/onebox/setup", "-name", "shop.*", "-printf", "%T@ %f\n"],
+                     timeout=10).split("\n")
+    stamps = {name: float(when) for when, name in (line.split() for line in stamps if line.strip())}
+    site = lxd.run("onebox-example-proxy", ["sh", "-c", "find $(grep -rl 'server_name shop.example.test' "
+                                            "/etc/nginx) -printf '%T@\n'"], timeout=10).split()
+    assert len(stamps) == SHOP_SETUP_STEPS, stamps
+    assert len(site) == 1, site
+    assert max(stamps.values()) < float(site[0]), "a setup step ran after the shop's site was written: %s" % stamps
 
 
 def test_unknown_domain_gets_404_not_another_service(client):
@@ -104,7 +136,8 @@ def test_limits_and_boot_order_are_the_declared_ones(lxd):
 
 
 def test_every_container_has_a_static_address(lxd):
-    for name in ("site-a", "site-b", "app", "jenkins", "web-1", "web-2", "web-3", "vpn", "db", "onebox-example-proxy"):
+    for name in ("site-a", "site-b", "app", "jenkins", "web-1", "web-2", "web-3", "vpn", "db", "shop",
+                 "onebox-example-proxy"):
         static = lxd.instance(name)["devices"]["eth0"]["ipv4.address"]
         assert lxd.ipv4_addresses(lxd.instance_state(name)) == [static], name
 
