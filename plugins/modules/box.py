@@ -41,8 +41,8 @@ description:
   - A container records the image it was made from (C(user.onebox.image)); a service whose image
     changes gets its containers deleted and made again from the new one, their volumes attached
     again.
-  - A container this run makes or changes whose service has a C(health) check (C({http: PATH} or
-    {tcp: PORT}, expect, timeout)) is probed from the host at its address until it answers; one that
+  - A container this run makes or changes whose service has a C(health) check (C(http) with a path or
+    C(tcp) with a port, and C(expect), C(timeout)) is probed from the host at its address until it answers; one that
     does not fails the run naming its service, with the last lines of its journal. The sites are
     applied after every container is done, so the proxy routes to a new pool member only once it
     answers.

@@ -229,7 +229,7 @@ options:
           when_changed:
             description:
               - What the step depends on. An absolute path of a declared file, or a directory
-                holding declared files (their declared content: every file under it); a package
+                holding declared files (the declared content of every file under it); a package
                 of O(instances[].packages) (its installed version, as C(dpkg-query) reports it); an
                 environment key of the step's O(instances[].setup[].service) (its value).
               - Without it the step runs once (and again when the step itself changes).
@@ -241,9 +241,9 @@ options:
             type: str
           service:
             description:
-              - A service of the container with a command (O(instances[].services[].name)): the step
+              - A service of the container with a command (O(instances[].services[].name)); the step
                 runs in its working directory (C(/) when it has none) with its environment, as its
-                user. Without it: as root, in C(/), with no environment of a service.
+                user. Without it, as root, in C(/), with no environment of a service.
             type: str
           user:
             description:
