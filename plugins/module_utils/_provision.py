@@ -512,10 +512,10 @@ class Provisioner:
         for step in steps:
             timeout = step.timeout or self.package_timeout
             uid, gid, home = state.passwd.get(step.user) or (None, None, "/")
-            argv = ["sh", "-c", SETUP_SCRIPT, "sh", step.working_directory, step.stamp,
-                    setup_digest(step, self.spec, state.versions), str(timeout), RESTART_PENDING]
             if uid is None:
                 raise OneboxError("in %s, %s: no such user %s" % (name, step.field, step.user))
+            argv = ["sh", "-c", SETUP_SCRIPT, "sh", step.working_directory, step.stamp,
+                    setup_digest(step, self.spec, state.versions), str(timeout), RESTART_PENDING]
             if uid != 0:
                 argv += ["setpriv", "--reuid=%d" % uid, "--regid=%d" % gid, "--init-groups", "--"]
             environment = dict({"PATH": SETUP_PATH, "HOME": home, "USER": step.user, "LOGNAME": step.user},
@@ -523,8 +523,9 @@ class Provisioner:
             result = self.lxd.exec(name, argv + step.command, timeout=timeout + SETUP_GRACE, environment=environment)
             if result.rc != 0:
                 tail = "\n".join((result.stdout + result.stderr).rstrip("\n").splitlines()[-TAIL_LINES:])
-                what = ("did not finish within %d s (its timeout)" % timeout if result.rc in (124, 137)
-                        else "exited %d" % result.rc)
+                what = {124: "did not finish within %d s (its timeout)" % timeout,
+                        137: "was killed (KILL: 10 s past its timeout of %d s, or out of memory)" % timeout
+                        }.get(result.rc, "exited %d" % result.rc)
                 raise OneboxError("in %s, %s (%s) %s; the services were not (re)started. The end of its output:\n%s"
                                   % (name, step.field, _shown(step.command), what, tail or "(none)"),
                                   field=step.field, rc=result.rc, output=tail)

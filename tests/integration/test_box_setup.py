@@ -156,6 +156,16 @@ def test_a_failing_step_fails_with_its_output_and_the_running_version_keeps_answ
     assert answer(lxd) == "v2 hello"
 
 
+def test_a_step_past_its_timeout_is_stopped_and_fails(built, lxd):
+    slow = [{"command": "echo waiting; exec sleep 60", "when_changed": ["%s/requirements.txt" % HOME], "timeout": 1}]
+    started = time.monotonic()
+    failed = run_module("box", args(version="v2", notes="b\n", requirements="flask\n", setup=slow))
+    assert failed.get("failed") and "did not finish within 1 s (its timeout)" in failed["msg"], failed
+    assert "waiting" in failed["msg"] and time.monotonic() - started < 30
+    assert sh("pgrep -x sleep", check=False).returncode == 1   # stopped, not left behind
+    assert answer(lxd) == "v2 hello"
+
+
 def test_a_command_that_exits_at_once_fails_the_converge_with_its_journal(built, lxd):
     crash = ["/bin/sh", "-c", "echo cannot start: no config >&2; exit 7"]
     failed = run_module("box", args(version="v2", notes="b\n", requirements="flask\ndjango\n", command=crash))
