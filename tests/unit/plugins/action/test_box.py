@@ -1,5 +1,6 @@
 """The box and lxd_provision action plugins: each hands plugin_utils._src its module and its files items,
-named as the user wrote them (services[web].files[1], instances[0].files[1]), and returns its result."""
+named as the user wrote them (services[web].files[1], instances[0].files[1]), and returns its result; the
+box's none on a teardown or without the insides part (the module reads none then)."""
 import pytest
 from ansible.plugins.action import ActionBase
 
@@ -14,7 +15,11 @@ from ansible_collections.homelab.onebox.plugins.action import box, lxd_provision
     (lxd_provision, "homelab.onebox.lxd_provision",
      {"instances": [{"name": "c", "files": [{"path": "/a", "content": "a"}, {"path": "/b", "src": "b"}]}]},
      ["instances[0].files[0]", "instances[0].files[1]"]),
-    (box, "homelab.onebox.box", {"state": "absent"}, []),
+    (box, "homelab.onebox.box", {"state": "absent", "services": [{"name": "a", "files": [{"src": "x"}]}]}, []),
+    (box, "homelab.onebox.box", {"parts": ["containers", "sites"], "services": [{"name": "a", "files": [{"src": "x"}]}]},
+     []),
+    (box, "homelab.onebox.box", {"parts": ["insides"], "services": [{"name": "a", "files": [{"src": "x"}]}]},
+     ["services[a].files[0]"]),
 ])
 def test_the_plugin_runs_its_module_with_its_files_items(monkeypatch, plugin, module, args, named):
     seen = {}
