@@ -90,3 +90,14 @@ def test_a_stopped_or_missing_container_is_refused_before_it_is_read():
     with pytest.raises(ValidationError, match="container is Stopped"):
         run(lxd, [WEB, APP])
     assert lxd.names("exec") == []
+
+
+def test_setup_steps_as_the_module_passes_them_are_predicted_in_check_mode_and_run_none():
+    # Every option of a step present, as AnsibleModule fills them in.
+    step = {"command": "pip install -r /srv/app/requirements.txt", "when_changed": ["/srv/app/app.py", "TOKEN"],
+            "creates": None, "user": None, "timeout": None, "service": "app"}
+    app = dict(APP, setup=[step], services=[dict(APP["services"][0], open_files=None)])
+    lxd = fresh(app)
+    result = run(lxd, [app], check=True)
+    assert writes(lxd) == []
+    assert result["instances"][0]["actions"][-3:] == ["setup app[0]", "enable onebox-app", "start onebox-app"]
