@@ -11,8 +11,8 @@ version_added: 0.1.0
 description:
   - Brings the inside of each listed container to what it declares, through the LXD API only
     (exec with a timeout, file push and pull). The container needs C(sh), coreutils, C(getent),
-    C(useradd), C(apt-get)/C(dpkg-query) and systemd as init; no Python, no SSH, no Ansible
-    connection into it.
+    C(useradd), C(apt-get)/C(dpkg-query) and systemd as init (and util-linux's C(setpriv) for a
+    setup step run as another user than root); no Python, no SSH, no Ansible connection into it.
   - Reads each container's state in one exec (files by size-independent SHA-256 and
     owner/mode, users with C(getent), packages with C(dpkg-query), units with
     C(systemctl show)), compares, and changes only what differs. The containers are worked on
