@@ -160,7 +160,7 @@ def test_after_the_roll_every_member_is_back_in_the_proxy(built, client, tmp):
     assert not again["changed"], again
     ask = "import urllib.request; print(urllib.request.urlopen('http://%s:%d/', timeout=5).read().decode().strip())"
     seen = {client.run([sys.executable, "-c", ask % (client.host_address, PORT)], timeout=20).stdout.strip()
-            for _ in range(12)}
+            for _attempt in range(12)}
     assert seen == {"v2 %s" % m for m in MEMBERS}, seen
 
 
