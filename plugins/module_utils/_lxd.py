@@ -22,6 +22,7 @@ from ansible_collections.homelab.onebox.plugins.module_utils._errors import Oneb
 
 try:
     import pylxd
+    import pylxd.client
     import pylxd.exceptions
     import requests.exceptions
 except ImportError:  # pragma: no cover - reported by OneboxModule.lxd
@@ -100,11 +101,30 @@ class LxdClient:
         cert = (client_cert, client_key) if client_cert else None
         if isinstance(verify, str) and verify.lower() in ("true", "yes", "false", "no"):
             verify = verify.lower() in ("true", "yes")
+        session = None
+        if endpoint.startswith("https://"):
+            # pylxd pins the server's certificate when ``verify`` is its file, but requests lets
+            # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the environment replace a session's ``verify``
+            # (set on this machine: the pin was then checked against the system's CA bundle, and
+            # failed as "Fingerprints did not match"), and HTTPS_PROXY route the daemon's traffic
+            # elsewhere. The daemon is reached as configured, whatever the environment says.
+            endpoint = endpoint.rstrip("/")
+            session = pylxd.client.get_session_for_url(endpoint, verify=verify, cert=cert)
+            session.trust_env = False
         try:
             self._client = pylxd.Client(endpoint=endpoint, cert=cert, verify=verify,
-                                        project=project, timeout=timeout)
+                                        project=project, timeout=timeout, session=session)
         except Exception as exc:  # pylxd raises ClientConnectionFailed, requests raises its own
-            raise LxdError("cannot connect to LXD at %s: %s" % (endpoint, describe_error(exc)))
+            said = describe_error(exc)
+            if "Fingerprints did not match" in said:
+                said = ("its certificate is not the one lxd_verify names (%s): the daemon's own is its server.crt "
+                        "(/var/lib/lxd/server.crt, or `lxc info` under its certificate), copied to the controller; %s"
+                        % (verify, said))
+            raise LxdError("cannot connect to LXD at %s: %s" % (endpoint, said))
+        if endpoint.startswith("https://") and self._client.host_info.get("auth") != "trusted":
+            raise LxdError("LXD at %s does not trust this client (lxd_client_cert %s): add its certificate on the "
+                           "daemon's host with `lxc config trust add CERT` (LXD) or `incus config trust "
+                           "add-certificate CERT` (Incus)" % (endpoint, client_cert))
         self.api = self._client.api
         self.server = self._client.host_info
         # A local daemon's directory: its bridges' dnsmasq lease files are read there (_addresses).
