@@ -8,16 +8,18 @@ The daemon's listener and the trust entry are removed at the end (the listener s
 was), even when a test fails."""
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
 
 import pytest
 
-from conftest import RUN_PREFIX, delete_instance_quietly, run_module
+from conftest import RUN_PREFIX, delete_instance_quietly, run_module, run_playbook
 from netns import Netns
 
 NAME = "%s-https" % RUN_PREFIX
+ROLE_BOX = "%s-hs-role" % RUN_PREFIX
 OWNER = "%s-hs" % RUN_PREFIX
 WEB = "%s-hs-web" % RUN_PREFIX
 PROXY = "%s-hs-proxy" % RUN_PREFIX
@@ -118,3 +120,35 @@ def test_an_untrusted_client_fails_saying_how_to_trust_it(remote):
     assert result.get("failed"), result
     assert "does not trust this client (lxd_client_cert %s)" % cert in result["msg"], result
     assert "lxc config trust add" in result["msg"], result
+
+
+ROLE_PLAY = """
+- hosts: all
+  gather_facts: false
+  roles:
+    - role: homelab.onebox.box
+      vars:
+        onebox_box_parts: [containers, insides]
+"""
+
+
+def test_the_box_role_reaches_the_daemon_its_variables_name(remote, lxd):
+    """onebox_lxd_url and the certificates: a box's containers converged through the role over HTTPS."""
+    playbook = remote["tmp"] / "role.yml"
+    playbook.write_text(ROLE_PLAY)
+    connection = remote["connection"]
+    extra = {"onebox_owner": OWNER + "r", "onebox_lxd_url": connection["lxd_url"],
+             "onebox_lxd_client_cert": connection["lxd_client_cert"], "onebox_lxd_client_key": connection["lxd_client_key"],
+             "onebox_lxd_verify": connection["lxd_verify"],
+             "onebox_services": [{"name": ROLE_BOX, "kind": "internal"}]}
+    try:
+        rc, out = run_playbook(str(playbook), extra, timeout=600)
+        assert rc == 0, out
+        assert lxd.instance(ROLE_BOX, state=False)["config"]["user.onebox.owner"] == OWNER + "r"
+        # The daemon saw the request come over HTTPS: the wrong pin proves the role passed the URL.
+        rc, out = run_playbook(str(playbook), dict(extra, onebox_lxd_verify=connection["lxd_client_cert"]))
+        assert rc != 0 and "its certificate is not the one lxd_verify names" in json.dumps(out), out
+    finally:
+        run_playbook(str(playbook), dict(extra, onebox_box_state="absent"))
+        delete_instance_quietly(lxd, ROLE_BOX)
+    assert lxd.instance(ROLE_BOX) is None
