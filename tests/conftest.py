@@ -1,5 +1,9 @@
 """Shared test fixtures: the collection on sys.path, a runner for the collection's modules through
-real ansible, an LXD client, and names that are cleaned up even when a test fails."""
+real ansible, a client of the daemon, and names that are cleaned up even when a test fails.
+
+The daemon the integration tests run against: LXD by default, Incus with ONEBOX_TEST_DAEMON=incus.
+The switch is the environment the modules find their socket by (_lxd.find_socket): INCUS_DIR for
+Incus (LXD_DIR dropped), neither for LXD; tests that run the daemon's command line take ``CLI``."""
 from __future__ import annotations
 
 import json
@@ -15,6 +19,18 @@ COLLECTIONS = os.path.join(ROOT, ".collections")
 if not os.path.isdir(os.path.join(COLLECTIONS, "ansible_collections", "homelab", "onebox")):
     raise RuntimeError("run scripts/venv first: %s is missing" % COLLECTIONS)
 sys.path.insert(0, COLLECTIONS)
+
+# name -> (its directory, its command line)
+DAEMONS = {"lxd": ("/var/lib/lxd", "lxc"), "incus": ("/var/lib/incus", "incus")}
+DAEMON = os.environ.get("ONEBOX_TEST_DAEMON", "lxd").strip().lower() or "lxd"
+if DAEMON not in DAEMONS:
+    raise RuntimeError("ONEBOX_TEST_DAEMON=%s: give lxd or incus" % DAEMON)
+DAEMON_DIR, CLI = DAEMONS[DAEMON]
+if DAEMON == "incus":  # named to the modules (and to its CLI); LXD's socket would come first otherwise
+    os.environ.pop("LXD_DIR", None)
+    os.environ.setdefault("INCUS_DIR", DAEMON_DIR)
+else:  # LXD is what the modules find first ($LXD_DIR's, when set, as before)
+    os.environ.pop("INCUS_DIR", None)
 
 # A run of the suite has one prefix, so a leftover from a crashed run is easy to spot and remove.
 RUN_PREFIX = "t%s" % uuid.uuid4().hex[:6]
@@ -74,10 +90,18 @@ def onebox_module():
     return run_module
 
 
+def pytest_report_header():
+    return "daemon: %s (ONEBOX_TEST_DAEMON), its CLI %s" % (DAEMON, CLI)
+
+
 @pytest.fixture(scope="session")
 def lxd():
+    """A client of the daemon the run targets (the one the modules find too)."""
     from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient
-    return LxdClient(timeout=60)
+    client = LxdClient(timeout=60)
+    if client.daemon.lower() != DAEMON:
+        raise RuntimeError("ONEBOX_TEST_DAEMON=%s, but %s answered" % (DAEMON, client.daemon))
+    return client
 
 
 @pytest.fixture

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    # How a module reaches the LXD daemon. Set once for all modules with
+    # How a module reaches the daemon, LXD or Incus. Set once for all modules with
     # module_defaults: {group/homelab.onebox.lxd: {...}}.
     DOCUMENTATION = r"""
 options:
   lxd_url:
     description:
-      - Where the LXD API is. A unix socket path (C(/var/lib/lxd/unix.socket) or C(unix:/path)) or
-        an C(https://host:8443) URL.
+      - Where the API of the daemon is, LXD (5.0 or later) or Incus (6.0 or later): both work alike.
+        A unix socket path (C(/var/lib/lxd/unix.socket), C(/var/lib/incus/unix.socket) or
+        C(unix:/path)) or an C(https://host:8443) URL.
       - When omitted, the first socket that exists of C($LXD_DIR/unix.socket),
-        C(/var/lib/lxd/unix.socket) (Debian package), C(/var/snap/lxd/common/lxd/unix.socket) (snap)
-        and C(/var/lib/incus/unix.socket) (Incus).
+        C($INCUS_DIR/unix.socket), C(/var/lib/lxd/unix.socket) (LXD's Debian package),
+        C(/var/snap/lxd/common/lxd/unix.socket) (LXD's snap), C(/var/lib/incus/unix.socket) (Incus)
+        and C(/run/incus/unix.socket) (Incus after 6.0). So with both daemons on a host LXD is used
+        unless O(lxd_url) or C(INCUS_DIR=/var/lib/incus) (in the module's environment) says otherwise.
     type: str
   lxd_client_cert:
     description: Client certificate (PEM) for an C(https://) O(lxd_url).
@@ -30,15 +33,15 @@ options:
     type: raw
     default: true
   lxd_project:
-    description: LXD project to work in. The daemon's default project when omitted.
+    description: Project (LXD's or Incus's) to work in. The daemon's default project when omitted.
     type: str
   lxd_timeout:
-    description: Seconds to wait for one LXD API request or operation before failing.
+    description: Seconds to wait for one API request or operation of the daemon before failing.
     type: int
     default: 30
   lock_timeout:
     description:
-      - Seconds to wait for another homelab.onebox run on the same LXD daemon to finish. Every
+      - Seconds to wait for another homelab.onebox run on the same daemon to finish. Every
         module holds the daemon's run lock (a file under C(/run/lock) on the host where the
         module runs) from after its input is checked to its end, so two converges never race.
       - At the timeout the run fails naming the process that holds the lock; nothing changed.

@@ -127,10 +127,16 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class Lxd:
-    """The few REST calls a backup and a restore make (one connection per call: calls run in threads)."""
+    """The few REST calls a backup and a restore make (one connection per call: calls run in threads).
+
+    LXD's or Incus's socket (the module found it as _lxd does): their backup, export, import,
+    snapshot and exec calls are the same; exec's output records are read, then deleted, at the paths
+    the operation gives (Incus keeps them under logs/exec-output/, LXD under logs/)."""
 
     def __init__(self, socket_path, timeout=60):
         self.socket_path, self.timeout = socket_path, timeout
+        # The daemon's name in messages: Incus's sockets are in its own directories (/var/lib/incus, /run/incus).
+        self.daemon = "Incus" if "/incus/" in socket_path else "LXD"
 
     def _connection(self, timeout=None):
         return _UnixConnection(self.socket_path, timeout or self.timeout)
@@ -147,15 +153,15 @@ class Lxd:
             response = conn.getresponse()
             text = response.read()
         except OSError as e:
-            raise Failure("LXD %s %s: %s" % (method, path, e))
+            raise Failure("%s %s %s: %s" % (self.daemon, method, path, e))
         finally:
             conn.close()
         try:
             answer = json.loads(text)
         except ValueError:
-            raise Failure("LXD %s %s: answered %d, not JSON" % (method, path, response.status))
+            raise Failure("%s %s %s: answered %d, not JSON" % (self.daemon, method, path, response.status))
         if answer.get("type") == "error" or response.status >= 400:
-            raise Failure("LXD %s %s: %s" % (method, path, answer.get("error") or response.status))
+            raise Failure("%s %s %s: %s" % (self.daemon, method, path, answer.get("error") or response.status))
         return answer
 
     def call(self, method, path, body=None, headers=None, timeout=OPERATION_TIMEOUT):
@@ -166,7 +172,7 @@ class Lxd:
         waited = self.request("GET", "%s/wait?timeout=%d" % (answer["operation"], timeout), timeout=timeout + 30)
         meta = waited.get("metadata") or {}
         if meta.get("status") != "Success":
-            raise Failure("LXD %s %s: %s" % (method, path, meta.get("err") or meta.get("status") or "timed out after %d s" % timeout))
+            raise Failure("%s %s %s: %s" % (self.daemon, method, path, meta.get("err") or meta.get("status") or "timed out after %d s" % timeout))
         return meta
 
     def get(self, path):
@@ -189,10 +195,10 @@ class Lxd:
             conn.request("GET", path)
             response = conn.getresponse()
             if response.status >= 400:
-                raise Failure("LXD GET %s: %s" % (path, response.read()[:300].decode("utf-8", "replace")))
+                raise Failure("%s GET %s: %s" % (self.daemon, path, response.read()[:300].decode("utf-8", "replace")))
             yield response
         except OSError as e:
-            raise Failure("LXD GET %s: %s" % (path, e))
+            raise Failure("%s GET %s: %s" % (self.daemon, path, e))
         finally:
             conn.close()
 
@@ -210,6 +216,10 @@ class Lxd:
             if path:
                 with self.stream(path) as response:
                     text = response.read()
+                try:  # the record stays on the host until deleted; a failure to delete is not the run's
+                    self.request("DELETE", path)
+                except Failure:
+                    pass
             logs.append(text.decode("utf-8", "replace"))
         return out.get("return", -1), logs[0], logs[1]
 

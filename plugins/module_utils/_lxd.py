@@ -1,12 +1,22 @@
 # -*- coding: utf-8 -*-
 # Copyright: homelab.onebox contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The REST transport to LXD: finding the daemon, one client, its errors; nothing else talks to LXD.
+"""The REST transport to LXD or Incus: finding the daemon, one client, its errors; nothing else talks to it.
 
 Built on pylxd's client, using its raw API node (``client.api``) rather than its model objects:
 the models re-read the instance on every attribute sync and exec through websockets, which was
 measured at ~100 ms a call and lost output under load. Here every call is one REST round trip,
 every wait has a timeout, and every LXD/pylxd/requests failure becomes an LxdError.
+
+Incus (LXD's fork; Debian 13 has only it) speaks the same API 1.0 over its own socket. The
+differences the collection meets are handled here, in one place, and were checked against Incus
+6.0.4 beside LXD 5.0.2: the socket's path (``$INCUS_DIR``, /var/lib/incus, /run/incus in later
+Incus); exec's record-output logs (LXD: ``/1.0/instances/C/logs/exec_ID.stdout``, Incus:
+``.../logs/exec-output/exec_ID.stdout``: the paths the operation returns are used as they are);
+the files API's response headers (``X-Incus-Type``; Incus still reads ``X-LXD-*`` request
+headers); the daemon's name in messages (``LxdClient.daemon``). Leases (``networks/NAME/
+dnsmasq.leases`` under the daemon's directory), images and aliases, custom volumes, backups,
+``volatile.base_image`` and ``host_info`` have the same shape on both.
 """
 from __future__ import annotations
 
@@ -16,7 +26,7 @@ import time
 import traceback
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
 
@@ -30,18 +40,26 @@ except ImportError:  # pragma: no cover - reported by OneboxModule.lxd
 else:
     PYLXD_IMPORT_ERROR = None
 
-# Debian's package, the snap, Incus: the first that exists wins (after $LXD_DIR).
+# LXD's Debian package, LXD's snap, Incus (its package; /run/incus in Incus releases after 6.0):
+# the first that exists wins, after $LXD_DIR's and $INCUS_DIR's.
 SOCKET_PATHS = (
     "/var/lib/lxd/unix.socket",
     "/var/snap/lxd/common/lxd/unix.socket",
     "/var/lib/incus/unix.socket",
+    "/run/incus/unix.socket",
 )
+DIR_VARIABLES = ("LXD_DIR", "INCUS_DIR")
+# A socket outside its daemon's directory: the directory (where networks/NAME/dnsmasq.leases is).
+DAEMON_DIRS = {"/run/incus": "/var/lib/incus"}
+# What host_info's environment.server says -> the daemon's name in messages.
+DAEMON_NAMES = {"lxd": "LXD", "incus": "Incus"}
+EITHER = "LXD or Incus"  # a message's daemon before one answered
 
 ExecResult = namedtuple("ExecResult", "rc stdout stderr")
 
 
 class LxdError(OneboxError):
-    """Anything that went wrong talking to LXD, with LXD's own words in the message."""
+    """Anything that went wrong talking to the daemon (LXD or Incus), with its own words in the message."""
 
 
 class LxdNotFound(LxdError):
@@ -49,11 +67,10 @@ class LxdNotFound(LxdError):
 
 
 def find_socket(environ=None, exists=os.path.exists):
-    """The LXD socket to use when the user named none, or None when there is none."""
+    """The socket to use when the user named none, or None when there is none: $LXD_DIR's,
+    $INCUS_DIR's, then SOCKET_PATHS (LXD's first)."""
     environ = os.environ if environ is None else environ
-    candidates = []
-    if environ.get("LXD_DIR"):
-        candidates.append(os.path.join(environ["LXD_DIR"], "unix.socket"))
+    candidates = [os.path.join(environ[name], "unix.socket") for name in DIR_VARIABLES if environ.get(name)]
     candidates.extend(SOCKET_PATHS)
     for path in candidates:
         if exists(path):
@@ -67,19 +84,34 @@ def endpoint_from_url(url, environ=None, exists=os.path.exists):
         path = find_socket(environ, exists)
         if path is None:
             raise LxdError(
-                "no LXD socket found (looked at $LXD_DIR/unix.socket and %s); is LXD installed and "
-                "running? Set lxd_url to its socket or https URL." % ", ".join(SOCKET_PATHS))
+                "no %s socket found (looked at %s and %s); is LXD or Incus installed and running? "
+                "Set lxd_url to its socket or https URL."
+                % (EITHER, ", ".join("$%s/unix.socket" % name for name in DIR_VARIABLES), ", ".join(SOCKET_PATHS)))
         return path
     if url.startswith("unix:"):
         url = url[len("unix:"):]
         url = "/" + url.lstrip("/")
     if url.startswith("/"):
         if not exists(url):
-            raise LxdError("lxd_url: LXD socket %s does not exist; is LXD running?" % url)
+            raise LxdError("lxd_url: socket %s does not exist; is %s running?" % (url, EITHER))
         return url
     if url.startswith("https://"):
         return url
     raise LxdError("lxd_url: invalid value %r: must be a socket path, unix:/path or https://host:port" % url)
+
+
+def daemon_name(host_info):
+    """"LXD" or "Incus": which daemon answered, from its host_info (LXD when it does not say)."""
+    server = ((host_info or {}).get("environment") or {}).get("server")
+    return DAEMON_NAMES.get(server, "LXD")
+
+
+def daemon_dir(endpoint):
+    """The local daemon's directory of its socket path, None for an https URL."""
+    if not endpoint.startswith("/"):
+        return None
+    directory = os.path.dirname(endpoint)
+    return DAEMON_DIRS.get(directory, directory)
 
 
 def describe_error(exc):
@@ -93,7 +125,8 @@ def describe_error(exc):
 
 
 class LxdClient:
-    """A connection to one LXD daemon. Create with ``LxdClient.from_params(module.params)``."""
+    """A connection to one daemon, LXD or Incus (``daemon`` says which). Create with
+    ``LxdClient.from_params(module.params)``."""
 
     def __init__(self, url=None, client_cert=None, client_key=None, verify=True, project=None, timeout=30):
         self.timeout = timeout
@@ -120,15 +153,16 @@ class LxdClient:
                 said = ("its certificate is not the one lxd_verify names (%s): the daemon's own is its server.crt "
                         "(/var/lib/lxd/server.crt, or `lxc info` under its certificate), copied to the controller; %s"
                         % (verify, said))
-            raise LxdError("cannot connect to LXD at %s: %s" % (endpoint, said))
+            raise LxdError("cannot connect to %s at %s: %s" % (EITHER, endpoint, said))
+        self.daemon = daemon_name(self._client.host_info)
         if endpoint.startswith("https://") and self._client.host_info.get("auth") != "trusted":
-            raise LxdError("LXD at %s does not trust this client (lxd_client_cert %s): add its certificate on the "
+            raise LxdError("%s at %s does not trust this client (lxd_client_cert %s): add its certificate on the "
                            "daemon's host with `lxc config trust add CERT` (LXD) or `incus config trust "
-                           "add-certificate CERT` (Incus)" % (endpoint, client_cert))
+                           "add-certificate CERT` (Incus)" % (self.daemon, endpoint, client_cert))
         self.api = self._client.api
         self.server = self._client.host_info
         # A local daemon's directory: its bridges' dnsmasq lease files are read there (_addresses).
-        self.local_dir = os.path.dirname(endpoint) if endpoint.startswith("/") else None
+        self.local_dir = daemon_dir(endpoint)
         self._pool = None
         self._lock = threading.Lock()
         self._read_once = {}
@@ -255,7 +289,7 @@ class LxdClient:
         """Run ``command`` (argv list) in the instance; return ExecResult(rc, stdout, stderr).
 
         Uses record-output (no websockets): measured ~20 ms a call here and never lost output.
-        Fails when the command outlives ``timeout`` or when LXD recorded no output files.
+        Fails when the command outlives ``timeout`` or when the daemon recorded no output files.
         """
         if isinstance(command, str) or not command:
             raise LxdError("exec in %s: command must be a non-empty list of arguments" % name)
@@ -273,8 +307,8 @@ class LxdClient:
         meta = op.get("metadata") or {}
         logs = meta.get("output") or {}
         if "return" not in meta or "1" not in logs or "2" not in logs:
-            raise LxdError("%s: LXD returned no exit code or output record: %r" % (what, meta))
-        nodes = [self.api.instances[name].logs[logs[fd].rstrip("/").split("/")[-1]] for fd in ("1", "2")]
+            raise LxdError("%s: %s returned no exit code or output record: %r" % (what, self.daemon, meta))
+        nodes = [self._log_node(name, logs[fd], what) for fd in ("1", "2")]
         # Both records at once (stderr beside, stdout here); their deletion runs in the background
         # and is awaited in close().
         stderr_read = self._workers().submit(self.request, "get", nodes[1], what, is_api=False)
@@ -283,6 +317,20 @@ class LxdClient:
         for node in nodes:
             self._workers().submit(self._forget_log, node)
         return ExecResult(int(meta["return"]), stdout, stderr)
+
+    def _log_node(self, name, path, what):
+        """The API node of an exec record at the path the operation gave: LXD keeps them at
+        /1.0/instances/NAME/logs/exec_ID.stdout, Incus at .../logs/exec-output/exec_ID.stdout. A path
+        outside the instance's logs is refused: the record is deleted once read."""
+        path = urlsplit(path).path  # a ?project= is the node's own to add
+        prefix = "/1.0/instances/%s/logs/" % name
+        parts = path[len(prefix):].split("/")
+        if not path.startswith(prefix) or not all(parts) or ".." in parts:
+            raise LxdError("%s: %s gave an output record outside the instance's logs: %r" % (what, self.daemon, path))
+        node = self.api.instances[name].logs
+        for part in parts:
+            node = node[part]
+        return node
 
     def _workers(self):
         with self._lock:  # a set of instances execs from several threads
@@ -325,7 +373,8 @@ class LxdClient:
             response = self.request("get", self._files(name), what, params={"path": path}, is_api=False)
         except LxdNotFound:
             return None
-        if response.headers.get("X-LXD-type") == "directory":
+        # LXD answers X-LXD-type, Incus X-Incus-Type (it reads either in a request).
+        if "directory" in (response.headers.get("X-LXD-type"), response.headers.get("X-Incus-type")):
             raise LxdError("%s: is a directory" % what)
         return response.content
 

@@ -90,3 +90,33 @@ def test_restore_refuses_an_object_without_the_owners_mark_before_any_change(mon
     agent.check = True  # check mode says the same, before anything too
     with pytest.raises(ba.Failure, match="not marked as box's"):
         agent.restore(["db"], overwrite=True)
+
+
+@pytest.mark.parametrize("socket_path, logs, daemon", [
+    ("/var/lib/lxd/unix.socket", "/1.0/instances/db/logs/", "LXD"),
+    ("/var/lib/incus/unix.socket", "/1.0/instances/db/logs/exec-output/", "Incus"),
+])
+def test_a_command_in_a_container_reads_then_deletes_its_records_where_the_daemon_put_them(socket_path, logs, daemon):
+    import contextlib
+    import io
+    calls = []
+
+    class Lxd(ba.Lxd):
+        def call(self, method, path, body=None, headers=None, timeout=ba.OPERATION_TIMEOUT):
+            calls.append((method, path))
+            return {"metadata": {"return": 3, "output": {"1": logs + "exec_x.stdout", "2": logs + "exec_x.stderr"}}}
+
+        @contextlib.contextmanager
+        def stream(self, path):
+            calls.append(("GET", path))
+            yield io.BytesIO(path.rsplit(".", 1)[-1].encode())
+
+        def request(self, method, path, body=None, headers=None, timeout=None):
+            calls.append((method, path))
+            raise ba.Failure("%s %s %s: gone" % (self.daemon, method, path))  # a failed deletion is not the run's
+
+    lxd = Lxd(socket_path)
+    assert lxd.daemon == daemon
+    assert lxd.run("db", ["pg_dump"], 60) == (3, "stdout", "stderr")
+    assert calls == [("POST", "/1.0/instances/db/exec"), ("GET", logs + "exec_x.stdout"), ("DELETE", logs + "exec_x.stdout"),
+                     ("GET", logs + "exec_x.stderr"), ("DELETE", logs + "exec_x.stderr")]

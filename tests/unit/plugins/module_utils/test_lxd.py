@@ -2,7 +2,8 @@
 import pytest
 
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
-from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient, LxdError, endpoint_from_url, find_socket
+from ansible_collections.homelab.onebox.plugins.module_utils._lxd import (
+    LxdClient, LxdError, daemon_dir, daemon_name, endpoint_from_url, find_socket)
 
 
 def test_find_socket_order_prefers_lxd_dir_then_debian_snap_incus():
@@ -18,7 +19,7 @@ def test_endpoint_forms():
     assert endpoint_from_url(None, {}, exists) == "/var/lib/lxd/unix.socket"
     assert endpoint_from_url("unix:/var/lib/lxd/unix.socket", {}, exists) == "/var/lib/lxd/unix.socket"
     assert endpoint_from_url("https://lxd.example:8443", {}, exists) == "https://lxd.example:8443"
-    with pytest.raises(LxdError, match="no LXD socket found"):
+    with pytest.raises(LxdError, match="no LXD or Incus socket found"):
         endpoint_from_url(None, {}, set().__contains__)
     with pytest.raises(LxdError, match="does not exist"):
         endpoint_from_url("/nope.sock", {}, exists)
@@ -45,3 +46,164 @@ def test_ipv4_addresses_skip_loopback_and_link_scope():
     assert LxdClient.ipv4_addresses(None, state) == ["10.87.0.5"]
     assert LxdClient.ipv4_addresses(None, state, nic="eth1") == []
     assert LxdClient.ipv4_addresses(None, None) == []
+
+
+# ---- both daemons: socket discovery, which daemon answered, exec records at the paths given ----
+def test_find_socket_dir_variables_before_the_known_paths_lxd_dir_first():
+    everything = {"/l/unix.socket", "/i/unix.socket", "/var/lib/lxd/unix.socket", "/var/lib/incus/unix.socket"}
+    both = {"LXD_DIR": "/l", "INCUS_DIR": "/i"}
+    assert find_socket(both, everything.__contains__) == "/l/unix.socket"
+    assert find_socket({"INCUS_DIR": "/i"}, everything.__contains__) == "/i/unix.socket"
+    # a variable naming a directory without a socket falls through to the known paths, LXD's first
+    assert find_socket({"INCUS_DIR": "/gone"}, everything.__contains__) == "/var/lib/lxd/unix.socket"
+    assert find_socket({}, {"/var/lib/incus/unix.socket", "/run/incus/unix.socket"}.__contains__) == "/var/lib/incus/unix.socket"
+    assert find_socket({}, {"/run/incus/unix.socket"}.__contains__) == "/run/incus/unix.socket"
+
+
+def test_no_socket_names_both_daemons_and_every_place_looked_at():
+    with pytest.raises(LxdError) as caught:
+        endpoint_from_url(None, {}, set().__contains__)
+    for text in ("LXD or Incus", "$LXD_DIR/unix.socket", "$INCUS_DIR/unix.socket", "/var/lib/incus/unix.socket",
+                 "/run/incus/unix.socket", "/var/snap/lxd/common/lxd/unix.socket"):
+        assert text in str(caught.value)
+
+
+def test_daemon_name_and_directory():
+    assert daemon_name({"environment": {"server": "incus"}}) == "Incus"
+    assert daemon_name({"environment": {"server": "lxd"}}) == "LXD"
+    assert daemon_name({"auth": "untrusted"}) == "LXD"
+    assert daemon_dir("/var/lib/incus/unix.socket") == "/var/lib/incus"
+    assert daemon_dir("/run/incus/unix.socket") == "/var/lib/incus"
+    assert daemon_dir("/var/snap/lxd/common/lxd/unix.socket") == "/var/snap/lxd/common/lxd"
+    assert daemon_dir("https://h:8443") is None
+
+
+class FakeResponse:
+    def __init__(self, body=None, content=b"", headers=None):
+        self.body, self.content, self.headers = body, content, headers or {}
+
+    def json(self):
+        return self.body
+
+
+class FakeNode:
+    """pylxd's raw API node over a dict of canned answers: path -> {method: response}."""
+
+    def __init__(self, daemon, path=""):
+        self.daemon, self.path = daemon, path
+
+    def __getattr__(self, name):
+        return FakeNode(self.daemon, "%s/%s" % (self.path, name))
+
+    def __getitem__(self, item):
+        return FakeNode(self.daemon, "%s/%s" % (self.path, item))
+
+    def _answer(self, method, **kwargs):
+        self.daemon.calls.append((method, self.path))
+        answer = self.daemon.answers.get((method, self.path))
+        if answer is None:
+            raise AssertionError("unexpected %s %s" % (method.upper(), self.path))
+        return answer(**kwargs) if callable(answer) else answer
+
+    def get(self, **kwargs):
+        return self._answer("get", **kwargs)
+
+    def post(self, **kwargs):
+        return self._answer("post", **kwargs)
+
+    def delete(self, **kwargs):
+        return self._answer("delete", **kwargs)
+
+
+class FakeDaemon:
+    def __init__(self, server, logs_dir):
+        self.host_info = {"environment": {"server": server}, "auth": "trusted"}
+        self.answers, self.calls = {}, []
+        self.api = FakeNode(self)
+        self.logs_dir = logs_dir
+
+    def exec_answers(self, name, op_id, meta=None):
+        logs = "/instances/%s/logs" % name + ("/" + self.logs_dir if self.logs_dir else "")
+        self.answers[("post", "/instances/%s/exec" % name)] = FakeResponse(
+            {"type": "async", "operation": "/1.0/operations/%s" % op_id})
+        output = {"1": "/1.0%s/exec_%s.stdout" % (logs, op_id), "2": "/1.0%s/exec_%s.stderr" % (logs, op_id)}
+        self.answers[("get", "/operations/%s/wait" % op_id)] = FakeResponse(
+            {"metadata": {"status": "Success", "metadata": meta if meta is not None else {"return": 3, "output": output}}})
+        for suffix, text in (("stdout", b"out\n"), ("stderr", b"err\n")):
+            self.answers[("get", "%s/exec_%s.%s" % (logs, op_id, suffix))] = FakeResponse(content=text)
+            self.answers[("delete", "%s/exec_%s.%s" % (logs, op_id, suffix))] = FakeResponse()
+
+
+def fake_client(monkeypatch, tmp_path, server, logs_dir, socket_name="unix.socket"):
+    import pylxd
+    daemon = FakeDaemon(server, logs_dir)
+    monkeypatch.setattr(pylxd, "Client", lambda **kwargs: daemon)
+    sock = tmp_path / socket_name
+    sock.write_text("")
+    return LxdClient(url=str(sock), timeout=5), daemon
+
+
+@pytest.mark.parametrize("server, logs_dir, daemon_label", [
+    ("lxd", "", "LXD"),                    # LXD: /1.0/instances/C/logs/exec_ID.stdout
+    ("incus", "exec-output", "Incus"),     # Incus: /1.0/instances/C/logs/exec-output/exec_ID.stdout
+])
+def test_exec_reads_and_deletes_the_records_at_the_paths_the_operation_gave(monkeypatch, tmp_path, server, logs_dir, daemon_label):
+    client, daemon = fake_client(monkeypatch, tmp_path, server, logs_dir)
+    assert client.daemon == daemon_label and client.local_dir == str(tmp_path)
+    daemon.exec_answers("c1", "abc")
+    result = client.exec("c1", ["sh", "-c", "x"])
+    client.close()
+    assert result == (3, "out\n", "err\n")
+    logs = "/instances/c1/logs/" + (logs_dir + "/" if logs_dir else "")
+    for suffix in ("stdout", "stderr"):
+        assert ("get", logs + "exec_abc." + suffix) in daemon.calls
+        assert ("delete", logs + "exec_abc." + suffix) in daemon.calls
+
+
+def test_exec_refuses_a_record_outside_the_instances_logs(monkeypatch, tmp_path):
+    client, daemon = fake_client(monkeypatch, tmp_path, "incus", "exec-output")
+    for path in ("/1.0/instances/other/logs/exec_x.stdout", "/1.0/instances/c1/logs/../../c1", "/1.0/images/x",
+                 "/1.0/instances/c1/logs/", "/1.0/instances/c1/logs//x"):
+        daemon.exec_answers("c1", "abc", meta={"return": 0, "output": {"1": path, "2": path}})
+        with pytest.raises(LxdError, match="Incus gave an output record outside the instance's logs"):
+            client.exec("c1", ["true"])
+    assert not [call for call in daemon.calls if call[0] == "delete"]
+
+
+def test_exec_without_a_record_names_the_daemon_that_answered(monkeypatch, tmp_path):
+    client, daemon = fake_client(monkeypatch, tmp_path, "incus", "exec-output")
+    daemon.exec_answers("c1", "abc", meta={"return": 0})
+    with pytest.raises(LxdError, match="Incus returned no exit code or output record"):
+        client.exec("c1", ["true"])
+
+
+def test_exec_record_path_with_a_project_query_is_read_without_it(monkeypatch, tmp_path):
+    client, daemon = fake_client(monkeypatch, tmp_path, "incus", "exec-output")
+    daemon.exec_answers("c1", "abc")
+    op = daemon.answers[("get", "/operations/abc/wait")].body["metadata"]["metadata"]["output"]
+    for fd in ("1", "2"):
+        op[fd] += "?project=p1"
+    assert client.exec("c1", ["true"]).stdout == "out\n"
+    client.close()
+
+
+@pytest.mark.parametrize("header", ["X-LXD-type", "X-Incus-Type"])
+def test_pull_file_of_a_directory_fails_on_either_daemons_header(monkeypatch, tmp_path, header):
+    import requests.structures
+    client, daemon = fake_client(monkeypatch, tmp_path, "incus", "exec-output")
+    headers = requests.structures.CaseInsensitiveDict({header: "directory"})
+    daemon.answers[("get", "/instances/c1/files")] = FakeResponse(content=b"[]", headers=headers)
+    with pytest.raises(LxdError, match="is a directory"):
+        client.pull_file("c1", "/etc")
+    headers[header] = "file"
+    assert client.pull_file("c1", "/etc/x") == b"[]"
+
+
+def test_socket_under_run_incus_reads_leases_under_var_lib_incus(monkeypatch):
+    import pylxd
+    from ansible_collections.homelab.onebox.plugins.module_utils import _lxd
+    daemon = FakeDaemon("incus", "exec-output")
+    monkeypatch.setattr(pylxd, "Client", lambda **kwargs: daemon)
+    monkeypatch.setattr(_lxd, "endpoint_from_url", lambda url: "/run/incus/unix.socket")
+    client = LxdClient(url="/run/incus/unix.socket")
+    assert (client.daemon, client.local_dir) == ("Incus", "/var/lib/incus")
