@@ -73,6 +73,7 @@ class InstanceSpec:
             wait_for_ipv4=dict(type="bool", default=True),
             wait_timeout=dict(type="int", default=60),
             force_stop=dict(type="bool", default=False),
+            target=dict(type="str"),
         )
 
     def __init__(self, name, config=None, devices=None, profiles=None, ephemeral=None, image=None,
@@ -102,6 +103,9 @@ class InstanceSpec:
         # The fingerprint the spec's image alias points at now, when the instance must follow it
         # (a rebuilt base image under the same alias); None: an alias moving re-creates nothing.
         self.image_fingerprint = None
+        # The cluster member a new instance is made on (None: the daemon's choice); an existing
+        # one is never moved.
+        self.target = None
 
     def check_host(self, lxd, field="cpus"):
         """What only the daemon's host can say: limits.cpu beyond its CPUs would never be met."""
@@ -300,11 +304,14 @@ def parse_instance(params, cgroup2=None):
     if params.get("wait_timeout") is not None:
         v.whole(params["wait_timeout"], "wait_timeout", 1)
 
-    return InstanceSpec(name, config, devices, params.get("profiles"), params.get("ephemeral"), params.get("image"),
+    spec = InstanceSpec(name, config, devices, params.get("profiles"), params.get("ephemeral"), params.get("image"),
                         params.get("image_server"), params.get("image_protocol") or "simplestreams",
                         params.get("copy_from"), ipv4, params.get("network"), params.get("state") or "started",
                         params.get("wait_for_ipv4", True), params.get("wait_timeout") or 60,
                         bool(params.get("force_stop")), bool(params.get("adopt")))
+    if params.get("target") is not None:
+        spec.target = v.safe_token(params["target"], "target")
+    return spec
 
 
 def _parse_config(raw):

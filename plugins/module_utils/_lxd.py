@@ -233,9 +233,11 @@ class LxdClient:
     def instance_state(self, name):
         return self.metadata("get", self.api.instances[name].state, "state of instance %s" % name)
 
-    def create_instance(self, body, timeout=None):
+    def create_instance(self, body, timeout=None, target=None):
+        """``target``: the cluster member to make it on (None: where the daemon places it)."""
         what = "create instance %s" % body.get("name")
-        self.wait(self.request("post", self.api.instances, what, json=body), what,
+        params = {"target": target} if target else None
+        self.wait(self.request("post", self.api.instances, what, json=body, params=params), what,
                   timeout=timeout or max(self.timeout, 120))
 
     def patch_instance(self, name, body):

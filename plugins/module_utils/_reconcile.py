@@ -53,7 +53,8 @@ class InstanceReconciler:
             body = body or spec.create_body(lxd, self.pending)  # fails on an unknown image or source first
             if not self.check_mode:
                 self._release_stale_lease(body)  # or fails, before anything is made, on a holder
-            self._act("create", lambda: lxd.create_instance(body, timeout=max(120, spec.wait_timeout)))
+            self._act("create", lambda: lxd.create_instance(body, timeout=max(120, spec.wait_timeout),
+                                                            target=spec.target))
             current = spec.predicted(body) if self.check_mode else lxd.instance(name, state=False)
         else:
             patch = spec.patch_body(current, lxd)

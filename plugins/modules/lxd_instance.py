@@ -133,6 +133,12 @@ options:
     description: Kill instead of a clean shutdown when stopping, restarting or deleting.
     type: bool
     default: false
+  target:
+    description:
+      - The cluster member a new instance is made on (the API's C(?target=)); without it the daemon
+        places it. An existing instance is never moved. A daemon that is not a cluster refuses it.
+      - Passed through as it is; tested only against a standalone daemon (its refusal), not a cluster.
+    type: str
 notes:
   - Runs on the LXD host (or anywhere with O(lxd_url) pointing at an LXD API). Needs pylxd there.
   - Containers only; virtual machines are out of scope.

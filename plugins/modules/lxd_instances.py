@@ -27,7 +27,7 @@ options:
         C(state), C(image), C(copy_from), C(config), C(memory), C(memory_swap), C(cpus),
         C(autostart), C(autostart_priority), C(autostart_delay), C(profiles), C(devices),
         C(ipv4_address) (including V(auto)), C(network), C(ephemeral), C(wait_for_ipv4), C(wait_timeout),
-        C(force_stop)), with the same defaults.
+        C(force_stop), C(target)), with the same defaults.
       - An item may copy from another item of the list (its C(copy_from)); it is created after it.
       - With O(owner), an item also takes C(adopt) (bool, default V(false)). A container of that name
         that exists without this owner's mark (made by hand, or another owner's) fails the run

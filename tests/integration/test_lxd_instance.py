@@ -268,3 +268,12 @@ def test_push_pull_file(lxd, shared):
     lxd.push_file(shared, "/tmp/onebox-suid", b"x", mode=0o4750)
     assert lxd.run(shared, ["stat", "-c", "%a", "/tmp/onebox-suid"], timeout=10).strip() == "750"
     lxd.run(shared, ["rm", "-f", "/tmp/onebox-suid"], timeout=10)
+
+
+def test_a_cluster_member_asked_of_a_daemon_that_is_no_cluster_is_its_refusal(lxd, instance_names):
+    """``target`` reaches the daemon with the create (a cluster itself is not tested here): a
+    standalone daemon refuses it in its own words, and nothing is made."""
+    name = instance_names("target")
+    result = run_module("lxd_instance", {"name": name, "image": IMAGE, "target": "member2"})
+    assert result.get("failed") and "Target only allowed when clustered" in result["msg"], result
+    assert instance(lxd, name) is None

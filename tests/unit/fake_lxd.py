@@ -141,9 +141,10 @@ class FakeLxd:
         with self._lock:
             return copy.deepcopy(self._get(name, "state of instance %s" % name)["state"])
 
-    def create_instance(self, body, timeout=None):
+    def create_instance(self, body, timeout=None, target=None):
         name = body.get("name")
-        self._record("create_instance", name, copy.deepcopy(body))
+        # The cluster member asked for, recorded only when one is (the calls of a standalone daemon).
+        self._record("create_instance", name, copy.deepcopy(body), *([target] if target else []))
         with self._lock:
             if name in self.instances_by_name:
                 raise LxdError("create instance %s: Instance \"%s\" already exists" % (name, name))

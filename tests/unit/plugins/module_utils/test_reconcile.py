@@ -116,3 +116,22 @@ def test_an_owned_device_no_longer_declared_leaves_the_running_container_through
     assert lxd.names("put_instance") == ["web"] and lxd.instances_by_name["web"]["devices"] == {}
     assert lxd.instances_by_name["web"]["status"] == "Running"
     assert InstanceReconciler(lxd, spec).run()["actions"] == []
+
+
+def test_a_new_instance_is_made_on_the_cluster_member_asked_for_and_an_existing_one_stays():
+    lxd = FakeLxd()
+    reconcile(lxd, name="web1", image="debian/12", target="member2")
+    made = [c for c in lxd.calls if c[0] == "create_instance"]
+    assert len(made) == 1 and made[0][3] == "member2"
+    lxd.calls.clear()
+    reconcile(lxd, name="web1", image="debian/12", target="member3")  # never moved
+    assert not [c for c in lxd.calls if c[0] == "create_instance"]
+    reconcile(lxd, name="web2", image="debian/12")
+    assert [len(c) for c in lxd.calls if c[0] == "create_instance"] == [3]  # no member: none asked
+
+
+def test_a_target_is_a_plain_name():
+    from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
+    with pytest.raises(ValidationError) as caught:
+        parse_instance(dict(name="web1", image="debian/12", target="member 2; x"))
+    assert caught.value.field == "target"
