@@ -197,8 +197,15 @@ class LxdClient:
         while True:
             # LXD caps one wait; loop so a long operation (an image unpack) can still finish.
             left = max(1, int(deadline - time.monotonic() + 0.999))
-            op = self.metadata("get", self.api.operations[op_id].wait, what,
-                               params={"timeout": left}, timeout=left + 10)
+            try:
+                op = self.metadata("get", self.api.operations[op_id].wait, what,
+                                   params={"timeout": left}, timeout=left + 10)
+            except LxdNotFound:
+                raise
+            except LxdError:
+                # A wait that outlives its timeout: LXD answers the operation, still running; Incus
+                # an error ("context deadline exceeded"). Read the operation itself.
+                op = self.metadata("get", self.api.operations[op_id], what)
             if op["status"] == "Success":
                 return op
             if op["status"] in ("Failure", "Cancelled"):

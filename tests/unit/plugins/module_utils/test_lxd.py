@@ -207,3 +207,26 @@ def test_socket_under_run_incus_reads_leases_under_var_lib_incus(monkeypatch):
     monkeypatch.setattr(_lxd, "endpoint_from_url", lambda url: "/run/incus/unix.socket")
     client = LxdClient(url="/run/incus/unix.socket")
     assert (client.daemon, client.local_dir) == ("Incus", "/var/lib/incus")
+
+
+def test_a_wait_that_outlives_its_timeout_reads_the_operation_on_either_daemon(monkeypatch, tmp_path):
+    """LXD answers a timed-out wait with the operation still running; Incus answers it with an error
+    ("context deadline exceeded", HTTP 200 of type error): both come to "did not finish"."""
+    import pylxd.exceptions
+    client, daemon = fake_client(monkeypatch, tmp_path, "incus", "exec-output")
+    running = FakeResponse({"metadata": {"status": "Running"}})
+
+    def incus_wait(**kwargs):
+        raise pylxd.exceptions.LXDAPIException(FakeResponse({"type": "error", "error": "context deadline exceeded"}))
+
+    daemon.answers[("get", "/operations/op1/wait")] = incus_wait
+    daemon.answers[("get", "/operations/op1")] = running
+    daemon.answers[("delete", "/operations/op1")] = FakeResponse()
+    with pytest.raises(LxdError, match="x: did not finish within 0 s"):
+        client.wait(FakeResponse({"type": "async", "operation": "/1.0/operations/op1"}), "x", timeout=0)
+    daemon.answers[("get", "/operations/op1")] = FakeResponse({"metadata": {"status": "Success", "metadata": {"a": 1}}})
+    assert client.wait(FakeResponse({"type": "async", "operation": "/1.0/operations/op1"}), "x", timeout=0)["metadata"] == {"a": 1}
+    daemon.answers[("get", "/operations/op1/wait")] = running  # LXD
+    daemon.answers[("get", "/operations/op1")] = None
+    with pytest.raises(LxdError, match="x: did not finish within 0 s"):
+        client.wait(FakeResponse({"type": "async", "operation": "/1.0/operations/op1"}), "x", timeout=0)
