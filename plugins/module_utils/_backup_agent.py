@@ -169,7 +169,12 @@ class Lxd:
         answer = self.request(method, path, body, headers)
         if answer.get("type") != "async":
             return answer.get("metadata")
-        waited = self.request("GET", "%s/wait?timeout=%d" % (answer["operation"], timeout), timeout=timeout + 30)
+        try:
+            waited = self.request("GET", "%s/wait?timeout=%d" % (answer["operation"], timeout), timeout=timeout + 30)
+        except Failure:
+            # Past its timeout LXD answers the operation, still running; Incus an error ("context
+            # deadline exceeded"): the operation itself says which.
+            waited = self.request("GET", answer["operation"])
         meta = waited.get("metadata") or {}
         if meta.get("status") != "Success":
             raise Failure("%s %s %s: %s" % (self.daemon, method, path, meta.get("err") or meta.get("status") or "timed out after %d s" % timeout))

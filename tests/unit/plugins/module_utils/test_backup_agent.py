@@ -120,3 +120,16 @@ def test_a_command_in_a_container_reads_then_deletes_its_records_where_the_daemo
     assert lxd.run("db", ["pg_dump"], 60) == (3, "stdout", "stderr")
     assert calls == [("POST", "/1.0/instances/db/exec"), ("GET", logs + "exec_x.stdout"), ("DELETE", logs + "exec_x.stdout"),
                      ("GET", logs + "exec_x.stderr"), ("DELETE", logs + "exec_x.stderr")]
+
+
+def test_an_operation_past_its_timeout_fails_the_same_on_either_daemon():
+    class Lxd(ba.Lxd):
+        def request(self, method, path, body=None, headers=None, timeout=None):
+            if path == "/1.0/instances":
+                return {"type": "async", "operation": "/1.0/operations/o1"}
+            if "/wait" in path:  # Incus: an error; LXD would answer the running operation
+                raise ba.Failure("Incus GET %s: context deadline exceeded" % path)
+            return {"metadata": {"status": "Running"}}
+
+    with pytest.raises(ba.Failure, match="Incus POST /1.0/instances: timed out after 5 s"):
+        Lxd("/var/lib/incus/unix.socket").call("POST", "/1.0/instances", {}, timeout=5)
