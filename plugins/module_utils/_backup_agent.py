@@ -177,7 +177,8 @@ class Lxd:
             waited = self.request("GET", answer["operation"])
         meta = waited.get("metadata") or {}
         if meta.get("status") != "Success":
-            raise Failure("%s %s %s: %s" % (self.daemon, method, path, meta.get("err") or meta.get("status") or "timed out after %d s" % timeout))
+            said = meta.get("err") or (meta.get("status") not in (None, "Running") and meta["status"])
+            raise Failure("%s %s %s: %s" % (self.daemon, method, path, said or "timed out after %d s" % timeout))
         return meta
 
     def get(self, path):
