@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.homelab.onebox.plugins.filter.apt_backports import FilterModule, apt_backports
+from ansible_collections.homelab.onebox.plugins.filter.host.apt_backports import FilterModule, apt_backports
 
 # `apt-get indextargets --format '$(TARGET_OF) $(RELEASE) $(COMPONENT) $(REPO_URI)'` + FETCHED, on a
 # Debian 12 host with deb822 sources (debian.sources) and no backports.

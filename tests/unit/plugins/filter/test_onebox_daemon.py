@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.homelab.onebox.plugins.filter.onebox_daemon import FilterModule, onebox_daemon, parse_os_release
+from ansible_collections.homelab.onebox.plugins.filter.host.onebox_daemon import FilterModule, onebox_daemon, parse_os_release
 
 DEBIAN_12 = """PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"
 NAME="Debian GNU/Linux"

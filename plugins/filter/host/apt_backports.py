@@ -1,7 +1,11 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """apt_backports: whether apt's sources name a backports suite, and the entry that adds it from the
-mirror the release's own entry names. The documentation is in apt_backports.yml next to this file."""
+mirror the release's own entry names. The documentation is in apt_backports.yml next to this file.
+
+In plugins/filter/host/ (homelab.onebox.host.*): a task using a filter of this directory imports
+only its files, not the top-level ones (box_parts and its module_utils), which keeps
+homelab.onebox.lxd_host's fast path fast."""
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError

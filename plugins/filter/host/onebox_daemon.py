@@ -2,7 +2,11 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """onebox_daemon: which container daemon (LXD or Incus) a host gets, and how to reach it, from its
 /etc/os-release and the wanted value of onebox_lxd_host_daemon. The documentation is in
-onebox_daemon.yml next to this file."""
+onebox_daemon.yml next to this file.
+
+In plugins/filter/host/ (homelab.onebox.host.*): a task using a filter of this directory imports
+only its files, not the top-level ones (box_parts and its module_utils), which keeps
+homelab.onebox.lxd_host's fast path fast."""
 from __future__ import annotations
 
 import shlex
