@@ -2,7 +2,11 @@
 
 The test command runs the playbook once before pytest, so here the host is already set up: a run
 must succeed and change nothing, check mode must predict nothing, and what the roles promise
-(image alias, pool, bridge on a subnet of its own, default profile) must be there."""
+(image alias, pool, bridge on a subnet of its own, default profile) must be there.
+
+Against the daemon the run targets (conftest's DAEMON): LXD, or with ONEBOX_TEST_DAEMON=incus the
+playbook with onebox_lxd_host_daemon=incus (Incus from bookworm-backports on Debian 12, beside
+LXD), which must then have been run once before too."""
 from __future__ import annotations
 
 import ipaddress
@@ -10,13 +14,16 @@ import json
 import os
 import subprocess
 
-from conftest import ROOT, run_playbook
+import pytest
+from conftest import CLI, DAEMON, ROOT, run_playbook
 
 PLAYBOOK = os.path.join(ROOT, "playbooks", "host.yml")
-# The same extra variables the test command passes (tests use nginx on the host).
-EXTRA_VARS = {"onebox_lxd_host_extra_packages": ["nginx-light"]}
+# The same extra variables the test command passes (tests use nginx on the host); the daemon named
+# only for Incus, so that the LXD run is the default one.
+EXTRA_VARS = dict({"onebox_lxd_host_extra_packages": ["nginx-light"]},
+                  **({"onebox_lxd_host_daemon": "incus"} if DAEMON == "incus" else {}))
 ALIAS = "onebox-debian12"
-POOL, NETWORK, PROFILE = "default", "lxdbr0", "default"
+POOL, NETWORK, PROFILE = "default", {"lxd": "lxdbr0", "incus": "incusbr0"}[DAEMON], "default"
 
 
 def changed_tasks(out):
@@ -44,12 +51,62 @@ def assert_no_change(rc, out):
     assert stats["changed"] == 0, changed_tasks(out)
 
 
+def reported_backend(out):
+    """The fact onebox_lxd_host_backend as lxd_host set it."""
+    for play in out.get("plays", []):
+        for task in play.get("tasks", []):
+            for result in task.get("hosts", {}).values():
+                backend = (result.get("ansible_facts") or {}).get("onebox_lxd_host_backend")
+                if backend:
+                    return backend
+    raise AssertionError("no task set onebox_lxd_host_backend")
+
+
 def test_second_run_changes_nothing():
     rc, out = run_playbook(PLAYBOOK, EXTRA_VARS)
     assert_no_change(rc, out)
-    # The fast path: lxd_host's probe and the fact it sets; everything else is skipped.
+    # The fast path: the os-release read, lxd_host's probe and the facts it sets; everything else
+    # is skipped.
     ran = run_tasks(out)
     assert len(ran) <= 3, ran
+
+
+def test_the_daemon_chosen_is_reported_to_later_roles():
+    rc, out = run_playbook(PLAYBOOK, EXTRA_VARS)
+    assert rc == 0
+    backend = reported_backend(out)
+    assert backend["daemon"] == DAEMON and backend["command"] == CLI and backend["network"] == NETWORK
+    assert backend["socket"] == {"lxd": "/var/lib/lxd/unix.socket", "incus": "/var/lib/incus/unix.socket"}[DAEMON]
+    assert os.path.exists(backend["socket"])
+    if debian_release() == "12":  # LXD by default, Incus from backports when asked for
+        assert backend["apt_release"] == ("bookworm-backports" if DAEMON == "incus" else "")
+
+
+def debian_release():
+    with open("/etc/os-release", encoding="utf-8") as handle:
+        fields = dict(line.rstrip("\n").split("=", 1) for line in handle if "=" in line)
+    return fields.get("VERSION_ID", "").strip('"')
+
+
+def incus_answers():
+    try:
+        return subprocess.run(["incus", "query", "/1.0"], capture_output=True, timeout=10, check=False,
+                              env=dict(os.environ, INCUS_DIR="/var/lib/incus")).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(DAEMON != "lxd", reason="the LXD run checks the Incus one beside it")
+def test_incus_beside_lxd_is_in_place_too():
+    """Where Incus runs beside LXD (set up with onebox_lxd_host_daemon=incus), the playbook for it
+    predicts no change either, and the default run stays LXD's (the tests above)."""
+    if not incus_answers():
+        pytest.skip("Incus is not running here (set it up: playbooks/host.yml -e onebox_lxd_host_daemon=incus)")
+    rc, out = run_playbook(PLAYBOOK, dict(EXTRA_VARS, onebox_lxd_host_daemon="incus"), check=True)
+    assert_no_change(rc, out)
+    assert len(run_tasks(out)) <= 3, run_tasks(out)
+    backend = reported_backend(out)
+    assert backend["daemon"] == "incus" and backend["command"] == "incus" and backend["network"] == "incusbr0"
 
 
 def test_check_mode_predicts_nothing():
@@ -96,6 +153,6 @@ def test_bridge_is_managed_nat_and_its_subnet_is_routed_only_through_it(lxd):
 
 
 def test_storage_pool_exists():
-    pool = json.loads(subprocess.run(["lxc", "query", "/1.0/storage-pools/%s" % POOL], capture_output=True,
+    pool = json.loads(subprocess.run([CLI, "query", "/1.0/storage-pools/%s" % POOL], capture_output=True,
                                      text=True, check=True, timeout=30).stdout)
     assert pool["status"] == "Created"

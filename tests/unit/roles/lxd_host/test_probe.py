@@ -50,14 +50,18 @@ def fake(tmp_path):
     bindir.mkdir()
     answers.mkdir()
     write(bindir / "lxc", FAKE_LXC, stat.S_IRWXU)
+    # Incus's client answers `incus query URL` alike; it has answers of its own here.
+    write(bindir / "incus", FAKE_LXC.replace("$FAKE_DIR/answers/", "$FAKE_DIR/incus-answers/"), stat.S_IRWXU)
+    (tmp_path / "incus-answers").mkdir()
     write(bindir / "dpkg-query", FAKE_DPKG, stat.S_IRWXU)
 
-    def answer(url, data):
-        write(answers / url.replace("/", "_").replace("?", "_").replace("=", "_"), json.dumps(data, indent=2))
+    def answer(url, data, client="lxc"):
+        where = answers if client == "lxc" else tmp_path / "incus-answers"
+        write(where / url.replace("/", "_").replace("?", "_").replace("=", "_"), json.dumps(data, indent=2))
 
-    def run(packages=PACKAGES):
+    def run(packages=PACKAGES, client="lxc", units="lxd.socket lxd.service"):
         env = dict(os.environ, FAKE_DIR=str(tmp_path), PATH="%s:%s" % (bindir, os.environ["PATH"]))
-        proc = subprocess.run(["sh", "-c", script(), "onebox-probe", "lxc", "default", "lxd.socket lxd.service",
+        proc = subprocess.run(["sh", "-c", script(), "onebox-probe", client, "default", units,
                                "fs.inotify.max_user_instances kernel.no_such_key"]
                               + list(packages), env=env, capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 0, proc.stderr
@@ -105,3 +109,30 @@ def test_missing_profile_is_null(fake):
 
 def test_no_package_known(fake):
     assert fake[1](["not-a-package"])["installed"] == []
+
+
+def test_incus_is_read_through_its_own_client(fake):
+    """The probe reads whichever daemon it is given the client of: with incus, Incus's answers,
+    not LXD's (both daemons may run side by side)."""
+    answer, run = fake
+    answer("/1.0", {"api_version": "1.0"})
+    answer("/1.0/networks?recursion=1", [{"name": "lxdbr0", "managed": True}])
+    answer("/1.0", {"api_version": "1.0", "environment": {"server": "incus"}}, client="incus")
+    answer("/1.0/storage-pools?recursion=1", [{"name": "default", "driver": "btrfs"}], client="incus")
+    answer("/1.0/networks?recursion=1", [{"name": "incusbr0", "managed": True},
+                                         {"name": "lxdbr0", "managed": False}], client="incus")
+    answer("/1.0/profiles/default", {"name": "default", "devices": {}}, client="incus")
+    answer("/1.0/images/aliases?recursion=1", [{"name": "onebox-debian12", "target": "def"}], client="incus")
+    out = run(packages=("incus-base", "btrfs-progs"), client="incus",
+              units="incus.socket incus.service incus-startup.service")
+    assert out["daemon"] is True
+    assert [n["name"] for n in out["networks"]] == ["incusbr0", "lxdbr0"]
+    assert out["aliases"] == [{"name": "onebox-debian12", "target": "def"}]
+    assert out["installed"] == ["btrfs-progs"]  # the fake dpkg knows no incus-base
+
+
+def test_incus_down_while_lxd_answers(fake):
+    answer, run = fake
+    answer("/1.0", {"api_version": "1.0"})
+    out = run(client="incus")
+    assert out["daemon"] is False and out["pools"] is None and out["aliases"] is None
