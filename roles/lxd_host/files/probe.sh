@@ -13,8 +13,15 @@ shift 4
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
 trap 'exit 1' INT TERM
-# q URL FILE: LXD's answer in FILE, no FILE when it fails; j FILE: the answer, or null.
-q() { timeout 30 "$lxc" query "$1" >"$tmp/$2" 2>/dev/null || rm -f "$tmp/$2"; }
+# q URL FILE: the daemon's answer in FILE, no FILE when it fails (Incus answers an empty list with
+# nothing at all: [] then); j FILE: the answer, or null.
+q() {
+  if timeout 30 "$lxc" query "$1" >"$tmp/$2" 2>/dev/null; then
+    [ -s "$tmp/$2" ] || printf '[]' >"$tmp/$2"
+  else
+    rm -f "$tmp/$2"
+  fi
+}
 j() { if [ -s "$tmp/$1" ]; then cat "$tmp/$1"; else printf null; fi; }
 systemd=false units_down=0
 if [ -e /run/systemd/system ]; then

@@ -57,7 +57,8 @@ def fake(tmp_path):
 
     def answer(url, data, client="lxc"):
         where = answers if client == "lxc" else tmp_path / "incus-answers"
-        write(where / url.replace("/", "_").replace("?", "_").replace("=", "_"), json.dumps(data, indent=2))
+        write(where / url.replace("/", "_").replace("?", "_").replace("=", "_"),
+              "" if data is None else json.dumps(data, indent=2))
 
     def run(packages=PACKAGES, client="lxc", units="lxd.socket lxd.service"):
         env = dict(os.environ, FAKE_DIR=str(tmp_path), PATH="%s:%s" % (bindir, os.environ["PATH"]))
@@ -136,3 +137,14 @@ def test_incus_down_while_lxd_answers(fake):
     answer("/1.0", {"api_version": "1.0"})
     out = run(client="incus")
     assert out["daemon"] is False and out["pools"] is None and out["aliases"] is None
+
+
+def test_an_empty_answer_is_an_empty_list(fake):
+    """Incus's `incus query` prints nothing at all for an empty list (LXD prints [])."""
+    answer, run = fake
+    answer("/1.0", {"api_version": "1.0"}, client="incus")
+    for url in ("/1.0/storage-pools?recursion=1", "/1.0/networks?recursion=1", "/1.0/images/aliases?recursion=1"):
+        answer(url, None, client="incus")
+    out = run(client="incus")
+    assert out["daemon"] is True
+    assert out["pools"] == [] and out["networks"] == [] and out["aliases"] == [] and out["profile"] is None
