@@ -11,7 +11,7 @@ class ModuleDocFragment:
 options:
   lxd_url:
     description:
-      - Where the API of the daemon is, LXD (5.0 or later) or Incus (6.0 or later): both work alike.
+      - Where the API of the daemon is, LXD (5.0 or later) or Incus (6.0 or later) - both work alike.
         A unix socket path (C(/var/lib/lxd/unix.socket), C(/var/lib/incus/unix.socket) or
         C(unix:/path)) or an C(https://host:8443) URL.
       - When omitted, the first socket that exists of C($LXD_DIR/unix.socket),
