@@ -230,6 +230,21 @@ class Lxd:
         return out.get("return", -1), logs[0], logs[1]
 
 
+def random_mac():
+    """A locally administered unicast MAC (02:...), random: a drill container's own."""
+    return "02:" + ":".join("%02x" % b for b in os.urandom(5))
+
+
+def import_headers(name, pool=None):
+    """An import's name (and an instance's pool) for either daemon: LXD reads X-LXD-name and
+    X-LXD-pool, Incus only X-Incus-name and X-Incus-pool (it imported under the backup's own name,
+    the temporary copy's), and each ignores the other's."""
+    headers = {"Content-Type": "application/octet-stream", "X-LXD-name": name, "X-Incus-name": name}
+    if pool:
+        headers.update({"X-LXD-pool": pool, "X-Incus-pool": pool})
+    return headers
+
+
 # ---- restic ----------------------------------------------------------------------------------
 def restic_error(output, status):
     """restic's own reason, in a few words a user can act on."""
@@ -811,10 +826,15 @@ class Agent:
             conf = dict(conf)
             if conf.get("type") == "disk" and conf.get("source") in volumes:
                 conf["source"] = volumes[conf["source"]]
-            if conf.get("type") == "nic":
-                conf.pop("ipv4.address", None)
             devices[dev] = conf
-        # LXD makes it a MAC of its own (the live container's would clash on the bridge).
+        for dev, conf in (current.get("expanded_devices") or {}).items():
+            if conf.get("type") == "nic":
+                # A MAC of its own (the live container's would clash on the bridge), given on the
+                # device: Incus checks an update against the imported volatile MAC, the live
+                # container's, and refuses it ("already defined on another NIC"); LXD would make one.
+                conf = dict(devices.get(dev) or conf, hwaddr=random_mac())
+                conf.pop("ipv4.address", None)
+                devices[dev] = conf
         config = {k: v for k, v in (current.get("config") or {}).items()
                   if not k.startswith("user.onebox.") and not (k.startswith("volatile.") and k.endswith(".hwaddr"))}
         config.update({"user.onebox.drill": self.config["owner"], "boot.autostart": "false"})
@@ -932,10 +952,8 @@ class Agent:
     def _import(self, kind, name, snapshot, restic, pool, as_name=None):
         """Object ``name`` of restic snapshot ``snapshot`` into LXD (as ``as_name``)."""
         proc = restic.start_dump(snapshot, object_file(kind, name))
-        headers = {"Content-Type": "application/octet-stream", "X-LXD-name": as_name or name}
         path = "/1.0/instances" if kind == "instance" else "/1.0/storage-pools/%s/volumes/custom" % pool
-        if kind == "instance":
-            headers["X-LXD-pool"] = pool
+        headers = import_headers(as_name or name, pool if kind == "instance" else None)
         try:
             with Watchdog([proc], self.config.get("object_timeout", RESTIC_TIMEOUT)):
                 self.lxd.call("POST", path, proc.stdout, headers)

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, RUN_PREFIX, ansible_env, run_module, run_playbook
+from conftest import CLI, ROOT, RUN_PREFIX, ansible_env, run_module, run_playbook
 from netns import Netns
 from s3 import s3  # noqa: F401  pylint: disable=unused-import
 
@@ -55,7 +55,7 @@ except Exception as exc:
 
 
 def sh(container, script, check=True):
-    return subprocess.run(["lxc", "exec", container, "--", "sh", "-c", script], capture_output=True, text=True,
+    return subprocess.run([CLI, "exec", container, "--", "sh", "-c", script], capture_output=True, text=True,
                           timeout=60, check=check)
 
 
@@ -194,7 +194,7 @@ def test_backup_reaches_both_targets_and_restores_a_deleted_container(world, lxd
     assert sh(APP, "cat /srv/data/dumped-at").stdout.strip().isdigit()
     assert fetch(client, "a.txt") == DATA["a.txt"]
 
-    subprocess.run(["lxc", "delete", "--force", APP], check=True, timeout=120)
+    subprocess.run([CLI, "delete", "--force", APP], check=True, timeout=120)
     assert fetch(client, "a.txt").startswith("ERROR")
     # Its volume is still there, newer than the backup: replacing it takes an explicit word.
     rc, out = run_playbook(os.path.join(ROOT, "playbooks", "restore.yml"), {"service": APP},
@@ -210,8 +210,8 @@ def test_backup_reaches_both_targets_and_restores_a_deleted_container(world, lxd
 
 
 def test_restore_brings_a_deleted_volume_back_too(world, client):
-    subprocess.run(["lxc", "delete", "--force", APP], check=True, timeout=120)
-    subprocess.run(["lxc", "storage", "volume", "delete", "default", VOLUME], check=True, timeout=120)
+    subprocess.run([CLI, "delete", "--force", APP], check=True, timeout=120)
+    subprocess.run([CLI, "storage", "volume", "delete", "default", VOLUME], check=True, timeout=120)
     restored = run_module("backup", dict(world["backup"], action="restore", restore_services=[APP]), timeout=600)
     assert restored["changed"] and not restored.get("failed"), restored
     assert restored["services"][0]["replaces"] == []

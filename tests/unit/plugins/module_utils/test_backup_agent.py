@@ -133,3 +133,10 @@ def test_an_operation_past_its_timeout_fails_the_same_on_either_daemon():
 
     with pytest.raises(ba.Failure, match="Incus POST /1.0/instances: timed out after 5 s"):
         Lxd("/var/lib/incus/unix.socket").call("POST", "/1.0/instances", {}, timeout=5)
+
+
+def test_an_import_is_named_for_either_daemon():
+    assert ba.import_headers("db", "default") == {
+        "Content-Type": "application/octet-stream", "X-LXD-name": "db", "X-Incus-name": "db",
+        "X-LXD-pool": "default", "X-Incus-pool": "default"}
+    assert "X-Incus-pool" not in ba.import_headers("box-db-data")
