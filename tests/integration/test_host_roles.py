@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 
-import pytest
 from conftest import CLI, DAEMON, ROOT, run_playbook
 
 PLAYBOOK = os.path.join(ROOT, "playbooks", "host.yml")
@@ -86,27 +85,6 @@ def debian_release():
     with open("/etc/os-release", encoding="utf-8") as handle:
         fields = dict(line.rstrip("\n").split("=", 1) for line in handle if "=" in line)
     return fields.get("VERSION_ID", "").strip('"')
-
-
-def incus_answers():
-    try:
-        return subprocess.run(["incus", "query", "/1.0"], capture_output=True, timeout=10, check=False,
-                              env=dict(os.environ, INCUS_DIR="/var/lib/incus")).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-@pytest.mark.skipif(DAEMON != "lxd", reason="the LXD run checks the Incus one beside it")
-def test_incus_beside_lxd_is_in_place_too():
-    """Where Incus runs beside LXD (set up with onebox_lxd_host_daemon=incus), the playbook for it
-    predicts no change either, and the default run stays LXD's (the tests above)."""
-    if not incus_answers():
-        pytest.skip("Incus is not running here (set it up: playbooks/host.yml -e onebox_lxd_host_daemon=incus)")
-    rc, out = run_playbook(PLAYBOOK, dict(EXTRA_VARS, onebox_lxd_host_daemon="incus"), check=True)
-    assert_no_change(rc, out)
-    assert len(run_tasks(out)) <= 3, run_tasks(out)
-    backend = reported_backend(out)
-    assert backend["daemon"] == "incus" and backend["command"] == "incus" and backend["network"] == "incusbr0"
 
 
 def test_check_mode_predicts_nothing():
