@@ -85,6 +85,13 @@ def run_playbook(playbook, extra_vars=None, check=False, diff=False, timeout=900
     return _ansible("ansible-playbook", args, check, diff, timeout)
 
 
+def ok(result, changed=True):
+    """A module's result that did not fail and changed (or not) as said; the result."""
+    assert not result.get("failed"), result.get("msg", result)
+    assert result["changed"] is changed, result
+    return result
+
+
 @pytest.fixture
 def onebox_module():
     return run_module

@@ -498,8 +498,8 @@ from ansible_collections.homelab.onebox.plugins.module_utils._module import Oneb
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx import SiteSet
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx_render import catch_all_site
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx_site import parse_sites
-from ansible_collections.homelab.onebox.plugins.module_utils._provision import Provisioner, take_diff
-from ansible_collections.homelab.onebox.plugins.module_utils._provision_spec import UNIT_PREFIX, parse_inside
+from ansible_collections.homelab.onebox.plugins.module_utils._provision import TAIL_LINES, Provisioner, take_diff
+from ansible_collections.homelab.onebox.plugins.module_utils._provision_spec import parse_inside, unit_name
 from ansible_collections.homelab.onebox.plugins.module_utils._tls import ProxyCertificates
 from ansible_collections.homelab.onebox.plugins.module_utils._upgrade import Upgrade
 from ansible_collections.homelab.onebox.plugins.module_utils._volume import VolumeSet
@@ -1019,11 +1019,13 @@ def health_check(service):
     return None
 
 
-def journal_tail(lxd, name, service, lines=20):
-    """The last lines of the service's journal in its container, for a failure's message."""
-    unit = "%s%s.service" % (UNIT_PREFIX, service.name) if service.command else "nginx.service"
+def journal_tail(lxd, name, service):
+    """The last lines of the service's journal in its container, for a failure's message (as many
+    as the provisioner's own failures show)."""
+    unit = unit_name(service.name, service.where("name"), own=True) if service.command else "nginx.service"
     try:
-        found = lxd.exec(name, ["journalctl", "--no-pager", "-o", "short-iso", "-n", str(lines), "-u", unit], timeout=30)
+        found = lxd.exec(name, ["journalctl", "--no-pager", "-o", "short-iso", "-n", str(TAIL_LINES), "-u", unit],
+                         timeout=30)
     except OneboxError as exc:
         return "its journal could not be read: %s" % exc.msg
     text = (found.stdout or found.stderr).strip()

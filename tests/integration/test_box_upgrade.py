@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import RUN_PREFIX, delete_instance_quietly, run_module
+from conftest import RUN_PREFIX, delete_instance_quietly, ok, run_module
 
 OWNER = "%s-upg" % RUN_PREFIX
 APP = "%s-up-app" % RUN_PREFIX
@@ -58,12 +58,6 @@ def sh(script):
 
 def main_pid():
     return sh("systemctl show -p MainPID --value onebox-%s.service" % APP)
-
-
-def ok(result, changed):
-    assert not result.get("failed"), result
-    assert result["changed"] is changed, result
-    return result
 
 
 @pytest.fixture(scope="module")

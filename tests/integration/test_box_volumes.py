@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import RUN_PREFIX, delete_instance_quietly, run_module
+from conftest import RUN_PREFIX, delete_instance_quietly, ok, run_module
 
 OWNER = "%s-vol" % RUN_PREFIX
 WRITER = "%s-vo-w" % RUN_PREFIX
@@ -68,12 +68,6 @@ def uuid(lxd, name):
 
 def actions(result):
     return {v["name"]: v["action"] for v in result["volumes"]}
-
-
-def ok(result, changed=True):
-    assert not result.get("failed"), result.get("msg", result)
-    assert result["changed"] is changed, result
-    return result
 
 
 @pytest.fixture(scope="module")
