@@ -151,7 +151,8 @@ class LxdClient:
             said = describe_error(exc)
             if "Fingerprints did not match" in said:
                 said = ("its certificate is not the one lxd_verify names (%s): the daemon's own is its server.crt "
-                        "(/var/lib/lxd/server.crt, or `lxc info` under its certificate), copied to the controller; %s"
+                        "(/var/lib/lxd/server.crt or /var/lib/incus/server.crt, or `lxc info` / `incus info` under its "
+                        "certificate), copied to the controller; %s"
                         % (verify, said))
             raise LxdError("cannot connect to %s at %s: %s" % (EITHER, endpoint, said))
         self.daemon = daemon_name(self._client.host_info)

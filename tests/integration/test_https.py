@@ -1,8 +1,8 @@
-"""The modules against a daemon over HTTPS, end to end: LXD listens on the host's end of a test
-network namespace's veth (a /30 of 198.18.0.0/15 that nothing routes), a client certificate made
-here is trusted, and lxd_instance's life cycle and a box's converge, no-change run and teardown go
-through ``https://`` with the daemon's own certificate pinned; the box answers a client in the
-namespace. A wrong pinned certificate and an untrusted client fail with what to do.
+"""The modules against a daemon over HTTPS, end to end: the daemon (LXD, or Incus with
+ONEBOX_TEST_DAEMON=incus) listens on the host's end of a test network namespace's veth (a /30 of
+198.18.0.0/15 that nothing routes), a client certificate made here is trusted, and lxd_instance's
+life cycle and a box's converge, no-change run and teardown go through ``https://`` with the
+daemon's own certificate pinned; the box answers a client in the namespace. A wrong pinned certificate and an untrusted client fail with what to do.
 
 The daemon's listener and the trust entry are removed at the end (the listener set back to what it
 was), even when a test fails."""
@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import RUN_PREFIX, delete_instance_quietly, run_module, run_playbook
+from conftest import CLI, DAEMON, DAEMON_DIR, RUN_PREFIX, delete_instance_quietly, run_module, run_playbook
 from netns import Netns
 
 NAME = "%s-https" % RUN_PREFIX
@@ -26,11 +26,15 @@ PROXY = "%s-hs-proxy" % RUN_PREFIX
 PREFIX = "OBH%s" % RUN_PREFIX[1:].upper()
 PORT = random.randrange(20000, 29000)
 WEB_PORT = PORT + 1
-SERVER_CERT = "/var/lib/lxd/server.crt"
+SERVER_CERT = "%s/server.crt" % DAEMON_DIR
+# Trusting a certificate file: LXD 5.0's `trust add` takes one; Incus 6's makes a token from a name
+# and takes a file with add-certificate.
+TRUST_ADD = {"lxd": ["config", "trust", "add"], "incus": ["config", "trust", "add-certificate"]}[DAEMON]
 
 
 def lxc(*argv, check=True):
-    return subprocess.run(["lxc"] + list(argv), capture_output=True, text=True, timeout=60, check=check)
+    """The daemon's own command line (lxc or incus, see conftest)."""
+    return subprocess.run([CLI] + list(argv), capture_output=True, text=True, timeout=60, check=check)
 
 
 def certificate(directory, name):
@@ -53,7 +57,7 @@ def remote(tmp_path_factory):
     with Netns("https") as ns:
         lxc("config", "set", "core.https_address", "%s:%d" % (ns.host_address, PORT))
         try:
-            lxc("config", "trust", "add", cert)
+            lxc(*TRUST_ADD, cert)
             try:
                 yield {"ns": ns, "tmp": tmp, "connection": {
                     "lxd_url": "https://%s:%d" % (ns.host_address, PORT), "lxd_client_cert": cert,
