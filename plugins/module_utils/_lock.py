@@ -1,11 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright: homelab.onebox contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""One converge at a time per LXD daemon: a lock file on the host where the modules run.
+"""One converge at a time per daemon (LXD or Incus): a lock file on the host where the modules run.
 
-Two runs at once on one box raced each other in LXD ("Instance is busy") and in the proxy's and
-the host's files. Every module holds the lock of its LXD daemon from after its input is checked
-(bad input fails at once, without waiting) to its end. A second run waits for it, up to
+Two runs at once on one box raced each other in the daemon ("Instance is busy") and in the proxy's
+and the host's files. Every module holds the lock of its daemon (by socket path or URL) from after
+its input is checked (bad input fails at once, without waiting) to its end. A second run waits for it, up to
 ``lock_timeout`` seconds, then fails naming the process that holds it. The lock is an flock(2):
 the kernel drops it when its holder dies, so a killed run never leaves a stale lock behind.
 """
@@ -57,7 +57,7 @@ class RunLock:
                 self.holder = self.holder or read_holder(fd)
                 if time.monotonic() - started >= self.timeout:
                     raise OneboxError(
-                        "another homelab.onebox run holds the lock of LXD %s (%s); waited %d s (lock_timeout). "
+                        "another homelab.onebox run holds the lock of the daemon at %s (%s); waited %d s (lock_timeout). "
                         "Let it finish, or raise lock_timeout" % (self.key, read_holder(fd) or "holder unknown",
                                                                   self.timeout),
                         lock=self.path)
@@ -83,7 +83,7 @@ class RunLock:
         """A line for the run's warnings when it had to wait, else None."""
         if self.waited < POLL:
             return None
-        return "waited %.1f s for another homelab.onebox run on LXD %s (%s)" % (
+        return "waited %.1f s for another homelab.onebox run on the daemon at %s (%s)" % (
             self.waited, self.key, self.holder or "holder unknown")
 
 

@@ -97,7 +97,7 @@ class OneboxModule(AnsibleModule):
         self.exit_json(**dict(result, invocation={"module_args": self._hide_secrets(self.params)}))
 
     def _run_lock(self):
-        """The lock of the LXD daemon this run talks to (one converge at a time per daemon)."""
+        """The lock of the daemon (LXD or Incus) this run talks to (one converge at a time per daemon)."""
         if "lock_timeout" not in self.params or not self._takes_run_lock:
             return _NoLock()
         _validate.whole(self.params["lock_timeout"], "lock_timeout")
