@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: box_info
 short_description: The box as it is - its services, containers, sites, forwards, certificates and backups, as data, a table and a picture
-version_added: 0.3.0
+version_added: "0.2.0"
 description:
   - Reads the box of O(owner) as it is now, changing nothing - every container carrying the owner's
     mark (state, addresses, CPU and memory limits, uptime, volumes), what the proxy's sites route
