@@ -200,7 +200,7 @@ class InstanceSet:
         return InstanceReconciler(self.lxd, spec, self.check_mode, self.diff,
                                   current=self.current.get(spec.name), pending=pending, state_of=state_of)
 
-    def apply(self, parallel, then=None, around=None):
+    def apply(self, parallel, then=None, around=None, done=None):
         """Reconcile every applied spec and prune (after plan(); in check mode nothing changes).
         Errors of containers, and ``then``'s, raise once all are done, naming each container.
 
@@ -208,7 +208,9 @@ class InstanceSet:
         necessarily has its address (set-up inside overlaps its DHCP); ``settle()`` waits for the
         address when the work needs the network, and returns the result with it.
         ``around(spec)``: a context manager each declared container's whole work runs in (the
-        box's rolling changes take a pool member's turn there, before it is re-created)."""
+        box's rolling changes take a pool member's turn there, before it is re-created).
+        ``done()``: called as each container's work ends (well or not), from its worker (the box's
+        progress count)."""
         results = {}
 
         def state_of(name):
@@ -242,6 +244,9 @@ class InstanceSet:
                     source = spec.copy_from.split("/")[0] if spec.copy_from else None
                     futures[spec.name] = pool.submit(one, spec, futures.get(source))
             pruning = {spec.name: pool.submit(self._reconciler(spec).run) for spec in self.doomed}
+            if done is not None:
+                for future in list(futures.values()) + list(pruning.values()):
+                    future.add_done_callback(lambda _future: done())
             errors = []
             for name, future in list(futures.items()) + list(pruning.items()):
                 try:

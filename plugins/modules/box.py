@@ -498,6 +498,7 @@ from ansible_collections.homelab.onebox.plugins.module_utils._module import Oneb
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx import SiteSet
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx_render import catch_all_site
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx_site import parse_sites
+from ansible_collections.homelab.onebox.plugins.module_utils._progress import Progress, progress_path
 from ansible_collections.homelab.onebox.plugins.module_utils._provision import TAIL_LINES, Provisioner, take_diff
 from ansible_collections.homelab.onebox.plugins.module_utils._provision_spec import parse_inside, unit_name
 from ansible_collections.homelab.onebox.plugins.module_utils._tls import ProxyCertificates
@@ -577,9 +578,10 @@ class Insides:
                 self.rollout.take(name)
             worker.apply()
 
-    def alone(self, names, current, parallel):
+    def alone(self, names, current, parallel, done=None):
         """The insides of ``names``, containers this run does not make: each must be there (in
-        check mode one that is not is skipped, as one that would be made)."""
+        check mode one that is not is skipped, as one that would be made). ``done()`` as each
+        container's work ends."""
         missing = sorted(name for name in names if name not in current)
         if missing and not self.check_mode:
             raise OneboxError("%s: no such container; the containers part (parts: [containers]) makes it"
@@ -598,6 +600,8 @@ class Insides:
             finally:
                 if self.rollout is not None:
                     self.rollout.release(name, ok)
+                if done is not None:
+                    done()
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             list(pool.map(one, [name for name in names if name in current]))
         if errors:
@@ -707,6 +711,15 @@ class BoxManager:
         return "forwards.extra[%d]" % (index - len(fields)) if index >= 0 else field
 
     def run(self):
+        # How many containers are done, for the action plugin to show while the run is long
+        # (in the task's temporary directory, which the controller made and reads).
+        self.progress = Progress(progress_path(getattr(self.module, "_tmpdir", None)))
+        try:
+            return self._run()
+        finally:
+            self.progress.close()
+
+    def _run(self):
         module, params = self.module, self.module.params
         lxd, check, diff = module.lxd, module.check_mode, module._diff
         # 1. Read and plan every part: each refusal comes before any change.
@@ -789,9 +802,14 @@ class BoxManager:
             finally:
                 rollout.release(spec.name, ok)
 
+        # Counted done: each container made, changed or deleted (with its inside), then each one
+        # whose inside only this run converges.
+        elsewhere = [name for name in self.inside_specs if name not in applied]
+        self.progress.start((len(containers.applied) + len(containers.doomed) if applied or containers.doomed else 0)
+                            + sum(1 for name in elsewhere if name in containers.current))
         if applied or containers.doomed:
             with ThreadPoolExecutor(max_workers=2) as reading:
-                containers.apply(params["parallel"], then=then, around=around)
+                containers.apply(params["parallel"], then=then, around=around, done=self.progress.done)
             result = containers.result()
         else:
             result = dict(changed=False, instances=[], addresses={}, pruned=[])
@@ -799,9 +817,8 @@ class BoxManager:
         result["healthy"] = self.healthy
         result["upgraded"] = self.upgraded
         result["changed"] = result["changed"] or bool(self.upgraded)
-        elsewhere = [name for name in self.inside_specs if name not in applied]
         if elsewhere:
-            insides.alone(elsewhere, containers.current, params["parallel"])
+            insides.alone(elsewhere, containers.current, params["parallel"], done=self.progress.done)
         diffs = result.pop("diff", [])
         inside_result = insides.result([spec.name for spec in self.instance_specs])
         result["provision"] = inside_result["provision"]

@@ -236,6 +236,22 @@ def test_failures_in_the_work_inside_are_named_too():
     assert err.value.msg.startswith("a: in a, systemctl start app exited 1: no such unit (and b: ")
 
 
+def test_done_is_called_once_for_each_container_its_work_ended_well_or_not():
+    # The box's progress count: each declared container (made, failed) and each one pruned.
+    lxd = FakeLxd([existing("gone", "box")])
+    lxd.fail("change_state", "bad")
+    instance_set = InstanceSet(lxd, parse_instances([{"name": "good", "image": "debian/12"},
+                                                     {"name": "bad", "image": "debian/12"},
+                                                     {"name": "copy", "copy_from": "good"}], owner="box"),
+                               owner="box", prune=True)
+    instance_set.read()
+    instance_set.plan()
+    counted = []
+    with pytest.raises(LxdError):
+        instance_set.apply(4, done=lambda: counted.append(1))
+    assert len(counted) == 4   # good, bad, copy (of good), and gone (pruned)
+
+
 def test_a_copy_of_a_failed_source_is_not_made():
     lxd = FakeLxd()
     lxd.fail("create_instance", "base")

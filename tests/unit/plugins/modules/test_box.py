@@ -11,6 +11,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
 from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import OWNER_KEY
 from ansible_collections.homelab.onebox.plugins.modules.box import ARGUMENT_SPEC, BoxManager
+from ansible_collections.homelab.onebox.plugins.modules import box as box_module
 
 from unit.fake_lxd import FakeLxd
 from unit.plugins.module_utils.test_provision import APP_USER, is_state_script, output_for, writes
@@ -128,6 +129,44 @@ def test_insides_alone_need_their_containers():
     # in check mode the missing one is skipped (it would be made first); the one there is compared
     result = manager(lxd, check=True, parts=["insides"]).run()
     assert [r["name"] for r in result["provision"]] == ["web"] and writes(lxd) == []
+
+
+class RecordedProgress(box_module.Progress):
+    """The progress file's counts as the run writes them."""
+    written = []
+
+    def _write(self):
+        super()._write()
+        if self.path is not None:
+            with open(self.path, encoding="utf-8") as handle:
+                RecordedProgress.written.append(json.load(handle))
+
+
+def test_progress_counts_each_container_done_in_the_tasks_directory_and_leaves_nothing(monkeypatch, tmp_path):
+    monkeypatch.setattr(box_module, "Progress", RecordedProgress)
+    RecordedProgress.written = []
+    lxd = box_lxd(owned("gone"), owned("gone2"))
+    box = manager(lxd, parts=["containers", "insides"], prune_confirm=True)
+    box.module._tmpdir = str(tmp_path)
+    box.run()
+    # web, app, db made, gone and gone2 pruned: one count each, up to 5 of 5
+    assert RecordedProgress.written == [{"done": done, "total": 5} for done in range(6)]
+    assert list(tmp_path.iterdir()) == []
+    # the insides of containers this run does not make are counted too
+    RecordedProgress.written = []
+    box = manager(lxd, parts=["insides"])
+    box.module._tmpdir = str(tmp_path)
+    box.run()
+    # (web and app: db has nothing inside)
+    assert RecordedProgress.written[-1] == {"done": 2, "total": 2} and list(tmp_path.iterdir()) == []
+
+
+def test_progress_is_written_only_in_the_directory_the_controller_gave(monkeypatch):
+    monkeypatch.setattr(box_module, "Progress", RecordedProgress)
+    RecordedProgress.written = []
+    box = manager(box_lxd(), parts=["containers", "insides"])   # a module without _tmpdir
+    box.run()
+    assert box.progress.done_count == 3 and RecordedProgress.written == []
 
 
 def test_an_empty_description_is_refused_only_where_it_would_prune():
