@@ -21,6 +21,8 @@ dnsmasq.leases`` under the daemon's directory), images and aliases, custom volum
 from __future__ import annotations
 
 import os
+import re
+import sys
 import threading
 import time
 import traceback
@@ -30,15 +32,58 @@ from urllib.parse import quote, urlsplit
 
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
 
+# The oldest pylxd this code works with: Client(project=...) came in 2.3.0, Client(session=...) and
+# pylxd.client.get_session_for_url (the HTTPS session below) in 2.3.2. Debian 12's python3-pylxd is
+# 2.2.10 ("unexpected keyword argument 'project'"). requirements.txt says the same.
+PYLXD_MINIMUM = (2, 3, 2)
+
 try:
     import pylxd
     import pylxd.client
     import pylxd.exceptions
     import requests.exceptions
-except ImportError:  # pragma: no cover - reported by OneboxModule.lxd
+except ImportError:  # pragma: no cover - reported by require_pylxd()
     PYLXD_IMPORT_ERROR = traceback.format_exc()
+    PYLXD_VERSION = PYLXD_PATH = None
 else:
     PYLXD_IMPORT_ERROR = None
+    PYLXD_PATH = os.path.dirname(pylxd.__file__)
+    try:  # the installed distribution's version (pylxd.__version__ is the same where it exists)
+        from importlib.metadata import version as _distribution_version
+        PYLXD_VERSION = _distribution_version("pylxd")
+    except ImportError:  # no metadata for it (a copied tree): take pylxd's word
+        PYLXD_VERSION = getattr(pylxd, "__version__", None)
+
+
+def version_tuple(text):
+    """(2, 2, 10) from "2.2.10" (or "2.2.10-1", "2.4.2.dev3"); None when it starts with no number."""
+    numbers = re.match(r"\d+(?:\.\d+)*", str(text or "").strip())
+    return tuple(int(part) for part in numbers.group(0).split(".")) if numbers else None
+
+
+def pylxd_problem(version, import_error=None, python=None, path=None):
+    """Why the modules cannot use a Python's pylxd, or None when they can: it did not import
+    (``import_error``, its traceback) or its ``version`` is older than PYLXD_MINIMUM. An unreadable
+    version is let through (the daemon's own errors say the rest)."""
+    minimum = ".".join(str(part) for part in PYLXD_MINIMUM)
+    fix = ("pip install 'pylxd>=%s' in the Python that runs the modules (%s; ansible_python_interpreter "
+           "names it, e.g. a virtual environment's bin/python on the box's host)" % (minimum, python or sys.executable))
+    if import_error:
+        lines = import_error.strip().splitlines()
+        return "pylxd cannot be imported (%s); homelab.onebox needs pylxd >= %s: %s" % (lines[-1], minimum, fix)
+    found = version_tuple(version)
+    if found is not None and found < PYLXD_MINIMUM:
+        return "pylxd %s is installed%s; homelab.onebox needs pylxd >= %s: %s" % (
+            version, " (%s)" % path if path else "", minimum, fix)
+    return None
+
+
+def require_pylxd():
+    """Raise LxdError saying what to install when this Python's pylxd will not do (the one check)."""
+    problem = pylxd_problem(PYLXD_VERSION, PYLXD_IMPORT_ERROR, path=PYLXD_PATH)
+    if problem:
+        raise LxdError(problem)
+
 
 # LXD's Debian package, LXD's snap, Incus (its package; /run/incus in Incus releases after 6.0):
 # the first that exists wins, after $LXD_DIR's and $INCUS_DIR's.
@@ -129,6 +174,7 @@ class LxdClient:
     ``LxdClient.from_params(module.params)``."""
 
     def __init__(self, url=None, client_cert=None, client_key=None, verify=True, project=None, timeout=30):
+        require_pylxd()
         self.timeout = timeout
         endpoint = endpoint_from_url(url)
         cert = (client_cert, client_key) if client_cert else None
