@@ -15,10 +15,25 @@ import uuid
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLLECTIONS = os.path.join(ROOT, ".collections")
-if not os.path.isdir(os.path.join(COLLECTIONS, "ansible_collections", "homelab", "onebox")):
-    raise RuntimeError("run scripts/venv first: %s is missing" % COLLECTIONS)
-sys.path.insert(0, COLLECTIONS)
+
+
+def collections_root(root):
+    """The directory Ansible loads homelab.onebox from: scripts/venv's links (.collections), or,
+    without them, the tree above this checkout when it sits at ansible_collections/homelab/onebox
+    (how ansible-test and a collection developer's clone run it)."""
+    linked = os.path.join(root, ".collections")
+    if os.path.isdir(os.path.join(linked, "ansible_collections", "homelab", "onebox")):
+        return linked
+    parts = os.path.normpath(root).split(os.sep)
+    if parts[-3:] == ["ansible_collections", "homelab", "onebox"]:
+        return os.sep.join(parts[:-3]) or os.sep
+    raise RuntimeError("run scripts/venv first (%s is missing), or run from a checkout at "
+                       "ansible_collections/homelab/onebox" % linked)
+
+
+COLLECTIONS = collections_root(ROOT)
+if COLLECTIONS not in sys.path:
+    sys.path.insert(0, COLLECTIONS)
 
 # name -> (its directory, its command line)
 DAEMONS = {"lxd": ("/var/lib/lxd", "lxc"), "incus": ("/var/lib/incus", "incus")}

@@ -9,7 +9,6 @@ import pytest
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _provision_source as src
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
-from ansible_collections.homelab.onebox.plugins.plugin_utils._src import archive
 
 
 def make_tree(root):
@@ -73,17 +72,6 @@ def test_list_tree_refuses_a_name_with_a_newline(tmp_path):
     assert "newline" in err.value.msg
 
 
-def test_an_archive_of_the_plugin_unpacks_to_the_same_tree_and_modes(tmp_path):
-    root = make_tree(tmp_path / "t")
-    made = archive(str(root), str(tmp_path))
-    local = src.unpack(made, str(tmp_path / "out"))
-    assert src.list_tree(local)[0] == src.list_tree(str(root))[0]
-    assert {k: (f.digest, f.mode) for k, f in src.list_tree(local)[1].items()} == \
-        {k: (f.digest, f.mode) for k, f in src.list_tree(str(root))[1].items()}
-    single = src.unpack(archive(str(root / "run.sh"), str(tmp_path)), str(tmp_path / "one"))
-    assert open(single).read() == "#!/bin/sh\n" and os.stat(single).st_mode & 0o777 == 0o755
-
-
 @pytest.mark.parametrize("name, kind", [("src/../escape", tarfile.REGTYPE), ("/abs", tarfile.REGTYPE),
                                         ("other/x", tarfile.REGTYPE), ("src/link", tarfile.SYMTYPE)])
 def test_unpack_refuses_what_the_plugin_never_puts_in(tmp_path, name, kind):
@@ -97,16 +85,6 @@ def test_unpack_refuses_what_the_plugin_never_puts_in(tmp_path, name, kind):
         src.unpack(str(path), str(tmp_path / "out"))
     assert "unexpected member" in err.value.msg
     assert not (tmp_path / "escape").exists()
-
-
-def test_unpack_archives_points_the_items_at_the_copies_and_removes_the_archives(tmp_path):
-    root = make_tree(tmp_path / "t")
-    made = archive(str(root), str(tmp_path))
-    items = [{"path": "/srv/t", "src": "/controller/t"}, {"path": "/x", "content": "x"},
-             {"path": "/y", "src": "/controller/other"}]
-    local = src.unpack_archives({"/controller/t": made}, items, str(tmp_path / "tmp"))
-    assert items[0]["src"] == local["/controller/t"] and os.path.isdir(items[0]["src"])
-    assert items[2]["src"] == "/controller/other" and not os.path.exists(made)
 
 
 def test_unpack_archives_names_the_source_of_a_broken_archive(tmp_path):
