@@ -337,6 +337,12 @@ notes:
   - Runs on the LXD host (it manages the host's iptables). Needs pylxd there.
   - The boot-time unit that restores the forwards is the P(homelab.onebox.box#role) role's (it
     needs systemd).
+  - "A run longer than 5 seconds says how many containers are done while it goes, on stderr: a
+    line C([HOST] box: 4 of 11 containers done) with the seconds so far, each time the count
+    changes, and C(11 of 11) when the run ends well. The module writes the count in the task's
+    temporary directory; its action plugin reads it through the task's connection once a second.
+    The controller's environment variable C(ONEBOX_PROGRESS_AFTER) sets the seconds (V(0): from
+    the start; a negative value: never)."
 seealso:
   - module: homelab.onebox.lxd_instances
   - module: homelab.onebox.lxd_provision

@@ -69,8 +69,9 @@ def test_a_cold_converge_says_how_many_containers_are_done_up_to_n_of_n(box):
 
 def test_a_json_callback_keeps_its_document_and_the_result_with_progress_on(box, monkeypatch):
     monkeypatch.setenv("ONEBOX_PROGRESS_AFTER", "0")
-    for check in (True, False):
-        rc, out = run_playbook(playbook(box, "present"), check=check)
+    for check, diff in ((True, True), (False, False)):
+        rc, out = run_playbook(playbook(box, "present"), check=check, diff=diff)
         assert rc == 0
         result = ok(out["plays"][0]["tasks"][0]["hosts"]["localhost"], False)
         assert sorted(r["name"] for r in result["instances"]) == sorted(NAMES)
+        assert ("diff" in result) is diff
