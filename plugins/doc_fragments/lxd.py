@@ -48,5 +48,5 @@ options:
     type: int
     default: 300
 requirements:
-  - pylxd >= 2.3 (on the host that runs the module)
+  - pylxd >= 2.3.2 (on the host that runs the module)
 """

@@ -64,11 +64,9 @@ class OneboxModule(AnsibleModule):
     @property
     def lxd(self):
         if self._lxd_client is None:
-            # Imported here so modules that never talk to LXD do not need pylxd.
-            from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient, PYLXD_IMPORT_ERROR
-            if PYLXD_IMPORT_ERROR is not None:
-                from ansible.module_utils.basic import missing_required_lib
-                self.fail_json(msg=missing_required_lib("pylxd"), exception=PYLXD_IMPORT_ERROR)
+            # Imported here so modules that never talk to LXD do not need pylxd. A missing or too
+            # old pylxd is LxdClient's one check (require_pylxd), an LxdError like any other.
+            from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient
             self._lxd_client = LxdClient.from_params(self.params)
         return self._lxd_client
 
