@@ -545,13 +545,12 @@ def test_obtain_runs_the_orders_at_once_each_in_its_own_dirs_with_a_copy_of_the_
     box.run("prepare")
     (account,) = os.listdir(box.path("/etc/letsencrypt/accounts/acme.test/directory"))
     box.env(FAKE_CERTBOT_SLEEP="0.5")
-    started = time.monotonic()
     status, out, err = box.run("obtain")
-    took = time.monotonic() - started
     assert status == 0 and out == dict(changed=True, obtained=["app.example.test", "b.example.test"], failed=[], reloaded=True), err
     one, two = sorted(box.calls("certbot"), key=lambda c: c["argv"][c["argv"].index("--cert-name") + 1])
-    assert one["start"] < two["end"] and two["start"] < one["end"], (one, two)  # the two orders overlap
-    assert took < 2 * 0.5, took
+    # The two orders overlap (each sleeps 0.5 s): run one after the other they would not. (A bound on
+    # the whole run's time said the same and failed on a loaded machine: 1.1-1.6 s at load 5-8.)
+    assert one["start"] < two["end"] and two["start"] < one["end"], (one, two)
     for call, name in ((one, "app.example.test"), (two, "b.example.test")):
         assert call["argv"][1] == "certonly" and call["argv"][-6:] == box.dirs(name)
         assert call["accounts"] == ["acme.test/directory/" + account]  # copied in before the order
