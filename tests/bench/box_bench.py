@@ -1,7 +1,7 @@
 """The box's cost on this machine, as one table (not a test: it measures and prints).
 
     tests/bench/run [--runs 3] [--scale 50 [--scale 150] | --scale 50,150] [--skip-scale | --only-scale | --only-tls | --only-backup
-                    | --only-files | --only-rolling]
+                    | --only-files | --only-rolling | --only-daemons]
 
 Figures (each the median of --runs runs, with min and max):
 - the reference box (inventory.example, base image present): cold converge from nothing,
@@ -21,6 +21,8 @@ Figures (each the median of --runs runs, with min and max):
   next to the same box without them;
 - a rolling change (--only-rolling): a 3-member pool's page changed one member at a time, and the
   no-change run of the same box;
+- LXD and Incus side by side (--only-daemons, tests/bench/daemons_bench.py): the reference box's
+  rows on each daemon of this host in one run, exec round trip over each socket and over HTTPS;
 - exec round trip through _lxd.py (median of 200);
 - dnat with 200 forwards and nginx_site with 100 sites: the module's own time, no-change and
   one change (python + module, without ansible's start-up).
@@ -49,6 +51,7 @@ sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "integr
 from conftest import ansible_env, delete_instance_quietly, run_module  # noqa: E402  pylint: disable=wrong-import-position
 from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient  # noqa: E402
 from ansible_collections.homelab.onebox.plugins.modules.box import ARGUMENT_SPEC as BOX_SPEC  # noqa: E402
+import daemons_bench  # noqa: E402
 import dnat_bench  # noqa: E402
 import nginx_bench  # noqa: E402
 import nginx_env  # noqa: E402
@@ -69,15 +72,17 @@ def row(figure, samples, target=None, unit="s"):
     print("  %-52s %8.2f %s" % (figure, statistics.median(values), unit), flush=True)
 
 
-def playbook(inventory, path, extra=None, timeline=None):
+def playbook(inventory, path, extra=None, timeline=None, env=None):
     """(seconds, changed count) of one ansible-playbook run; fails loudly on a failed run. With
     ``timeline`` (a list), appends the run's phases to it: (what, start, seconds), from the
-    command's start (ansible's start-up, each task, the end)."""
+    command's start (ansible's start-up, each task, the end). ``env``: the run's environment
+    (ansible_env()'s by default)."""
     cmd = [os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), "-i", inventory, path]
     if extra:
         cmd += ["-e", json.dumps(extra)]
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=ansible_env(), capture_output=True, text=True, check=False, timeout=1800)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env or ansible_env(), capture_output=True, text=True, check=False,
+                          timeout=1800)
     elapsed = time.monotonic() - started
     try:
         stats = json.loads(proc.stdout)["stats"]["localhost"]
@@ -111,24 +116,26 @@ def print_timeline(label, timeline):
         print("  %6.2f  %5.2f  %s" % (start, seconds, name))
 
 
-def box_figures(label, inventory, runs, change_vars, targets):
-    """Cold, no-change, one change, teardown of the box an inventory describes."""
+def box_figures(label, inventory, runs, change_vars, targets, extra=None, env=None):
+    """Cold, no-change, one change, teardown of the box an inventory describes (``extra``: extra
+    variables of every run; ``env``: their environment)."""
     site, teardown = "site.yml", "playbooks/teardown.yml"
-    playbook(inventory, teardown)
+    extra = extra or {}
+    playbook(inventory, teardown, env=env)
     cold, nochange, change, down, timelines = [], [], [], [], []
     try:
         for run in range(runs):
-            cold.append(playbook(inventory, site)[0])
+            cold.append(playbook(inventory, site, extra, env=env)[0])
             timelines.append([])
-            elapsed, changed = playbook(inventory, site, timeline=timelines[-1])
+            elapsed, changed = playbook(inventory, site, extra, timeline=timelines[-1], env=env)
             assert changed == 0, "%s: second converge changed %d" % (label, changed)
             nochange.append(elapsed)
-            elapsed, changed = playbook(inventory, site, change_vars(run))
+            elapsed, changed = playbook(inventory, site, dict(extra, **change_vars(run)), env=env)
             assert changed >= 1, "%s: the one-service change changed nothing" % label
             change.append(elapsed)
-            down.append(playbook(inventory, teardown)[0])
+            down.append(playbook(inventory, teardown, env=env)[0])
     except BaseException:
-        playbook(inventory, teardown)  # leave nothing behind, then report the failure
+        playbook(inventory, teardown, env=env)  # leave nothing behind, then report the failure
         raise
     median_run = sorted(range(len(nochange)), key=nochange.__getitem__)[len(nochange) // 2]
     TIMELINES.append(("%s, the median no-change run (%.2f s)" % (label, nochange[median_run]), timelines[median_run]))
@@ -473,8 +480,10 @@ def main():
                        help="the rows of files from the controller: a 20 MiB artifact and a 1,000-file tree, pushed and unchanged")
     which.add_argument("--only-rolling", action="store_true",
                        help="the rows of a rolling change: a 3-member pool changed one member at a time")
+    which.add_argument("--only-daemons", action="store_true",
+                       help="LXD and Incus side by side: the reference box on each, exec over each socket and over HTTPS")
     args = parser.parse_args()
-    only = args.only_backup or args.only_files or args.only_rolling
+    only = args.only_backup or args.only_files or args.only_rolling or args.only_daemons
     scales = [count for counts in args.scale or [[50]] for count in counts]
     lxd = LxdClient(timeout=120)
     env = lxd.server["environment"]
@@ -488,6 +497,8 @@ def main():
         files_figures(lxd, args.runs)
     if args.only_rolling:
         rolling_figures(args.runs)
+    if args.only_daemons:
+        daemons_bench.daemon_figures(args.runs, box_figures, playbook, row)
     if not (args.only_scale or only):
         tls_figures(args.runs)
     if not (args.only_scale or args.only_tls or only):
