@@ -17,7 +17,7 @@ description:
   - The description is the one of the P(homelab.onebox.box_parts#filter) filter; see its
     documentation and C(docs/description.md) for every key.
   - Everything is validated first (the description, every derived container, file, site and
-    forward), and LXD is read once, before anything changes. Containers get static addresses
+    forward), and the daemon (LXD or Incus) is read once, before anything changes. Containers get static addresses
     before they exist, so the sites and forwards are known up front.
   - The inside of a container is set up as soon as that container runs (while it is still getting
     its address, unless packages must be installed first), while others

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: lxd_instance
-short_description: Manage an LXD container declaratively
+short_description: Manage an LXD or Incus container declaratively
 version_added: 0.1.0
 description:
-  - Creates, configures, starts, stops, restarts and deletes one LXD container.
+  - Creates, configures, starts, stops, restarts and deletes one container of LXD or Incus (the
+    daemon found or named by O(lxd_url); the same API).
   - Compares only what the task declares (config keys, devices, profiles, ephemeral). Keys it
     was not given are left as they are; LXD's own C(volatile.*) keys are never written.
   - Reads the instance once, writes at most one update, and waits for every LXD operation with a

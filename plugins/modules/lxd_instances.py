@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: lxd_instances
-short_description: Manage a set of LXD containers in one call
+short_description: Manage a set of LXD or Incus containers in one call
 version_added: 0.1.0
 description:
   - Brings every container of a list to what it declares, exactly as M(homelab.onebox.lxd_instance)

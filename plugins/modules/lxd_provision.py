@@ -6,10 +6,10 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: lxd_provision
-short_description: Set up the inside of running LXD containers (users, packages, files, services) in one task
+short_description: Set up the inside of running LXD or Incus containers (users, packages, files, services) in one task
 version_added: 0.1.0
 description:
-  - Brings the inside of each listed container to what it declares, through the LXD API only
+  - Brings the inside of each listed container to what it declares, through the daemon's API only (LXD or Incus)
     (exec with a timeout, file push and pull). The container needs C(sh), coreutils, C(getent),
     C(useradd), C(apt-get)/C(dpkg-query) and systemd as init (and util-linux's C(setpriv) for a
     setup step run as another user than root); no Python, no SSH, no Ansible connection into it.
