@@ -39,6 +39,8 @@ CANDIDATES = ipaddress.IPv4Network("198.18.0.0/15")
 HTTP_PORT = 80
 # A wildcard domain is asked for under this name (it stands for any name the wildcard covers).
 WILDCARD_NAME = "onebox-verify"
+# A name no box serves (.invalid, RFC 2606): what the proxy answers when it has no site for a name.
+UNCLAIMED = "onebox-verify.invalid"
 
 
 def _ip(*args, timeout=10):
@@ -231,8 +233,9 @@ def _first_port(port):
 
 def checks(services):
     """[Check] for a described box, as its users reach it: each domain (GET / with that Host on
-    port 80), each route (GET its path under its domain), each ``health.http`` (its path under the
-    first domain, answered with ``expect``, 200 unless said), each ``host_port`` (GET / on it) and
+    port 80: below 500, and not the catch-all's answer to a name no site claims), each route (GET
+    its path under its domain), each ``health.http`` (its path under the first domain, answered
+    with ``expect``, 200 unless said), each ``host_port`` (GET / on it) and
     each TCP forward (a connect to its port, the first of a range, on its ``host_address`` when it
     names one). Not checked: UDP forwards (no answer is owed), forwards limited to a ``source``
     (the client is not it), internal services (never reachable from outside). A domain under
@@ -274,6 +277,11 @@ def answer(ns, check, timeout=30):
         status, body = http_get(ns, check.host, check.path, check.port, address)
         # Under HTTPS, port 80 answers everything with a redirect to https (below 500, not ``expect``).
         good = status is not None and (status < 500 if check.expect is None else status in (check.expect, 301, 308))
+        # The proxy's catch-all for names no site claims answers 404 too: the same answer is no site.
+        if good and status == 404 and check.expect is None \
+                and (status, body) == http_get(ns, UNCLAIMED, check.path, check.port, address):
+            return "GET http://%s:%d%s with Host %s: the answer to a name no site claims (%s): no site for it" % (
+                address, check.port, check.path, check.host, UNCLAIMED)
         if good:
             return None
         return "GET http://%s:%d%s with Host %s: %s %s (wanted %s)" % (

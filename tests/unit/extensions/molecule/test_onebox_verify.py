@@ -43,8 +43,11 @@ class FakeNs:
     host_address = "198.18.0.1"
 
 
-def judged(monkeypatch, check, status, connect_error=None):
-    monkeypatch.setattr(onebox_verify, "http_get", lambda ns, host, path, port, address: (status, "body"))
+def judged(monkeypatch, check, status, connect_error=None, catch_all=(404, "not found")):
+    """What answer() says of ``check`` when the box answers ``status`` (and a name no site claims ``catch_all``)."""
+    def http_get(ns, host, path, port, address):
+        return catch_all if host == onebox_verify.UNCLAIMED else (status, "body")
+    monkeypatch.setattr(onebox_verify, "http_get", http_get)
     monkeypatch.setattr(onebox_verify, "tcp_connect", lambda ns, address, port: connect_error)
     return answer(FakeNs(), check, timeout=0)
 
@@ -66,3 +69,9 @@ def test_a_tcp_check_fails_with_the_connect_error(monkeypatch):
     check = Check("x", "tcp", "x", None, None, 2222, None, None)
     assert judged(monkeypatch, check, None) is None
     assert "198.18.0.1:2222" in judged(monkeypatch, check, None, "ConnectionRefusedError")
+
+
+def test_a_404_that_is_the_catch_alls_answer_is_no_site(monkeypatch):
+    check = Check("x", "http", "x", "a.example.org", "/", 80, None, None)
+    assert "no site for it" in judged(monkeypatch, check, 404, catch_all=(404, "body"))
+    assert judged(monkeypatch, check, 404, catch_all=(404, "another body")) is None
