@@ -39,6 +39,32 @@ def test_absent_stops_then_deletes_and_is_then_unchanged():
     assert reconcile(lxd, state="absent")["changed"] is False
 
 
+class BootingLxd(FakeLxd):
+    """A daemon whose clean shutdown fails, as LXD's does for a container still booting."""
+
+    def change_state(self, name, action, force=False, timeout=None):
+        if action == "stop" and not force:
+            self._record("change_state", name, "stop refused")
+            raise LxdError('stop instance %s: Failed shutting down instance, status is "Running": '
+                           'shutting down the container failed' % name)
+        return super().change_state(name, action, force=force, timeout=timeout)
+
+
+def test_a_container_that_will_not_shut_down_cleanly_is_stopped_by_force_when_it_goes():
+    lxd = BootingLxd([{"name": "web", "status": "Running"}])
+    result = reconcile(lxd, state="absent")
+    assert result["actions"] == ["delete"] and "web" not in lxd.instances_by_name
+    assert [c[:3] for c in lxd.changes()] == [("change_state", "web", "stop refused"), ("change_state", "web", "stop"),
+                                              ("delete_instance", "web")]
+
+
+def test_a_container_kept_is_not_stopped_by_force_when_it_will_not_shut_down():
+    lxd = BootingLxd([{"name": "web", "status": "Running"}])
+    with pytest.raises(LxdError, match="shutting down the container failed"):
+        reconcile(lxd, state="stopped")
+    assert lxd.instances_by_name["web"]["status"] == "Running"
+
+
 def test_a_new_static_address_restarts_the_container_once_to_take_it():
     lxd = FakeLxd([{"name": "web", "status": "Running"}])  # holds a DHCP address
     assert reconcile(lxd, check_mode=True, ipv4_address="10.0.0.50")["actions"] == ["update", "restart"]
