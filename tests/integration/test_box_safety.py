@@ -158,6 +158,26 @@ def _ansible_box(args):
     return subprocess.Popen(cmd, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _box_modules(*procs):
+    """The box module processes (AnsiballZ_box.py) started by these ansible runs."""
+    parents = {proc.pid for proc in procs}
+    found = set()
+    for _round in range(4):  # ansible -> its worker -> sh -> python AnsiballZ_box.py
+        for pid in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/stat" % pid, encoding="utf-8") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+                with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                    cmdline = handle.read()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid in parents:
+                parents.add(int(pid))
+                if b"AnsiballZ_box.py" in cmdline:
+                    found.add(int(pid))
+    return found
+
+
 def _result(proc):
     out, err = proc.communicate(timeout=600)
     try:
@@ -174,7 +194,13 @@ def test_two_runs_at_once_take_turns(lxd, args, box, client):
         first = _ansible_box(dict(args, services=services(page="first\n")))
         time.sleep(1.5)
         second = _ansible_box(dict(args, services=services(page="second\n")))
-        time.sleep(2)
+        # Held until both modules run (then a second for their input check): a fixed 2 s was too
+        # short on a loaded machine, where ansible's start-up alone took longer and the second run
+        # found the lock free.
+        deadline = time.monotonic() + 120
+        while len(_box_modules(first, second)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
     results = [_result(first), _result(second)]
     for result in results:
         assert not result.get("failed") and result["changed"], result
