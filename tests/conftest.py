@@ -41,6 +41,9 @@ DAEMON = os.environ.get("ONEBOX_TEST_DAEMON", "lxd").strip().lower() or "lxd"
 if DAEMON not in DAEMONS:
     raise RuntimeError("ONEBOX_TEST_DAEMON=%s: give lxd or incus" % DAEMON)
 DAEMON_DIR, CLI = DAEMONS[DAEMON]
+# Trusting a client certificate file: LXD 5.0's `config trust add` takes one; Incus 6's makes a
+# token from a name, and add-certificate takes the file.
+TRUST_ADD = {"lxd": ["config", "trust", "add"], "incus": ["config", "trust", "add-certificate"]}
 if DAEMON == "incus":  # named to the modules (and to its CLI); LXD's socket would come first otherwise
     os.environ.pop("LXD_DIR", None)
     os.environ.setdefault("INCUS_DIR", DAEMON_DIR)
@@ -49,6 +52,18 @@ else:  # LXD is what the modules find first ($LXD_DIR's, when set, as before)
 
 # A run of the suite has one prefix, so a leftover from a crashed run is easy to spot and remove.
 RUN_PREFIX = "t%s" % uuid.uuid4().hex[:6]
+
+
+def client_certificate(directory, name):
+    """A client certificate and key made in ``directory`` (for a daemon over HTTPS to trust):
+    (cert path, key path, its SHA-256 fingerprint as the daemon's trust list names it)."""
+    key, cert = os.path.join(str(directory), "%s.key" % name), os.path.join(str(directory), "%s.crt" % name)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=%s" % name],
+                   capture_output=True, timeout=60, check=True)
+    fingerprint = subprocess.run(["openssl", "x509", "-in", cert, "-noout", "-fingerprint", "-sha256"],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout
+    return cert, key, fingerprint.split("=", 1)[1].strip().replace(":", "").lower()
 
 
 def ansible_env(**extra):

@@ -16,17 +16,10 @@ import tempfile
 import time
 import uuid
 
-from conftest import ansible_env, delete_instance_quietly
+from conftest import DAEMONS, TRUST_ADD, ansible_env, client_certificate, delete_instance_quietly
 from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient
 
 IMAGE = "onebox-debian12"
-# Each daemon: its directory (socket, server.crt), command line, and how a certificate file is
-# trusted (LXD 5.0's `trust add` takes a file; Incus 6's takes a name and makes a token, and
-# add-certificate takes the file).
-DAEMONS = {
-    "lxd": {"dir": "/var/lib/lxd", "cli": "lxc", "trust": ["config", "trust", "add"]},
-    "incus": {"dir": "/var/lib/incus", "cli": "incus", "trust": ["config", "trust", "add-certificate"]},
-}
 EXECS = 200
 
 
@@ -37,18 +30,19 @@ def environment(daemon):
     env.pop("INCUS_DIR", None)
     env.pop("LXD_DIR", None)
     if daemon == "incus":
-        env["INCUS_DIR"] = DAEMONS["incus"]["dir"]
+        env["INCUS_DIR"] = DAEMONS["incus"][0]
     return env
 
 
 def cli(daemon, *argv, check=True):
-    env = dict(os.environ, **({"INCUS_DIR": DAEMONS["incus"]["dir"]} if daemon == "incus" else {}))
-    return subprocess.run([DAEMONS[daemon]["cli"]] + list(argv), capture_output=True, text=True, timeout=120,
+    directory, command = DAEMONS[daemon]
+    env = dict(os.environ, **({"INCUS_DIR": directory} if daemon == "incus" else {}))
+    return subprocess.run([command] + list(argv), capture_output=True, text=True, timeout=120,
                           check=check, env=env)
 
 
 def client(daemon):
-    socket = os.path.join(DAEMONS[daemon]["dir"], "unix.socket")
+    socket = os.path.join(DAEMONS[daemon][0], "unix.socket")
     if not os.path.exists(socket):
         raise SystemExit("--only-daemons: %s's socket %s is missing: set it up with playbooks/host.yml%s"
                          % (daemon, socket, " -e onebox_lxd_host_daemon=incus" if daemon == "incus" else ""))
@@ -65,28 +59,18 @@ def exec_round_trips(lxd, name):
     return samples
 
 
-def certificate(directory):
-    key, cert = os.path.join(directory, "client.key"), os.path.join(directory, "client.crt")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1", "-nodes",
-                    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=onebox-bench"],
-                   capture_output=True, timeout=60, check=True)
-    fingerprint = subprocess.run(["openssl", "x509", "-in", cert, "-noout", "-fingerprint", "-sha256"],
-                                 capture_output=True, text=True, timeout=30, check=True).stdout
-    return cert, key, fingerprint.split("=", 1)[1].strip().replace(":", "").lower()
-
-
 def over_https(daemon, name, tmp):
     """The exec round trips over HTTPS: the daemon listens on a loopback port for the time of the
     figure, the client certificate trusted; both set back after."""
-    cert, key, fingerprint = certificate(tmp)
+    cert, key, fingerprint = client_certificate(tmp, "onebox-bench")
     before = cli(daemon, "config", "get", "core.https_address").stdout.strip()
     port = random.randrange(28000, 29000)
     cli(daemon, "config", "set", "core.https_address", "127.0.0.1:%d" % port)
     try:
-        cli(daemon, *DAEMONS[daemon]["trust"], cert)
+        cli(daemon, *TRUST_ADD[daemon], cert)
         try:
             lxd = LxdClient(url="https://127.0.0.1:%d" % port, client_cert=cert, client_key=key,
-                            verify=os.path.join(DAEMONS[daemon]["dir"], "server.crt"), timeout=60)
+                            verify=os.path.join(DAEMONS[daemon][0], "server.crt"), timeout=60)
             try:
                 return exec_round_trips(lxd, name)
             finally:

@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from conftest import CLI, DAEMON, DAEMON_DIR, RUN_PREFIX, delete_instance_quietly, run_module, run_playbook
+from conftest import (CLI, DAEMON, DAEMON_DIR, RUN_PREFIX, TRUST_ADD, client_certificate, delete_instance_quietly,
+                      run_module, run_playbook)
 from netns import Netns
 
 NAME = "%s-https" % RUN_PREFIX
@@ -27,9 +28,6 @@ PREFIX = "OBH%s" % RUN_PREFIX[1:].upper()
 PORT = random.randrange(20000, 29000)
 WEB_PORT = PORT + 1
 SERVER_CERT = "%s/server.crt" % DAEMON_DIR
-# Trusting a certificate file: LXD 5.0's `trust add` takes one; Incus 6's makes a token from a name
-# and takes a file with add-certificate.
-TRUST_ADD = {"lxd": ["config", "trust", "add"], "incus": ["config", "trust", "add-certificate"]}[DAEMON]
 
 
 def lxc(*argv, check=True):
@@ -37,27 +35,17 @@ def lxc(*argv, check=True):
     return subprocess.run([CLI] + list(argv), capture_output=True, text=True, timeout=60, check=check)
 
 
-def certificate(directory, name):
-    key, cert = str(directory / ("%s.key" % name)), str(directory / ("%s.crt" % name))
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1", "-nodes",
-                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=%s" % name],
-                   capture_output=True, timeout=60, check=True)
-    fingerprint = subprocess.run(["openssl", "x509", "-in", cert, "-noout", "-fingerprint", "-sha256"],
-                                 capture_output=True, text=True, timeout=30, check=True).stdout
-    return cert, key, fingerprint.split("=", 1)[1].strip().replace(":", "").lower()
-
-
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory):
     """The daemon listening on the namespace's host address, the client certificate trusted:
     the connection options of a module (lxd_url, lxd_client_cert, lxd_client_key, lxd_verify)."""
     tmp = tmp_path_factory.mktemp("https")
-    cert, key, fingerprint = certificate(tmp, "%s-client" % RUN_PREFIX)
+    cert, key, fingerprint = client_certificate(tmp, "%s-client" % RUN_PREFIX)
     before = lxc("config", "get", "core.https_address").stdout.strip()
     with Netns("https") as ns:
         lxc("config", "set", "core.https_address", "%s:%d" % (ns.host_address, PORT))
         try:
-            lxc(*TRUST_ADD, cert)
+            lxc(*TRUST_ADD[DAEMON], cert)
             try:
                 yield {"ns": ns, "tmp": tmp, "connection": {
                     "lxd_url": "https://%s:%d" % (ns.host_address, PORT), "lxd_client_cert": cert,
@@ -118,7 +106,7 @@ def test_a_wrong_server_certificate_fails_saying_which_was_expected(remote):
 
 
 def test_an_untrusted_client_fails_saying_how_to_trust_it(remote):
-    cert, key, _fingerprint = certificate(remote["tmp"], "%s-stranger" % RUN_PREFIX)
+    cert, key, _fingerprint = client_certificate(remote["tmp"], "%s-stranger" % RUN_PREFIX)
     connection = dict(remote["connection"], lxd_client_cert=cert, lxd_client_key=key)
     result = run_module("lxd_instance", dict(connection, name=NAME, state="absent"))
     assert result.get("failed"), result
