@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import re
-import shlex
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _dnat
 from ansible_collections.homelab.onebox.plugins.module_utils import _dnat_claims
@@ -222,14 +221,8 @@ def read_forwards(save_text, prefixes):
     limited to several sources has one rule each)."""
     chains = {"%s_PREROUTING" % prefix for prefix in prefixes}
     out, seen = [], {}
-    for table, chain, body in _dnat_rules.saved_rules(save_text):
-        if table != "nat" or chain not in chains:
-            continue
-        try:
-            words = shlex.split(body)
-        except ValueError:
-            continue
-        if _dnat_rules.option(words, "-j", "--jump")[0] != "DNAT":
+    for _chain, _body, words in _dnat_rules.dnat_rules(save_text, chains):
+        if words is None:
             continue
         proto = _dnat_rules.option(words, "-p", "--protocol")[0] or "all"
         dport = (_dnat_rules.option(words, "--dport", "--destination-port")[0] or "").replace(":", "-")

@@ -80,12 +80,8 @@ def other_claims(text, owners, prefix):
     or port, one with ``! -d`` any address)."""
     claims = []
     wanted = {"%s_PREROUTING" % other: other for other in owners if other != prefix}
-    for table, chain, body in _dnat_rules.saved_rules(text):
-        if table != "nat" or chain not in wanted:
-            continue
-        words = _words(body) or body.split()
-        if _dnat_rules.option(words, "-j", "--jump")[0] != "DNAT":
-            continue
+    for chain, body, words in _dnat_rules.dnat_rules(text, wanted):
+        words = words or body.split()
         proto, not_proto = _dnat_rules.option(words, "-p", "--protocol")
         proto = None if not_proto or proto not in _dnat.PROTOCOLS else proto
         host, not_host = _dnat_rules.option(words, "-d", "--destination")

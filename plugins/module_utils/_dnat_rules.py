@@ -178,6 +178,21 @@ def saved_rules(text):
             yield table, parts[0], parts[1] if len(parts) > 1 else ""
 
 
+def dnat_rules(text, chains):
+    """(chain, body, words) of each DNAT rule of the nat table's ``chains`` in iptables-save text:
+    the forwards as the host holds them (of an owner, or of the others). ``words`` is None for a
+    rule shlex cannot split (its jump read from its plain words)."""
+    for table, chain, body in saved_rules(text):
+        if table != "nat" or chain not in chains:
+            continue
+        try:
+            words = shlex.split(body)
+        except ValueError:
+            words = None
+        if option(words or body.split(), "-j", "--jump")[0] == "DNAT":
+            yield chain, body, words
+
+
 def option(words, *names):
     """(value, negated) of the first of ``names`` among a rule's words; (None, False) if none is."""
     for i, word in enumerate(words[:-1]):
