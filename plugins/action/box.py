@@ -28,7 +28,11 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp  # unused since Ansible 2.5
-        watch = self._progress(task_vars or {})
+        try:
+            watch = self._progress(task_vars or {})
+        except ValueError as exc:  # ONEBOX_PROGRESS_AFTER: refused before the module runs
+            result.update(failed=True, msg=str(exc))
+            return result
         with watch:
             outcome = run_module(self, "homelab.onebox.box", files_read, task_vars)
         watch.finish(not outcome.get("failed"))

@@ -342,7 +342,7 @@ notes:
     changes, and C(11 of 11) when the run ends well. The module writes the count in the task's
     temporary directory; its action plugin reads it through the task's connection once a second.
     The controller's environment variable C(ONEBOX_PROGRESS_AFTER) sets the seconds (V(0): from
-    the start; a negative value: never)."
+    the start; a negative value: never; anything but a number fails the task before the module runs)."
 seealso:
   - module: homelab.onebox.lxd_instances
   - module: homelab.onebox.lxd_provision

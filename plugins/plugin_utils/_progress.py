@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shlex
 import threading
@@ -31,13 +32,19 @@ JOIN = 5.0       # seconds the action waits for a read under way once the module
 
 
 def after_seconds(environ=None):
-    """Seconds before progress is shown (``ONEBOX_PROGRESS_AFTER``; unset or not a number: 5),
-    or None for never (a negative value)."""
-    value = (os.environ if environ is None else environ).get(AFTER_ENV, "")
+    """Seconds before progress is shown (``ONEBOX_PROGRESS_AFTER``; unset or empty: 5), or None
+    for never (a negative value). Anything else but a number is refused (ValueError naming it):
+    the task fails before the module runs, rather than a typo meaning 5 s."""
+    value = (os.environ if environ is None else environ).get(AFTER_ENV, "").strip()
+    if not value:
+        return AFTER
     try:
         after = float(value)
     except ValueError:
-        return AFTER
+        after = None
+    if after is None or not math.isfinite(after):
+        raise ValueError("%s=%s: give the seconds before a converge shows its progress (a number; 0 from "
+                         "the start, negative never)" % (AFTER_ENV, value))
     return None if after < 0 else after
 
 

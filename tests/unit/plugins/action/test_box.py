@@ -124,3 +124,15 @@ def test_a_run_shorter_than_the_threshold_reads_and_shows_nothing(monkeypatch):
     action._is_pipelining_enabled = lambda module_style, wrap_async=False: False
     assert action.run(task_vars={"inventory_hostname": "web1"}) == {"changed": False}
     assert action._connection.commands == []
+
+
+def test_a_threshold_that_is_not_a_number_fails_the_task_before_the_module_runs(monkeypatch):
+    monkeypatch.setattr(ActionBase, "run", lambda self, tmp=None, task_vars=None: {})
+    monkeypatch.setattr(box, "run_module", lambda *args: pytest.fail("the module ran"))
+    monkeypatch.setenv("ONEBOX_PROGRESS_AFTER", "5s")
+    action = box.ActionModule.__new__(box.ActionModule)
+    action._task = SimpleNamespace(delegate_to=None)
+    action._connection = Connection("/root/.ansible/tmp/ansible-tmp-1")
+    action._is_pipelining_enabled = lambda module_style, wrap_async=False: False
+    result = action.run(task_vars={"inventory_hostname": "web1"})
+    assert result["failed"] and result["msg"].startswith("ONEBOX_PROGRESS_AFTER=5s: give the seconds"), result

@@ -11,9 +11,15 @@ from ansible_collections.homelab.onebox.plugins.plugin_utils._progress import (
 
 
 @pytest.mark.parametrize("value, after", [
-    (None, AFTER), ("", AFTER), ("junk", AFTER), ("0", 0.0), ("2.5", 2.5), ("-1", None)])
+    (None, AFTER), ("", AFTER), ("0", 0.0), ("2.5", 2.5), (" 3 ", 3.0), ("-1", None)])
 def test_the_threshold_comes_from_the_environment(value, after):
     assert after_seconds({} if value is None else {"ONEBOX_PROGRESS_AFTER": value}) == after
+
+
+@pytest.mark.parametrize("value", ["junk", "5s", "nan", "inf"])
+def test_a_threshold_that_is_not_a_number_is_refused_naming_it(value):
+    with pytest.raises(ValueError, match="ONEBOX_PROGRESS_AFTER=%s: give the seconds" % value):
+        after_seconds({"ONEBOX_PROGRESS_AFTER": value})
 
 
 @pytest.mark.parametrize("text, count", [
