@@ -217,6 +217,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible_collections.homelab.onebox.plugins.module_utils import _backup_agent
 from ansible_collections.homelab.onebox.plugins.module_utils import _box_graph
 from ansible_collections.homelab.onebox.plugins.module_utils import _box_info
+from ansible_collections.homelab.onebox.plugins.module_utils import _dnat
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate
 from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
 from ansible_collections.homelab.onebox.plugins.module_utils._box_service import secret_values
@@ -284,6 +285,8 @@ class BoxInfo:
         self.owner = _validate.instance_name(params["owner"], "owner")
         self.proxy = params["proxy"]["name"] or "%s-proxy" % self.owner
         _validate.instance_name(self.proxy, "proxy.name")
+        if params["forwards"]["chain_prefix"]:
+            _dnat.check_prefix(params["forwards"]["chain_prefix"], "forwards.chain_prefix")
         # The description, checked as a converge checks it (before anything is read).
         self.box = None
         if params["services"] is not None:

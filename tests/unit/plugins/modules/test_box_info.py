@@ -137,6 +137,20 @@ def test_a_bad_description_is_refused_before_anything_is_read():
     assert err.value.field == "services[web].count" and lxd.calls == [] and module.commands == []
 
 
+@pytest.mark.parametrize("params, field", [
+    ({"owner": "Bad Owner!"}, "owner"),
+    ({"proxy": {"name": "-proxy"}}, "proxy.name"),
+    ({"forwards": {"chain_prefix": "bad prefix"}}, "forwards.chain_prefix"),
+])
+def test_a_bad_option_is_refused_naming_it_before_anything_is_read(params, field):
+    lxd = the_box()
+    module = Host(lxd, "", **{key: value for key, value in params.items() if key != "owner"})
+    module.params.update(params)  # Host fills in a good owner: a bad one replaces it
+    with pytest.raises(ValidationError) as err:
+        BoxInfo(module)
+    assert err.value.field == field and lxd.calls == [] and module.commands == []
+
+
 def test_the_proxys_output_parsed():
     files, certs, error = parse_proxy_output("\001F a.conf\nserver {}\n\n\001F b.conf\n\n\001T \nnot json\n")
     assert files == {"a.conf": "server {}\n", "b.conf": ""} and certs == {} and error is None
