@@ -12,6 +12,7 @@ forwards). An error names the service and the field.
 """
 from __future__ import annotations
 
+from ansible_collections.homelab.onebox.plugins.module_utils import _box_hosts
 from ansible_collections.homelab.onebox.plugins.module_utils import _box_tls
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate as v
 from ansible_collections.homelab.onebox.plugins.module_utils._box_service import HTTP_PORT, parse_service
@@ -95,6 +96,8 @@ class BoxParts:
         wanted = self.options["proxy_sites"] or any(s.http for s in self.services)
         self.proxy = self.options["proxy_name"] if wanted else None
         self._check_names()
+        # Each container as an inventory host (its groups checked), recorded on it (instances()).
+        self.hosts = _box_hosts.box_hosts(self)
         self._check_domains()
         self.tls = _box_tls.BoxTls(tls_options, self.services)
         self._check_host_ports()
@@ -290,15 +293,14 @@ class BoxParts:
             # container from the image) behind a wait for the base.
             if service.adopt:
                 common["adopt"] = True
-            # The image as described is recorded: a container made from another is re-created.
-            common["config"] = {IMAGE_KEY: service.image}
             devices = self._volume_devices(service)
             if devices:
                 common["devices"] = devices
-            items.extend(dict(common, name=m, image=service.image, ipv4_address="auto") for m in service.members)
+            items.extend(dict(common, name=m, image=service.image, ipv4_address="auto", config=self._marks(m, service.image))
+                         for m in service.members)
         if self.proxy:
             proxy = {"name": self.proxy, "image": self.options["image"], "ipv4_address": "auto", "autostart": True,
-                     "autostart_priority": self.options["proxy_priority"], "config": {IMAGE_KEY: self.options["image"]}}
+                     "autostart_priority": self.options["proxy_priority"], "config": self._marks(self.proxy, self.options["image"])}
             for key in ("memory", "cpus"):
                 if self.options["proxy_" + key] is not None:
                     proxy[key] = self.options["proxy_" + key]
@@ -309,6 +311,14 @@ class BoxParts:
                                                              "source": self.tls_volume, "path": _box_tls.VOLUME_PATH}}
             items.append(proxy)
         return items
+
+    def _marks(self, name, image):
+        """A container's config: the image as described (a container made from another is
+        re-created) and what it is as an inventory host (_box_hosts.marks), read back without the
+        description by the inventory plugin."""
+        config = {IMAGE_KEY: image}
+        config.update(_box_hosts.marks(next(host for host in self.hosts if host["name"] == name)))
+        return config
 
     def _volume_devices(self, service):
         """A disk device per volume of the service (LXD keeps device values as text)."""

@@ -45,7 +45,10 @@ def test_limits_and_boot_order_reach_the_container():
     app = {i["name"]: i for i in plan()["instances"]}["app"]
     assert app == {"name": "app", "image": "onebox-debian12", "ipv4_address": "auto", "memory": "256MiB",
                    "memory_swap": "512MiB", "cpus": "1", "autostart": True, "autostart_priority": 20,
-                   "autostart_delay": 2, "config": {"user.onebox.image": "onebox-debian12"}}
+                   "autostart_delay": 2, "config": {
+                       "user.onebox.image": "onebox-debian12", "user.onebox.service": "app",
+                       "user.onebox.host": '{"domains":["app.example.test"],"forwards":[],"host_port":null,"kind":"app",'
+                                           '"port":8000,"routes":[]}'}}
 
 
 def test_app_runs_as_its_own_user_with_its_environment():
@@ -284,9 +287,9 @@ def test_each_container_mounts_its_services_volumes_from_the_boxs_pool():
 
 def test_every_container_records_the_image_it_is_made_from():
     items = {i["name"]: i for i in plan([SITE, dict(DB, image="custom-img")], image="base")["instances"]}
-    assert items["site-a"]["config"] == {IMAGE_KEY: "base"} and items["site-a"]["image"] == "base"
-    assert items["db"]["config"] == {IMAGE_KEY: "custom-img"} and items["db"]["image"] == "custom-img"
-    assert items["onebox-proxy"]["config"] == {IMAGE_KEY: "base"}
+    assert items["site-a"]["config"][IMAGE_KEY] == "base" and items["site-a"]["image"] == "base"
+    assert items["db"]["config"][IMAGE_KEY] == "custom-img" and items["db"]["image"] == "custom-img"
+    assert items["onebox-proxy"]["config"][IMAGE_KEY] == "base"
 
 
 def test_a_removed_service_builds_nothing():
