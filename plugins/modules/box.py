@@ -38,6 +38,9 @@ description:
     deleted with them; only a purge deletes them - a removed service written with C(state=absent)
     and C(purge=true), or O(purge) on a teardown. A described volume that exists
     without the owner's mark is refused before any change.
+  - Each container records what it is as an inventory host - its service (C(user.onebox.service)) and
+    its kind, domains, routes, ports and forwards as JSON (C(user.onebox.host)) - read back by the
+    P(homelab.onebox.box#inventory) inventory plugin; RV(hosts) gives the same.
   - A container records the image it was made from (C(user.onebox.image)); a service whose image
     changes gets its containers deleted and made again from the new one, their volumes attached
     again.
@@ -470,6 +473,33 @@ volumes_kept:
   returned: always
   type: list
   elements: str
+hosts:
+  description:
+    - Each container of the description as an inventory host, for M(ansible.builtin.add_host) (the
+      P(homelab.onebox.box#role) role adds them) - C(name) (the container's), C(groups) (C(onebox),
+      C(onebox_SERVICE), C(onebox_kind_KIND), C(onebox_owner_OWNER); other characters than letters,
+      digits and C(_) made C(_)) and C(vars) (C(onebox_owner), C(onebox_service) - null for the proxy,
+      C(onebox_kind), C(onebox_domains), C(onebox_routes), C(onebox_port), C(onebox_host_port),
+      C(onebox_forwards) as described, C(onebox_address) - its IPv4 address, null when none).
+    - The same as the P(homelab.onebox.box#inventory) inventory plugin gives, which reads them back from
+      the containers' marks (C(user.onebox.service), C(user.onebox.host)). See C(docs/inventory.md).
+    - Empty with O(state=absent).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - name: web-1
+      groups: [onebox, onebox_owner_mybox, onebox_kind_pool, onebox_web]
+      vars: {onebox_owner: mybox, onebox_service: web, onebox_kind: pool, onebox_domains: [www.example.org],
+             onebox_routes: [], onebox_port: 80, onebox_host_port: null, onebox_forwards: [],
+             onebox_address: 10.87.0.10}
+lxd_url:
+  description:
+    - The daemon this run talked to, as O(lxd_url) takes it - C(unix:) and the socket found (or given),
+      or the C(https://) URL given.
+  returned: always
+  type: str
+  sample: unix:/var/lib/lxd/unix.socket
 forwards_kept:
   description:
     - Where the box's forwards are kept, as M(homelab.onebox.dnat) returns them (C(owner),
@@ -493,6 +523,7 @@ from ansible_collections.homelab.onebox.plugins.module_utils import _nginx_targe
 from ansible_collections.homelab.onebox.plugins.module_utils import _tls_agent
 from ansible_collections.homelab.onebox.plugins.module_utils import _validate
 from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
+from ansible_collections.homelab.onebox.plugins.module_utils._box_hosts import inventory_host
 from ansible_collections.homelab.onebox.plugins.module_utils._box_rollout import Rollout
 from ansible_collections.homelab.onebox.plugins.module_utils._box_service import VOLUME_DEVICE_PREFIX, file_fields, secret_values
 from ansible_collections.homelab.onebox.plugins.module_utils._box_tls import ARGUMENT_SPEC as TLS_SPEC, AGENT_PATH, CONF_DIR as TLS_CONF_DIR, tls_secrets
@@ -500,6 +531,7 @@ from ansible_collections.homelab.onebox.plugins.module_utils._dnat_host import A
 from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError, named_failure
 from ansible_collections.homelab.onebox.plugins.module_utils._health import HealthError, describe as describe_check, wait_healthy
 from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import InstanceSet, parse_instances, warn_pruned
+from ansible_collections.homelab.onebox.plugins.module_utils._lxd import find_socket
 from ansible_collections.homelab.onebox.plugins.module_utils._module import OneboxModule
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx import SiteSet
 from ansible_collections.homelab.onebox.plugins.module_utils._nginx_render import catch_all_site
@@ -854,9 +886,17 @@ class BoxManager:
                 diffs.append(volume_result["diff"])
             result.update(volumes=volume_result["volumes"], volumes_kept=volume_result["kept"])
             result["changed"] = result["changed"] or volume_result["changed"]
+        result.update(self._hosts(result["addresses"]))
         if diff:
             result["diff"] = diffs
         return result
+
+    def _hosts(self, addresses):
+        """``hosts``: each container of the description as an inventory host (_box_hosts), at its
+        address; ``lxd_url``: the daemon as this run reached it (the role points the hosts'
+        connection at it)."""
+        return {"hosts": [inventory_host(host, (addresses.get(host["name"]) or [None])[0]) for host in self.box.hosts],
+                "lxd_url": daemon_url(self.module.params.get("lxd_url"))}
 
     def _volume_set(self):
         """The box's VolumeSet (None when this run keeps no volume): the services' with the
@@ -1058,6 +1098,15 @@ def journal_tail(lxd, name, service):
 def agent_source():
     """The TLS agent's program as the proxy runs it (/usr/local/sbin/onebox-tls)."""
     return "#!/usr/bin/python3\n" + inspect.getsource(_tls_agent)
+
+
+def daemon_url(given):
+    """The daemon as lxd_url names it: the URL given (a bare socket path as ``unix:PATH``), else
+    ``unix:`` and the socket the client found (_lxd.find_socket, as LxdClient looked it up)."""
+    if given:
+        return "unix:" + given if given.startswith("/") else given
+    found = find_socket()
+    return "unix:" + found if found else None
 
 
 def root_pool(lxd, required=True):

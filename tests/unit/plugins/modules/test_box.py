@@ -477,3 +477,47 @@ def test_the_health_check_a_changed_container_waits_for():
     # No health: a pool's member is waited for until it takes connections, anything else not at all.
     assert health_check(web) == {"tcp": 80, "timeout": POOL_HEALTH_SECONDS}
     assert health_check(parse_box([{"name": "plain", "kind": "internal", "command": ["x"], "port": 9}]).services[0]) is None
+
+
+# ---- the containers as inventory hosts ---------------------------------------------------------
+def test_hosts_are_every_described_container_at_its_address_and_a_second_run_keeps_their_marks(monkeypatch):
+    monkeypatch.setattr(box_module, "find_socket", lambda: "/var/lib/lxd/unix.socket")
+    lxd = box_lxd()
+    result = manager(lxd, parts=["containers", "insides"]).run()
+    hosts = {h["name"]: h for h in result["hosts"]}   # the proxy too: it is the box's whatever the parts
+    assert list(hosts) == ["web", "app", "db", "unit-proxy"]
+    assert hosts["app"]["groups"] == ["onebox", "onebox_owner_unit", "onebox_kind_app", "onebox_app"]
+    assert hosts["unit-proxy"]["groups"] == ["onebox", "onebox_owner_unit", "onebox_kind_proxy"]
+    assert hosts["app"]["vars"]["onebox_address"] == result["addresses"]["app"][0]
+    assert hosts["app"]["vars"]["onebox_port"] == 8000 and hosts["web"]["vars"]["onebox_domains"] == ["web.test"]
+    assert result["lxd_url"] == "unix:/var/lib/lxd/unix.socket"
+    # recorded on the containers, read back alike; a second run changes nothing
+    config = lxd.instances_by_name["app"]["config"]
+    assert config["user.onebox.service"] == "app" and json.loads(config["user.onebox.host"])["kind"] == "app"
+    again = manager(lxd, parts=["containers"]).run()   # (the fake's insides always look new)
+    assert again["changed"] is False and all(r["actions"] == [] for r in again["instances"]) and again["hosts"] == result["hosts"]
+
+
+def test_a_container_made_before_the_marks_gets_them_by_an_update_not_a_new_container():
+    lxd = box_lxd(dict(owned("db", status="Running"), config={OWNER_KEY: OWNER, "user.onebox.image": "onebox-debian12"}))
+    result = manager(lxd, services=[{"name": "db", "kind": "internal"}], parts=["containers"]).run()
+    assert result["instances"][0]["actions"][0] == "update" and lxd.names("create_instance") == []
+    assert lxd.instances_by_name["db"]["config"]["user.onebox.service"] == "db"
+
+
+def test_hosts_in_check_mode_and_none_on_a_teardown():
+    lxd = box_lxd()
+    box = manager(lxd, check=True, parts=["containers", "insides", "sites"])
+    box.module.params["lxd_url"] = "https://box.example.test:8443"   # the module's common option, given
+    predicted = box.run()
+    assert [h["name"] for h in predicted["hosts"]] == ["web", "app", "db", "unit-proxy"] and lxd.changes() == []
+    assert predicted["lxd_url"] == "https://box.example.test:8443"
+    assert manager(lxd, state="absent", services=None, parts=["containers"]).run()["hosts"] == []
+
+
+def test_a_service_named_like_a_kinds_group_is_refused_before_any_change():
+    lxd = box_lxd()
+    with pytest.raises(ValidationError) as err:
+        manager(lxd, services=SERVICES + [{"name": "kind-static", "kind": "internal"}]).run()
+    assert err.value.field == "services[kind-static].name" and "onebox_kind_static" in err.value.reason
+    assert lxd.changes() == []
