@@ -208,6 +208,7 @@ class LxdClient:
                            "add-certificate CERT` (Incus)" % (self.daemon, endpoint, client_cert))
         self.api = self._client.api
         self.server = self._client.host_info
+        self.endpoint = endpoint  # what messages name as where the daemon is (a socket path or https URL)
         # A local daemon's directory: its bridges' dnsmasq lease files are read there (_addresses).
         self.local_dir = daemon_dir(endpoint)
         self._pool = None
@@ -341,11 +342,13 @@ class LxdClient:
             time.sleep(interval)
 
     # ---- exec and files -----------------------------------------------------------------
-    def exec(self, name, command, timeout=60, environment=None, cwd=None, user=None, group=None):
+    def exec(self, name, command, timeout=60, environment=None, cwd=None, user=None, group=None, raw=False):
         """Run ``command`` (argv list) in the instance; return ExecResult(rc, stdout, stderr).
 
         Uses record-output (no websockets): measured ~20 ms a call here and never lost output.
         Fails when the command outlives ``timeout`` or when the daemon recorded no output files.
+        stdout and stderr are text (UTF-8, undecodable bytes replaced), or with ``raw`` the bytes
+        exactly as the command wrote them (the connection plugin's: a task's output is binary-safe).
         """
         if isinstance(command, str) or not command:
             raise LxdError("exec in %s: command must be a non-empty list of arguments" % name)
@@ -368,8 +371,10 @@ class LxdClient:
         # Both records at once (stderr beside, stdout here); their deletion runs in the background
         # and is awaited in close().
         stderr_read = self._workers().submit(self.request, "get", nodes[1], what, is_api=False)
-        stdout = self.request("get", nodes[0], what, is_api=False).content.decode("utf-8", "replace")
-        stderr = stderr_read.result().content.decode("utf-8", "replace")
+        stdout = self.request("get", nodes[0], what, is_api=False).content
+        stderr = stderr_read.result().content
+        if not raw:
+            stdout, stderr = stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
         for node in nodes:
             self._workers().submit(self._forget_log, node)
         return ExecResult(int(meta["return"]), stdout, stderr)
@@ -433,6 +438,28 @@ class LxdClient:
         if "directory" in (response.headers.get("X-LXD-type"), response.headers.get("X-Incus-type")):
             raise LxdError("%s: is a directory" % what)
         return response.content
+
+    def pull_file_to(self, name, path, handle, chunk_size=1 << 20):
+        """Stream the file into ``handle`` (a binary file object) in chunks, never whole in memory;
+        return how many bytes were written, or None when it does not exist (nothing written then)."""
+        what = "read %s in %s" % (path, name)
+        try:
+            response = self.request("get", self._files(name), what, params={"path": path}, is_api=False, stream=True)
+        except LxdNotFound:
+            return None
+        try:
+            if "directory" in (response.headers.get("X-LXD-type"), response.headers.get("X-Incus-type")):
+                raise LxdError("%s: is a directory" % what)
+            written = 0
+            try:
+                for chunk in response.iter_content(chunk_size):
+                    handle.write(chunk)
+                    written += len(chunk)
+            except requests.exceptions.RequestException as exc:
+                raise LxdError("%s: %s" % (what, describe_error(exc)))
+            return written
+        finally:
+            response.close()
 
     def push_file(self, name, path, data, mode=0o644, uid=0, gid=0):
         """Write a file: ``data`` is bytes, text (UTF-8) or a binary file object, which requests

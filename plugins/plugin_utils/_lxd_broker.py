@@ -1,0 +1,573 @@
+# -*- coding: utf-8 -*-
+# Copyright: homelab.onebox contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The lxd connection's broker: one local process per daemon (and per version of this code) that
+holds one warm LxdClient and serves the connection's workers over a unix socket; both its sides.
+
+Why: Ansible forks a new worker for every task on every host, and importing pylxd there costs
+~100 ms and a client ~18 ms, far more than a task's own work. The worker side here (``open_broker``,
+``Channel``) imports only the standard library; the broker side (``Broker``, ``main``) imports
+module_utils._lxd when it runs, once, in its own process (``python _lxd_broker.py``), like SSH's
+ControlPersist or ansible-connection.
+
+Where: a socket in ``~/.ansible/onebox-lxd/`` (0700, the user's), named from a hash of the daemon's
+options, of $LXD_DIR/$INCUS_DIR, of the Python, and of this code's and _lxd.py's size and mtime (an
+edited collection never talks to an old broker); its log (stderr) beside it. Two workers that find
+no broker start one under an fcntl lock. The broker exits by itself after ``persist`` idle seconds.
+
+The protocol: one JSON object a line each way; bytes as base64. Requests: hello, state, user, exec,
+put, fetch. An answer is ``{"ok": true, ...}`` or ``{"ok": false, "kind": KIND, "error": TEXT}``
+(KIND: unreachable, notfound, error)."""
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+DIRECTORY = os.path.join("~", ".ansible", "onebox-lxd")
+MARGIN = 30            # seconds a worker waits for an answer beyond the request's own time
+START_TIMEOUT = 30     # seconds for a new broker's socket to answer
+KILL_AFTER = 5         # seconds between timeout's TERM and its KILL inside the container
+TIMED_OUT = (124, 137)  # timeout's exit codes: the command got TERM (124) or, still alive, KILL (137)
+STATE_TTL = 2.0        # seconds a Running state is taken as still true (a task's _connect asks again)
+SOCKET_MAX = 100       # a unix socket path is limited to 108 bytes
+
+
+class BrokerError(Exception):
+    """What the broker (or reaching it) said went wrong; ``kind``: unreachable, notfound, error, gone
+    (the broker closed or is not there: the worker may start one and ask again)."""
+
+    def __init__(self, message, kind="error"):
+        super().__init__(message)
+        self.kind = kind
+
+
+# ---- the protocol: one JSON object a line -------------------------------------------------------
+def encode(message):
+    return json.dumps(message, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def decode(line):
+    message = json.loads(line.decode("utf-8"))
+    if not isinstance(message, dict):
+        raise ValueError("not an object: %r" % (message,))
+    return message
+
+
+def to_b64(data):
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def from_b64(text):
+    return None if text is None else base64.b64decode(text.encode("ascii"))
+
+
+# ---- what runs in the container --------------------------------------------------------------
+def exec_argv(command, timeout, stdin_path=None):
+    """The argv of a task's command: killed inside the container after ``timeout`` seconds (TERM,
+    then KILL ``KILL_AFTER`` s later, by coreutils timeout), and, when pipelined, reading its stdin
+    from ``stdin_path`` (opened, then removed, then the command runs: record-output exec takes no
+    stdin, so the data goes in with one files-API call before)."""
+    if stdin_path is None:
+        inner = ["/bin/sh", "-c", command]
+    else:
+        inner = ["/bin/sh", "-c", 'exec <"$1" && rm -f -- "$1" && exec /bin/sh -c "$2"', "onebox", stdin_path, command]
+    return ["timeout", "-k", str(KILL_AFTER), str(int(timeout))] + inner
+
+
+def stdin_path():
+    """A fresh name for a pipelined task's stdin in the container."""
+    return "/tmp/.onebox-stdin-%s" % uuid.uuid4().hex
+
+
+def parse_passwd(line):
+    """(uid, gid, home) out of a ``getent passwd`` line, or None."""
+    fields = line.strip().split(":")
+    if len(fields) < 7 or not fields[2].isdigit() or not fields[3].isdigit():
+        return None
+    return int(fields[2]), int(fields[3]), fields[5] or "/"
+
+
+def user_environment(name, home):
+    return {"HOME": home, "USER": name, "LOGNAME": name}
+
+
+def timed_out(rc, elapsed, timeout):
+    """Whether an exec's rc is timeout's (and not the command's own 124): it ran the whole time."""
+    return rc in TIMED_OUT and elapsed >= timeout
+
+
+# ---- the messages a worker raises ------------------------------------------------------------
+def where(daemon, endpoint):
+    """'the LXD daemon at /var/lib/lxd/unix.socket'."""
+    return "the %s daemon at %s" % (daemon or "LXD or Incus", endpoint)
+
+
+def not_running_message(name, status, daemon, endpoint):
+    if status is None:
+        return "no container %s on %s (onebox_lxd_instance / ansible_host name it)" % (name, where(daemon, endpoint))
+    return ("container %s is %s on %s: start it (converging the box starts its containers)"
+            % (name, status, where(daemon, endpoint)))
+
+
+# ---- the worker's side -----------------------------------------------------------------------
+def code_identity(files):
+    """Size and mtime of each file (the broker's code): a changed file names a new broker."""
+    parts = []
+    for path in files:
+        try:
+            info = os.stat(path)
+            parts.append("%s:%d:%d" % (os.path.basename(path), info.st_size, info.st_mtime_ns))
+        except OSError:
+            parts.append("%s:-" % os.path.basename(path))
+    return ";".join(parts)
+
+
+def socket_name(options, identity, environ=None, python=None):
+    """The broker's name: a hash of what makes it the right one to ask."""
+    environ = os.environ if environ is None else environ
+    key = {"options": options, "code": identity, "python": python or sys.executable,
+           "env": [environ.get("LXD_DIR"), environ.get("INCUS_DIR")]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:20]
+
+
+def broker_dir(directory=None):
+    """The user's broker directory, made 0700; refused when another user owns it or others may enter."""
+    directory = os.path.expanduser(directory or DIRECTORY)
+    if len(os.path.join(directory, "x" * 20 + ".sock")) > SOCKET_MAX:  # a long $HOME: a shorter place of the user's
+        directory = os.path.join("/tmp", "onebox-lxd-%d" % os.getuid())
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise BrokerError("the broker's directory %s must be a directory of uid %d with mode 0700 (it is uid %d, mode %o)"
+                          % (directory, os.getuid(), info.st_uid, stat.S_IMODE(info.st_mode)), "unreachable")
+    return directory
+
+
+def collection_root(path=None):
+    """The directory holding ansible_collections/ that this file was loaded from (the broker's
+    sys.path), or None when this file does not sit in such a tree."""
+    path = os.path.abspath(path or __file__)
+    parts = path.split(os.sep)
+    if parts[-6:-2] == ["ansible_collections", "homelab", "onebox", "plugins"]:
+        return os.sep.join(parts[:-6]) or os.sep
+    return None
+
+
+def code_files(path=None):
+    here = os.path.dirname(os.path.abspath(path or __file__))
+    return [os.path.join(here, "_lxd_broker.py"), os.path.join(os.path.dirname(here), "module_utils", "_lxd.py")]
+
+
+class Channel:
+    """A worker's line to the broker: one request at a time, each answer awaited with a timeout."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self._reader = sock.makefile("rb")
+
+    def request(self, op, wait, **fields):
+        """Send one request and return its answer, waiting at most ``wait`` seconds for it."""
+        fields["op"] = op
+        try:
+            self._sock.settimeout(wait)
+            self._sock.sendall(encode(fields))
+            line = self._reader.readline()
+        except socket.timeout:
+            self.close()
+            raise BrokerError("the broker did not answer %s within %s s" % (op, wait))
+        except OSError as exc:
+            self.close()
+            raise BrokerError("the broker's socket failed during %s: %s" % (op, exc), "gone")
+        if not line:
+            self.close()
+            raise BrokerError("the broker closed its socket during %s" % op, "gone")
+        answer = decode(line)
+        if not answer.get("ok"):
+            raise BrokerError(answer.get("error") or "the broker failed %s" % op, answer.get("kind") or "error")
+        return answer
+
+    def close(self):
+        for thing in (self._reader, self._sock):
+            try:
+                thing.close()
+            except OSError:
+                pass
+
+
+def _connect(path, timeout):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _greet(path, timeout):
+    """A channel to the broker at ``path`` that answered hello, or BrokerError(kind gone)."""
+    try:
+        channel = Channel(_connect(path, timeout))
+    except OSError as exc:
+        raise BrokerError("no broker at %s: %s" % (path, exc), "gone")
+    try:
+        hello = channel.request("hello", timeout)
+    except BrokerError:
+        channel.close()
+        raise
+    return channel, hello
+
+
+def _tail(path, size=2000):
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - size))
+            return handle.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def start_broker(path, options, persist, log_path, root, python=None, popen=subprocess.Popen,
+                 greet=_greet, timeout=START_TIMEOUT, sleep=time.sleep):
+    """Start a broker for ``path`` and return (channel, hello) once it answered; BrokerError
+    (unreachable) quoting its log when it exits or does not answer within ``timeout``."""
+    try:
+        os.unlink(path)  # a stale socket of a broker gone (we hold the lock: no live one answers here)
+    except FileNotFoundError:
+        pass
+    env = dict(os.environ)
+    if root:
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    argv = [python or sys.executable, code_files()[0], "--socket", path, "--persist", str(persist),
+            "--options", json.dumps(options)]
+    with open(log_path, "wb") as log:
+        proc = popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                     start_new_session=True, close_fds=True, env=env)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return greet(path, timeout)
+        except BrokerError as exc:
+            if exc.kind != "gone":
+                raise
+        if proc.poll() is not None:
+            raise BrokerError("the lxd connection's broker exited (%s) at its start; its log %s says: %s"
+                              % (proc.returncode, log_path, _tail(log_path) or "nothing"), "unreachable")
+        if time.monotonic() >= deadline:
+            raise BrokerError("the lxd connection's broker (pid %s) did not answer on %s within %s s; its log %s says: %s"
+                              % (proc.pid, path, timeout, log_path, _tail(log_path) or "nothing"), "unreachable")
+        sleep(0.02)
+
+
+def open_broker(options, persist, directory=None, greet=_greet, start=start_broker, timeout=START_TIMEOUT):
+    """A channel to the broker for these daemon options, starting one when none answers (under a
+    lock, so workers racing start one); returns (channel, hello)."""
+    directory = broker_dir(directory)
+    name = socket_name(options, code_identity(code_files()))
+    path = os.path.join(directory, name + ".sock")
+    try:
+        return greet(path, timeout)
+    except BrokerError as exc:
+        if exc.kind != "gone":
+            raise
+    with open(os.path.join(directory, name + ".lock"), "ab") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            try:  # another worker may have started it while we waited for the lock
+                return greet(path, timeout)
+            except BrokerError as exc:
+                if exc.kind != "gone":
+                    raise
+            return start(path, options, persist, os.path.join(directory, name + ".log"), collection_root(),
+                         timeout=timeout)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# ---- the broker's side -----------------------------------------------------------------------
+class Broker:
+    """Answers requests with one client (made on the first request; ``make_client`` makes it)."""
+
+    def __init__(self, options, make_client, clock=time.monotonic):
+        self.options = options
+        self._make_client = make_client
+        self._client = None
+        self._client_lock = threading.Lock()
+        self._clock = clock
+        self._states = {}   # instance -> (when, record): a Running state recently read
+        self._users = {}    # (instance, created_at, user) -> (uid, gid, home)
+        self._cache_lock = threading.Lock()
+
+    def client(self):
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._make_client(self.options)
+            return self._client
+
+    def close(self):
+        if self._client is not None:
+            self._client.close()
+
+    def handle(self, request, error_type):
+        """The answer to one request; ``error_type``: _lxd.LxdError (what the client raises)."""
+        op = request.get("op")
+        method = getattr(self, "op_%s" % op, None)
+        if method is None:
+            return {"ok": False, "kind": "error", "error": "the broker knows no request %r" % (op,)}
+        try:
+            answer = method(request)
+        except BrokerError as exc:
+            return {"ok": False, "kind": exc.kind, "error": str(exc)}
+        except error_type as exc:
+            return {"ok": False, "kind": "error", "error": str(exc)}
+        answer["ok"] = True
+        return answer
+
+    def _client_or_unreachable(self, error_type):
+        try:
+            return self.client()
+        except error_type as exc:
+            raise BrokerError(str(exc), "unreachable")
+
+    def op_hello(self, request):
+        from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdError
+        client = self._client_or_unreachable(LxdError)
+        return {"pid": os.getpid(), "daemon": client.daemon, "endpoint": client.endpoint}
+
+    def _record(self, name, fresh=False):
+        now = self._clock()
+        with self._cache_lock:
+            known = self._states.get(name)
+        if known and not fresh and now - known[0] < STATE_TTL:
+            return known[1]
+        record = self.client().instance(name, state=False)
+        if record is not None and record.get("status") == "Running":
+            with self._cache_lock:
+                self._states[name] = (now, record)
+        else:
+            with self._cache_lock:
+                self._states.pop(name, None)
+        return record
+
+    def op_state(self, request):
+        record = self._record(request["name"])
+        return {"status": None if record is None else record.get("status")}
+
+    def op_user(self, request):
+        name, user = request["name"], request["user"]
+        record = self._record(name) or {}
+        key = (name, record.get("created_at"), user)
+        with self._cache_lock:
+            known = self._users.get(key)
+        if known is None:
+            result = self.client().exec(name, ["getent", "passwd", user], timeout=30, raw=True)
+            known = parse_passwd(result.stdout.decode("utf-8", "replace")) if result.rc == 0 else None
+            if known is None:
+                raise BrokerError("no user %s in container %s (getent passwd %s found none): create it, or set "
+                                  "ansible_user / remote_user to one that exists" % (user, name, user))
+            with self._cache_lock:
+                self._users[key] = known
+        uid, gid, home = known
+        return {"uid": uid, "gid": gid, "home": home}
+
+    def op_exec(self, request):
+        name, timeout = request["name"], int(request["timeout"])
+        user = request.get("user")  # {name, uid, gid, home} or None: root
+        client = self.client()
+        uid = gid = cwd = None
+        env = {}
+        if user:
+            uid, gid, cwd = user["uid"], user["gid"], user["home"]
+            env = user_environment(user["name"], user["home"])
+        data = from_b64(request.get("stdin"))
+        path = None
+        if data is not None:
+            path = stdin_path()
+            self._api(name, lambda: client.push_file(name, path, data, mode=0o600, uid=uid or 0, gid=gid or 0))
+        argv = exec_argv(request["command"], timeout, path)
+        started = time.monotonic()
+        try:
+            result = self._api(name, lambda: client.exec(name, argv, timeout=timeout + MARGIN, environment=env, cwd=cwd,
+                                                         user=uid, group=gid, raw=True))
+        except BrokerError:
+            if path is not None:  # the command never opened it
+                try:
+                    client.exec(name, ["rm", "-f", "--", path], timeout=30)
+                except Exception:  # pylint: disable=broad-except  # the error said is the exec's
+                    pass
+            raise
+        elapsed = time.monotonic() - started
+        return {"rc": result.rc, "stdout": to_b64(result.stdout), "stderr": to_b64(result.stderr),
+                "timed_out": timed_out(result.rc, elapsed, timeout), "elapsed": round(elapsed, 3)}
+
+    def _api(self, name, call):
+        """A call on the instance; when it fails, a container no longer running is said so (unreachable)."""
+        from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdError
+        try:
+            return call()
+        except LxdError as exc:
+            try:
+                record = self._record(name, fresh=True)
+            except LxdError:
+                record = {"status": "Running"}
+            if record is None or record.get("status") != "Running":
+                client = self.client()
+                raise BrokerError(not_running_message(name, None if record is None else record.get("status"),
+                                                      client.daemon, client.endpoint), "unreachable")
+            raise BrokerError(str(exc))
+
+    def op_put(self, request):
+        name, local, remote = request["name"], request["local"], request["remote"]
+        client = self.client()
+        try:
+            handle = open(local, "rb")
+        except FileNotFoundError:
+            raise BrokerError("file to copy into container %s not found: %s" % (name, local), "notfound")
+        with handle:
+            self._api(name, lambda: client.push_file(name, remote, handle, mode=int(request.get("mode", 0o644)),
+                                                     uid=int(request.get("uid", 0)), gid=int(request.get("gid", 0))))
+        return {}
+
+    def op_fetch(self, request):
+        name, remote, local = request["name"], request["remote"], request["local"]
+        client = self.client()
+        part = "%s.onebox-part-%s" % (local, uuid.uuid4().hex[:8])
+        try:
+            with open(part, "wb") as handle:
+                written = self._api(name, lambda: client.pull_file_to(name, remote, handle))
+            if written is None:
+                raise BrokerError("file to fetch from container %s not found: %s" % (name, remote), "notfound")
+            os.replace(part, local)
+        finally:
+            if os.path.exists(part):
+                os.unlink(part)
+        return {"size": written}
+
+
+class Idle:
+    """Counts open connections and the time of the last activity; ``expired`` after ``persist`` idle seconds."""
+
+    def __init__(self, persist, clock=time.monotonic):
+        self.persist = persist
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.active = 0
+        self.last = clock()
+
+    def enter(self):
+        with self._lock:
+            self.active += 1
+            self.last = self._clock()
+
+    def leave(self):
+        with self._lock:
+            self.active -= 1
+            self.last = self._clock()
+
+    def touch(self):
+        with self._lock:
+            self.last = self._clock()
+
+    def expired(self):
+        with self._lock:
+            return self.active == 0 and self._clock() - self.last >= self.persist
+
+
+def serve(path, options, persist):  # pragma: no cover - run by the integration tests, as a process
+    import socketserver
+    from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient, LxdError
+
+    def make_client(opts):
+        verify = opts.get("verify")
+        return LxdClient(url=opts.get("url") or None, client_cert=opts.get("client_cert") or None,
+                         client_key=opts.get("client_key") or None, verify=True if verify in (None, "") else verify,
+                         project=opts.get("project") or None, timeout=30)
+
+    broker = Broker(options, make_client)
+    idle = Idle(persist)
+
+    class Handler(socketserver.StreamRequestHandler):
+        def setup(self):
+            idle.enter()
+            super().setup()
+
+        def finish(self):
+            try:
+                super().finish()
+            finally:
+                idle.leave()
+
+        def handle(self):
+            for line in self.rfile:
+                idle.touch()
+                try:
+                    request = decode(line)
+                except ValueError as exc:
+                    answer = {"ok": False, "kind": "error", "error": "the broker could not read a request: %s" % exc}
+                else:
+                    try:
+                        answer = broker.handle(request, LxdError)
+                    except Exception as exc:  # pylint: disable=broad-except  # said to the worker, and logged
+                        import traceback
+                        traceback.print_exc()
+                        answer = {"ok": False, "kind": "error", "error": "the broker failed %s: %r" % (request.get("op"), exc)}
+                self.wfile.write(encode(answer))
+                self.wfile.flush()
+                idle.touch()
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+        request_queue_size = 64
+
+    old = os.umask(0o077)
+    try:
+        server = Server(path, Handler)
+    finally:
+        os.umask(old)
+    mine = os.stat(path).st_ino
+    sys.stderr.write("broker pid %d serving %s for %s, exits after %s s idle\n" % (os.getpid(), path, json.dumps(options), persist))
+    sys.stderr.flush()
+
+    def watch():
+        while not idle.expired():
+            time.sleep(min(1.0, max(0.05, persist / 4.0)))
+        # New workers find no socket and start a broker of their own; one that connected just now
+        # gets its connection closed and does the same (its hello fails as "gone").
+        try:
+            if os.stat(path).st_ino == mine:
+                os.unlink(path)
+        except OSError:
+            pass
+        server.shutdown()
+
+    threading.Thread(target=watch, daemon=True).start()
+    server.serve_forever(poll_interval=0.5)
+    server.server_close()
+    broker.close()
+    sys.stderr.write("broker pid %d exits after %s s idle\n" % (os.getpid(), persist))
+
+
+def main(argv=None):  # pragma: no cover - the broker process's entry
+    import argparse
+    parser = argparse.ArgumentParser(description="homelab.onebox lxd connection broker")
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--persist", type=float, required=True)
+    parser.add_argument("--options", required=True)
+    args = parser.parse_args(argv)
+    serve(args.socket, json.loads(args.options), args.persist)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
