@@ -1,8 +1,10 @@
 """The box's containers as inventory hosts: groups, variables, names made group names, collisions
 refused naming both, the proxy, and the marks a container records read back alike."""
 import json
+import os
 
 import pytest
+import yaml
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _box_hosts
 from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
@@ -121,3 +123,15 @@ def test_a_container_with_the_owner_alone_or_an_unreadable_mark(config):
 def test_no_owner_mark_is_no_host():
     assert _box_hosts.from_marks("x", {_box_hosts.SERVICE_KEY: "web"}) is None
     assert _box_hosts.from_marks("x", None) is None
+
+
+def test_the_box_role_adds_every_variable_of_a_host():
+    """The role's add_host names each variable (a templated args dict is unsafe): it must name them all."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+    with open(os.path.join(root, "roles", "box", "tasks", "converge.yml"), encoding="utf-8") as handle:
+        tasks = yaml.safe_load(handle)
+    block = next(t for t in tasks if "block" in t and any("ansible.builtin.add_host" in b for b in t["block"]))
+    added = next(b for b in block["block"] if "ansible.builtin.add_host" in b)["ansible.builtin.add_host"]
+    described = set(_box_hosts.host_vars(_box_hosts.from_marks("x", {OWNER_KEY: "o"})))
+    assert {key for key in added if key.startswith("onebox_") and not key.startswith("onebox_lxd_")} == described
+    assert all(added[key] == "{{ item.vars.%s }}" % key for key in described)
