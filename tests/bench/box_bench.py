@@ -1,7 +1,7 @@
 """The box's cost on this machine, as one table (not a test: it measures and prints).
 
     tests/bench/run [--runs 3] [--scale 50 [--scale 150] | --scale 50,150] [--skip-scale | --only-scale | --only-tls | --only-backup
-                    | --only-files | --only-rolling | --only-daemons]
+                    | --only-files | --only-rolling | --only-daemons | --only-connection]
 
 Figures (each the median of --runs runs, with min and max):
 - the reference box (inventory.example, base image present): cold converge from nothing,
@@ -23,6 +23,8 @@ Figures (each the median of --runs runs, with min and max):
   no-change run of the same box;
 - LXD and Incus side by side (--only-daemons, tests/bench/daemons_bench.py): the reference box's
   rows on each daemon of this host in one run, exec round trip over each socket and over HTTPS;
+- roles inside the containers (--only-connection, tests/bench/connection_bench.py): a play of 40
+  small tasks on 3 containers through homelab.onebox.lxd, next to local and community.general.lxd;
 - exec round trip through _lxd.py (median of 200);
 - dnat with 200 forwards and nginx_site with 100 sites: the module's own time, no-change and
   one change (python + module, without ansible's start-up).
@@ -51,6 +53,7 @@ sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "integr
 from conftest import ansible_env, delete_instance_quietly, run_module  # noqa: E402  pylint: disable=wrong-import-position
 from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient  # noqa: E402
 from ansible_collections.homelab.onebox.plugins.modules.box import ARGUMENT_SPEC as BOX_SPEC  # noqa: E402
+import connection_bench  # noqa: E402
 import daemons_bench  # noqa: E402
 import dnat_bench  # noqa: E402
 import nginx_bench  # noqa: E402
@@ -482,8 +485,11 @@ def main():
                        help="the rows of a rolling change: a 3-member pool changed one member at a time")
     which.add_argument("--only-daemons", action="store_true",
                        help="LXD and Incus side by side: the reference box on each, exec over each socket and over HTTPS")
+    which.add_argument("--only-connection", action="store_true",
+                       help="roles inside the containers: 40 tasks on 3 containers through homelab.onebox.lxd, local "
+                            "and community.general.lxd (from PyPI, in a venv of the bench's own)")
     args = parser.parse_args()
-    only = args.only_backup or args.only_files or args.only_rolling or args.only_daemons
+    only = args.only_backup or args.only_files or args.only_rolling or args.only_daemons or args.only_connection
     scales = [count for counts in args.scale or [[50]] for count in counts]
     lxd = LxdClient(timeout=120)
     env = lxd.server["environment"]
@@ -499,6 +505,9 @@ def main():
         rolling_figures(args.runs)
     if args.only_daemons:
         daemons_bench.daemon_figures(args.runs, box_figures, playbook, row)
+    if args.only_connection:
+        connection_bench.connection_figures(
+            args.runs, row, lambda figure, value, target: ROWS.append((figure, value, 0, 0, 1, "x", target)))
     if not (args.only_scale or only):
         tls_figures(args.runs)
     if not (args.only_scale or args.only_tls or only):
