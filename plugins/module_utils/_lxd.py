@@ -145,6 +145,59 @@ def endpoint_from_url(url, environ=None, exists=os.path.exists):
     raise LxdError("lxd_url: invalid value %r: must be a socket path, unix:/path or https://host:port" % url)
 
 
+UNIX_POOL_SIZE = 32  # connections kept to the socket: one a thread of a busy caller (the lxd connection's broker)
+
+
+def unix_session():
+    """A requests session to a daemon's socket whose connections are kept and shared by every
+    request. pylxd's own (2.4.2) keeps one pool per request URL (each operation, each exec record
+    a new one, never reused) and closes the 26th-last while another thread may be using it: under
+    the broker's load an exec failed "'NoneType' object has no attribute 'qsize'" (a closed pool).
+    None when this pylxd lacks the parts (its own session is used then)."""
+    import requests
+    import urllib3
+    connection = getattr(pylxd.client, "_UnixSocketHTTPConnection", None)
+    if connection is None:
+        return None
+
+    class SocketPool(urllib3.HTTPConnectionPool):
+        def __init__(self, socket_url):
+            super().__init__("localhost", maxsize=UNIX_POOL_SIZE)
+            self.socket_url = socket_url
+
+        def _new_conn(self):
+            return connection(self.socket_url)
+
+    class SocketAdapter(requests.adapters.HTTPAdapter):
+        def __init__(self):
+            super().__init__()
+            self._pools = {}
+            self._pools_lock = threading.Lock()
+
+        def get_connection(self, url, proxies=None):
+            socket_url = "http+unix://%s" % urlsplit(url).netloc
+            with self._pools_lock:
+                if socket_url not in self._pools:
+                    self._pools[socket_url] = SocketPool(socket_url)
+                return self._pools[socket_url]
+
+        def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
+            return self.get_connection(request.url)
+
+        def request_url(self, request, proxies):
+            return request.path_url
+
+        def close(self):
+            with self._pools_lock:
+                for pool in self._pools.values():
+                    pool.close()
+                self._pools.clear()
+
+    session = requests.Session()
+    session.mount("http+unix://", SocketAdapter())
+    return session
+
+
 def daemon_name(host_info):
     """"LXD" or "Incus": which daemon answered, from its host_info (LXD when it does not say)."""
     server = ((host_info or {}).get("environment") or {}).get("server")
@@ -190,6 +243,8 @@ class LxdClient:
             endpoint = endpoint.rstrip("/")
             session = pylxd.client.get_session_for_url(endpoint, verify=verify, cert=cert)
             session.trust_env = False
+        else:
+            session = unix_session()
         try:
             self._client = pylxd.Client(endpoint=endpoint, cert=cert, verify=verify,
                                         project=project, timeout=timeout, session=session)

@@ -72,16 +72,36 @@ def from_b64(text):
 
 
 # ---- what runs in the container --------------------------------------------------------------
-def exec_argv(command, timeout, stdin_path=None):
+# The command under coreutils timeout, its exit code written after its stderr as NONCE<rc> (no
+# newline): LXD turns an exec that exits 126 or 127 into a failed operation ("Command not found")
+# and drops its output, but Ansible needs both (a missing setfacl is how it learns to chmod).
+RUN = 'timeout -k %d "$1" /bin/sh -c "$2"; printf "%%s%%d" "$3" "$?" >&2' % KILL_AFTER
+# Pipelined: stdin from the file the input was written to, opened, then removed, then the command.
+RUN_WITH_INPUT = 'exec <"$4" && rm -f -- "$4" && { %s; }' % RUN
+
+
+def exec_argv(command, timeout, nonce, stdin_path=None):
     """The argv of a task's command: killed inside the container after ``timeout`` seconds (TERM,
-    then KILL ``KILL_AFTER`` s later, by coreutils timeout), and, when pipelined, reading its stdin
-    from ``stdin_path`` (opened, then removed, then the command runs: record-output exec takes no
-    stdin, so the data goes in with one files-API call before)."""
-    if stdin_path is None:
-        inner = ["/bin/sh", "-c", command]
-    else:
-        inner = ["/bin/sh", "-c", 'exec <"$1" && rm -f -- "$1" && exec /bin/sh -c "$2"', "onebox", stdin_path, command]
-    return ["timeout", "-k", str(KILL_AFTER), str(int(timeout))] + inner
+    then KILL ``KILL_AFTER`` s later, by coreutils timeout), its exit code after its stderr behind
+    ``nonce``, and, when pipelined, reading its stdin from ``stdin_path`` (record-output exec takes
+    no stdin, so the input goes in with one files-API call before)."""
+    argv = ["/bin/sh", "-c", RUN if stdin_path is None else RUN_WITH_INPUT, "onebox", str(int(timeout)), command, nonce]
+    return argv + ([stdin_path] if stdin_path is not None else [])
+
+
+def split_status(rc, stderr, nonce):
+    """(the command's exit code, its stderr) out of what the wrapper of exec_argv gave: the code
+    it wrote behind ``nonce``; the exec's own when there is none (the wrapper itself failed)."""
+    marker = nonce.encode("ascii")
+    at = stderr.rfind(marker)
+    tail = stderr[at + len(marker):] if at >= 0 else b""
+    if at < 0 or not tail.isdigit():
+        return rc, stderr
+    return int(tail), stderr[:at]
+
+
+def new_nonce():
+    return "ONEBOX-RC-%s:" % uuid.uuid4().hex
 
 
 def stdin_path():
@@ -132,10 +152,11 @@ def code_identity(files):
     return ";".join(parts)
 
 
-def socket_name(options, identity, environ=None, python=None):
-    """The broker's name: a hash of what makes it the right one to ask."""
+def socket_name(options, persist, identity, environ=None, python=None):
+    """The broker's name: a hash of what makes it the right one to ask (its idle time too: a
+    broker keeps the one it started with)."""
     environ = os.environ if environ is None else environ
-    key = {"options": options, "code": identity, "python": python or sys.executable,
+    key = {"options": options, "persist": float(persist), "code": identity, "python": python or sys.executable,
            "env": [environ.get("LXD_DIR"), environ.get("INCUS_DIR")]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:20]
 
@@ -166,6 +187,11 @@ def collection_root(path=None):
 def code_files(path=None):
     here = os.path.dirname(os.path.abspath(path or __file__))
     return [os.path.join(here, "_lxd_broker.py"), os.path.join(os.path.dirname(here), "module_utils", "_lxd.py")]
+
+
+def socket_path(options, persist, directory):
+    """Where the broker for these options listens (tests find theirs here)."""
+    return os.path.join(directory, socket_name(options, persist, code_identity(code_files())) + ".sock")
 
 
 class Channel:
@@ -275,8 +301,8 @@ def open_broker(options, persist, directory=None, greet=_greet, start=start_brok
     """A channel to the broker for these daemon options, starting one when none answers (under a
     lock, so workers racing start one); returns (channel, hello)."""
     directory = broker_dir(directory)
-    name = socket_name(options, code_identity(code_files()))
-    path = os.path.join(directory, name + ".sock")
+    path = socket_path(options, persist, directory)
+    name = os.path.basename(path)[:-len(".sock")]
     try:
         return greet(path, timeout)
     except BrokerError as exc:
@@ -396,7 +422,8 @@ class Broker:
         if data is not None:
             path = stdin_path()
             self._api(name, lambda: client.push_file(name, path, data, mode=0o600, uid=uid or 0, gid=gid or 0))
-        argv = exec_argv(request["command"], timeout, path)
+        nonce = new_nonce()
+        argv = exec_argv(request["command"], timeout, nonce, path)
         started = time.monotonic()
         try:
             result = self._api(name, lambda: client.exec(name, argv, timeout=timeout + MARGIN, environment=env, cwd=cwd,
@@ -409,8 +436,9 @@ class Broker:
                     pass
             raise
         elapsed = time.monotonic() - started
-        return {"rc": result.rc, "stdout": to_b64(result.stdout), "stderr": to_b64(result.stderr),
-                "timed_out": timed_out(result.rc, elapsed, timeout), "elapsed": round(elapsed, 3)}
+        rc, stderr = split_status(result.rc, result.stderr, nonce)
+        return {"rc": rc, "stdout": to_b64(result.stdout), "stderr": to_b64(stderr),
+                "timed_out": timed_out(rc, elapsed, timeout), "elapsed": round(elapsed, 3)}
 
     def _api(self, name, call):
         """A call on the instance; when it fails, a container no longer running is said so (unreachable)."""
