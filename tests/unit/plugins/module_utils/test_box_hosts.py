@@ -130,8 +130,7 @@ def test_the_box_role_adds_every_variable_of_a_host():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
     with open(os.path.join(root, "roles", "box", "tasks", "converge.yml"), encoding="utf-8") as handle:
         tasks = yaml.safe_load(handle)
-    block = next(t for t in tasks if "block" in t and any("ansible.builtin.add_host" in b for b in t["block"]))
-    added = next(b for b in block["block"] if "ansible.builtin.add_host" in b)["ansible.builtin.add_host"]
+    added = next(t for t in tasks if "ansible.builtin.add_host" in t)["ansible.builtin.add_host"]
     described = set(_box_hosts.host_vars(_box_hosts.from_marks("x", {OWNER_KEY: "o"})))
     assert {key for key in added if key.startswith("onebox_") and not key.startswith("onebox_lxd_")} == described
     assert all(added[key] == "{{ item.vars.%s }}" % key for key in described)
