@@ -8,7 +8,8 @@ the whole description: container names, domains, host ports and storage volume n
 twice. The BoxParts it returns derives the items of each part: the containers (lxd_instances
 items, with their volumes' disk devices), the storage volumes, what goes inside them
 (lxd_provision items), the proxy's sites (nginx_site specs) and the host's forwards (dnat
-forwards). An error names the service and the field.
+forwards); each container records what it is as an inventory host (``hosts``, _box_hosts: its
+marks go into its config). An error names the service and the field.
 """
 from __future__ import annotations
 
