@@ -324,10 +324,12 @@ def open_broker(options, persist, directory=None, greet=_greet, start=start_brok
 
 # ---- the broker's side -----------------------------------------------------------------------
 class Broker:
-    """Answers requests with one client (made on the first request; ``make_client`` makes it)."""
+    """Answers requests with one client (made on the first request; ``make_client`` makes it);
+    ``error_type``: what the client raises (_lxd.LxdError)."""
 
-    def __init__(self, options, make_client, clock=time.monotonic):
+    def __init__(self, options, make_client, error_type, clock=time.monotonic):
         self.options = options
+        self.error_type = error_type
         self._make_client = make_client
         self._client = None
         self._client_lock = threading.Lock()
@@ -346,8 +348,8 @@ class Broker:
         if self._client is not None:
             self._client.close()
 
-    def handle(self, request, error_type):
-        """The answer to one request; ``error_type``: _lxd.LxdError (what the client raises)."""
+    def handle(self, request):
+        """The answer to one request."""
         op = request.get("op")
         method = getattr(self, "op_%s" % op, None)
         if method is None:
@@ -356,20 +358,19 @@ class Broker:
             answer = method(request)
         except BrokerError as exc:
             return {"ok": False, "kind": exc.kind, "error": str(exc)}
-        except error_type as exc:
+        except self.error_type as exc:
             return {"ok": False, "kind": "error", "error": str(exc)}
         answer["ok"] = True
         return answer
 
-    def _client_or_unreachable(self, error_type):
+    def _client_or_unreachable(self):
         try:
             return self.client()
-        except error_type as exc:
+        except self.error_type as exc:
             raise BrokerError(str(exc), "unreachable")
 
     def op_hello(self, request):
-        from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdError
-        client = self._client_or_unreachable(LxdError)
+        client = self._client_or_unreachable()
         return {"pid": os.getpid(), "daemon": client.daemon, "endpoint": client.endpoint}
 
     def _record(self, name, fresh=False):
@@ -442,13 +443,12 @@ class Broker:
 
     def _api(self, name, call):
         """A call on the instance; when it fails, a container no longer running is said so (unreachable)."""
-        from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdError
         try:
             return call()
-        except LxdError as exc:
+        except self.error_type as exc:
             try:
                 record = self._record(name, fresh=True)
-            except LxdError:
+            except self.error_type:
                 record = {"status": "Running"}
             if record is None or record.get("status") != "Running":
                 client = self.client()
@@ -523,7 +523,7 @@ def serve(path, options, persist):  # pragma: no cover - run by the integration 
                          client_key=opts.get("client_key") or None, verify=True if verify in (None, "") else verify,
                          project=opts.get("project") or None, timeout=30)
 
-    broker = Broker(options, make_client)
+    broker = Broker(options, make_client, LxdError)
     idle = Idle(persist)
 
     class Handler(socketserver.StreamRequestHandler):
@@ -546,7 +546,7 @@ def serve(path, options, persist):  # pragma: no cover - run by the integration 
                     answer = {"ok": False, "kind": "error", "error": "the broker could not read a request: %s" % exc}
                 else:
                     try:
-                        answer = broker.handle(request, LxdError)
+                        answer = broker.handle(request)
                     except Exception as exc:  # pylint: disable=broad-except  # said to the worker, and logged
                         import traceback
                         traceback.print_exc()

@@ -230,3 +230,70 @@ def test_a_wait_that_outlives_its_timeout_reads_the_operation_on_either_daemon(m
     daemon.answers[("get", "/operations/op1")] = None
     with pytest.raises(LxdError, match="x: did not finish within 0 s"):
         client.wait(FakeResponse({"type": "async", "operation": "/1.0/operations/op1"}), "x", timeout=0)
+
+
+# ---- for the lxd connection: bytes exactly, a file streamed, one shared pool per socket ----
+def test_exec_raw_gives_the_bytes_as_written(monkeypatch, tmp_path):
+    client, daemon = fake_client(monkeypatch, tmp_path, "lxd", "")
+    daemon.exec_answers("c1", "abc")
+    daemon.answers[("get", "/instances/c1/logs/exec_abc.stdout")] = FakeResponse(content=b"\xff\xfe\x00 bin")
+    assert client.exec("c1", ["true"], raw=True) == (3, b"\xff\xfe\x00 bin", b"err\n")
+    assert client.exec("c1", ["true"]).stdout == "\ufffd\ufffd\x00 bin"  # text, as before
+    client.close()
+
+
+class StreamedResponse(FakeResponse):
+    def __init__(self, chunks, headers=None):
+        super().__init__(headers=headers or {})
+        self.chunks, self.closed, self.asked = chunks, False, None
+
+    def iter_content(self, size):
+        self.asked = size
+        return iter(self.chunks)
+
+    def close(self):
+        self.closed = True
+
+
+def test_pull_file_to_streams_chunks_into_the_handle(monkeypatch, tmp_path):
+    import io
+    client, daemon = fake_client(monkeypatch, tmp_path, "lxd", "")
+    response = StreamedResponse([b"\x00" * 5, b"\xff" * 3])
+    seen = {}
+
+    def answer(**kwargs):
+        seen.update(kwargs)
+        return response
+    daemon.answers[("get", "/instances/c1/files")] = answer
+    handle = io.BytesIO()
+    assert client.pull_file_to("c1", "/x", handle, chunk_size=4) == 8
+    assert handle.getvalue() == b"\x00" * 5 + b"\xff" * 3
+    assert seen["stream"] is True and seen["params"] == {"path": "/x"} and response.asked == 4 and response.closed
+
+
+def test_pull_file_to_a_missing_or_directory_path(monkeypatch, tmp_path):
+    import io
+    import pylxd.exceptions
+    client, daemon = fake_client(monkeypatch, tmp_path, "lxd", "")
+
+    def missing(**kwargs):
+        raise pylxd.exceptions.NotFound(FakeResponse({"error": "not found"}))
+    daemon.answers[("get", "/instances/c1/files")] = missing
+    handle = io.BytesIO()
+    assert client.pull_file_to("c1", "/nope", handle) is None and handle.getvalue() == b""
+    daemon.answers[("get", "/instances/c1/files")] = StreamedResponse([b"[]"], headers={"X-LXD-type": "directory"})
+    with pytest.raises(LxdError, match="read /etc in c1: is a directory"):
+        client.pull_file_to("c1", "/etc", handle)
+    assert handle.getvalue() == b""
+
+
+def test_the_unix_session_keeps_one_pool_per_socket_for_every_url():
+    from ansible_collections.homelab.onebox.plugins.module_utils._lxd import UNIX_POOL_SIZE, unix_session
+    adapter = unix_session().get_adapter("http+unix://%2Fvar%2Flib%2Flxd%2Funix.socket/1.0")
+    first = adapter.get_connection("http+unix://%2Fvar%2Flib%2Flxd%2Funix.socket/1.0/operations/a/wait")
+    for index in range(40):  # pylxd's own made a pool per URL and closed the 26th-last
+        assert adapter.get_connection("http+unix://%%2Fvar%%2Flib%%2Flxd%%2Funix.socket/1.0/x/%d" % index) is first
+    assert first.pool is not None and first.pool.maxsize == UNIX_POOL_SIZE
+    assert first.socket_url == "http+unix://%2Fvar%2Flib%2Flxd%2Funix.socket"
+    other = adapter.get_connection("http+unix://%2Fvar%2Flib%2Fincus%2Funix.socket/1.0")
+    assert other is not first
