@@ -127,6 +127,7 @@ EXAMPLES = r"""
     - my_role
 """
 
+import math
 import os
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
@@ -168,7 +169,7 @@ def positive(name, value):
         number = float(value)
     except (TypeError, ValueError):
         number = None
-    if number is None or not number > 0 or number != number or number == float("inf"):
+    if number is None or not math.isfinite(number) or number <= 0:
         raise AnsibleError("onebox_lxd_%s: %r is not a number of seconds above 0" % (name, value))
     return number
 

@@ -223,7 +223,7 @@ def test_become_su_and_a_non_root_remote_user(lxd, container, tmp_path):
     assert results(out, 1)[container]["stdout"] == USER
     tasks = [{"raw": 'id -un; echo "$HOME $USER $LOGNAME"; pwd', "register": "who"},
              {"copy": {"content": "theirs\n", "dest": "/home/%s/put.txt" % USER}},
-             {"command": "stat -c %U /home/{}/put.txt /home/{}/become.txt".format(USER, USER), "register": "owners"}]
+             {"command": "stat -c %U /home/{user}/put.txt /home/{user}/become.txt".format(user=USER), "register": "owners"}]
     rc, out = play(tmp_path, inventory(tmp_path, {container: {"ansible_user": USER}}), tasks)
     assert rc == 0, json.dumps(out)[-3000:]
     home = "/home/%s" % USER

@@ -70,7 +70,7 @@ def test_the_broker_is_opened_with_the_daemon_options_and_the_idle_time():
 
 
 def test_an_ssh_url_is_refused_asking_for_the_https_address():
-    conn, _, opened = connection(url="ssh://box.example")
+    conn, opened = connection(url="ssh://box.example")[::2]
     with pytest.raises(AnsibleConnectionFailure) as caught:
         conn._connect()
     said = str(caught.value)
@@ -80,7 +80,7 @@ def test_an_ssh_url_is_refused_asking_for_the_https_address():
 
 @pytest.mark.parametrize("url", ["ftp://box", "http://box:8443", "box:8443"])
 def test_other_schemes_are_unreachable_naming_the_value(url):
-    conn, _, _ = connection(url=url)
+    conn = connection(url=url)[0]
     with pytest.raises(AnsibleConnectionFailure, match="onebox_lxd_url %r cannot be reached" % url):
         conn._connect()
 
@@ -90,14 +90,14 @@ def test_other_schemes_are_unreachable_naming_the_value(url):
                 "(converging the box starts its containers)"),
     (None, "no container web on the LXD daemon at /var/lib/lxd/unix.socket")])
 def test_a_container_not_running_is_unreachable_saying_so(status, said):
-    conn, channel, _ = connection({"state": {"status": status}})
+    conn, channel = connection({"state": {"status": status}})[:2]
     with pytest.raises(AnsibleConnectionFailure) as caught:
         conn._connect()
     assert str(caught.value).startswith(said) and channel.closed and not conn._connected
 
 
 def test_a_broker_that_cannot_start_is_unreachable_naming_the_container():
-    conn, _, _ = connection()
+    conn = connection()[0]
 
     def fail(options, persist):
         raise broker.BrokerError("the lxd connection's broker exited (1) at its start; its log x says: boom", "unreachable")
@@ -109,23 +109,23 @@ def test_a_broker_that_cannot_start_is_unreachable_naming_the_container():
 def test_a_non_root_user_is_looked_up_and_sent_with_each_exec():
     answers = {"user": {"uid": 1001, "gid": 1002, "home": "/home/deploy"},
                "exec": {"rc": 0, "stdout": broker.to_b64(b"\xff"), "stderr": broker.to_b64(b""), "timed_out": False}}
-    conn, channel, _ = connection(answers, remote_user="deploy")
+    conn, channel = connection(answers, remote_user="deploy")[:2]
     assert conn.exec_command("id -un") == (0, b"\xff", b"")
-    ops = [(op, fields) for op, _, fields in channel.sent]
+    ops = [(sent[0], sent[2]) for sent in channel.sent]
     assert ops[1] == ("user", {"name": "web", "user": "deploy"})
     assert ops[2][0] == "exec" and ops[2][1]["user"] == {"name": "deploy", "uid": 1001, "gid": 1002, "home": "/home/deploy"}
 
 
 def test_an_unknown_user_fails_naming_it():
-    conn, _, _ = connection({"user": broker.BrokerError("no user ghost in container web (getent passwd ghost found none)")},
-                            remote_user="ghost")
+    conn = connection({"user": broker.BrokerError("no user ghost in container web (getent passwd ghost found none)")},
+                      remote_user="ghost")[0]
     with pytest.raises(AnsibleError, match="no user ghost in container web"):
         conn._connect()
 
 
 def test_pipelined_input_goes_with_the_exec_and_the_wait_outlasts_the_timeout():
     exec_answer = {"rc": 3, "stdout": broker.to_b64(b"out"), "stderr": broker.to_b64(b"err"), "timed_out": False}
-    conn, channel, _ = connection({"exec": exec_answer}, exec_timeout=50)
+    conn, channel = connection({"exec": exec_answer}, exec_timeout=50)[:2]
     assert conn.exec_command("/usr/bin/python3", in_data=b"\x00code") == (3, b"out", b"err")
     op, wait, fields = channel.sent[-1]
     assert op == "exec" and broker.from_b64(fields["stdin"]) == b"\x00code" and fields["timeout"] == 50
@@ -135,7 +135,7 @@ def test_pipelined_input_goes_with_the_exec_and_the_wait_outlasts_the_timeout():
 
 
 def test_a_command_past_the_timeout_fails_naming_the_container_and_the_option():
-    conn, _, _ = connection({"exec": {"rc": 124, "stdout": "", "stderr": "", "timed_out": True}}, exec_timeout=2)
+    conn = connection({"exec": {"rc": 124, "stdout": "", "stderr": "", "timed_out": True}}, exec_timeout=2)[0]
     with pytest.raises(AnsibleError) as caught:
         conn.exec_command("sleep 100")
     assert str(caught.value).startswith("container web: the command ran longer than onebox_lxd_exec_timeout (2 s) "
@@ -144,13 +144,13 @@ def test_a_command_past_the_timeout_fails_naming_the_container_and_the_option():
 
 @pytest.mark.parametrize("value", [0, -1, "soon", None])
 def test_a_timeout_that_is_not_positive_seconds_is_refused(value):
-    conn, _, _ = connection(exec_timeout=value)
+    conn = connection(exec_timeout=value)[0]
     with pytest.raises(AnsibleError, match="onebox_lxd_exec_timeout: %r is not a number of seconds above 0" % (value,)):
         conn.exec_command("true")
 
 
 def test_become_with_a_password_prompt_is_refused():
-    conn, channel, _ = connection({"exec": {"rc": 0, "stdout": "", "stderr": "", "timed_out": False}})
+    conn, channel = connection({"exec": {"rc": 0, "stdout": "", "stderr": "", "timed_out": False}})[:2]
     conn.become = SimpleNamespace(expect_prompt=lambda: True, name="sudo")
     with pytest.raises(AnsibleError) as caught:
         conn.exec_command("sudo -S -p x true")
@@ -164,8 +164,8 @@ def test_become_with_a_password_prompt_is_refused():
 def test_files_go_through_the_broker_owned_by_the_user(tmp_path):
     local = tmp_path / "f"
     local.write_bytes(b"x")
-    conn, channel, _ = connection({"user": {"uid": 7, "gid": 8, "home": "/h"}, "put": {}, "fetch": {"size": 1}},
-                                  remote_user="deploy")
+    conn, channel = connection({"user": {"uid": 7, "gid": 8, "home": "/h"}, "put": {}, "fetch": {"size": 1}},
+                               remote_user="deploy")[:2]
     conn.put_file(str(local), "/h/f")
     assert channel.sent[-1][0] == "put" and channel.sent[-1][2] == {
         "name": "web", "local": str(local), "remote": "/h/f", "uid": 7, "gid": 8, "mode": 0o600}
@@ -176,8 +176,8 @@ def test_files_go_through_the_broker_owned_by_the_user(tmp_path):
 
 
 def test_broker_errors_become_ansibles():
-    conn, _, _ = connection({"fetch": broker.BrokerError("file to fetch from container web not found: /x", "notfound"),
-                             "exec": broker.BrokerError("the broker closed its socket during exec", "gone")})
+    conn = connection({"fetch": broker.BrokerError("file to fetch from container web not found: /x", "notfound"),
+                       "exec": broker.BrokerError("the broker closed its socket during exec", "gone")})[0]
     with pytest.raises(AnsibleFileNotFound, match="not found: /x"):
         conn.fetch_file("/x", "/tmp/y")
     with pytest.raises(AnsibleConnectionFailure, match="closed its socket"):

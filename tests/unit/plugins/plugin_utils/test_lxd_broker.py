@@ -68,7 +68,7 @@ def test_a_command_past_its_timeout_is_killed_and_said_so():
     started = time.monotonic()
     result = run_here(broker.exec_argv("sleep 30", 1, nonce))
     elapsed = time.monotonic() - started
-    rc, _ = broker.split_status(result.rc, result.stderr, nonce)
+    rc = broker.split_status(result.rc, result.stderr, nonce)[0]
     assert rc == 124 and elapsed < 10
     assert broker.timed_out(rc, elapsed, 1)
     assert not broker.timed_out(124, 0.2, 1)  # the command's own 124, early
@@ -150,7 +150,7 @@ def test_workers_racing_start_one_broker(tmp_path):
 
     answers = []
     threads = [threading.Thread(target=lambda: answers.append(
-        broker.open_broker({"url": None}, 60, str(tmp_path / "d"), greet=greet, start=start))) for _ in range(8)]
+        broker.open_broker({"url": None}, 60, str(tmp_path / "d"), greet=greet, start=start))) for index in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -258,9 +258,10 @@ def test_exec_with_input_writes_it_for_the_user_then_runs_the_wrapper():
     answer = make(client).handle({"op": "exec", "name": "c", "command": "python3", "stdin": broker.to_b64(b"code"),
                                   "user": user, "timeout": 10})
     assert answer["ok"] and answer["rc"] == 5 and broker.from_b64(answer["stderr"]) == b"err"
-    (path, (data, mode, uid, gid)), = client.files.items()
+    assert len(client.files) == 1
+    path, (data, mode, uid, gid) = next(iter(client.files.items()))
     assert path.startswith("/tmp/.onebox-stdin-") and (data, mode, uid, gid) == (b"code", 0o600, 1001, 1002)
-    _, argv, kwargs = client.calls[-1]
+    argv, kwargs = client.calls[-1][1:]
     assert argv[2] == broker.RUN_WITH_INPUT and argv[4:6] == ["10", "python3"] and argv[-1] == path
     assert kwargs["timeout"] == 10 + broker.MARGIN and (kwargs["user"], kwargs["group"], kwargs["cwd"]) == (1001, 1002, "/home/deploy")
     assert kwargs["environment"] == {"HOME": "/home/deploy", "USER": "deploy", "LOGNAME": "deploy"}
