@@ -20,7 +20,8 @@ description:
     pays for no library import and no new connection to the daemon. See docs/connection.md.
   - Needs pylxd (2.3.2 or later) in the Python that runs ansible-playbook (the controller).
 version_added: 0.3.0
-author: homelab.onebox contributors
+author:
+  - homelab.onebox developers (@homelab)
 options:
   remote_addr:
     description:
@@ -47,7 +48,7 @@ options:
       - name: remote_user
   url:
     description:
-      - Where the daemon's API is, as the box role's O(onebox_lxd_url) says it; the same variable.
+      - Where the daemon's API is, as the box role's C(onebox_lxd_url) says it; the same variable.
       - Empty or unset - this machine's own daemon, found as the modules find it (C($LXD_DIR),
         C($INCUS_DIR), then LXD's and Incus' usual sockets). C(unix:/path) or a socket path; or
         C(https://host:8443) with O(client_cert), O(client_key) and O(verify).
