@@ -9,7 +9,8 @@ DOCUMENTATION = r"""
 name: box
 short_description: The box's containers as inventory hosts, read from the daemon
 version_added: 0.3.0
-author: homelab.onebox contributors
+author:
+  - homelab.onebox developers (@homelab)
 description:
   - Lists the containers a box converged (those carrying an owner's mark, C(user.onebox.owner)) on
     one daemon, LXD or Incus, in one request, as inventory hosts - the same hosts, groups and variables

@@ -119,8 +119,8 @@ def test_the_marks_are_on_the_containers_and_a_second_run_changes_nothing(box, l
 
 def test_a_container_named_like_another_inventory_host_is_refused_before_any_is_added(box):
     inventory = box["tmp"] / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {"ansible_connection": "local"},
-                                                            DB: {"ansible_host": "192.0.2.1"}}}}))
+    hosts = {"localhost": {"ansible_connection": "local"}, DB: {"ansible_host": "192.0.2.1"}}
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
     path = box["tmp"] / "box-only.yml"
     path.write_text(yaml.safe_dump([box_play()]))
     rc, out = run_playbook(str(path), inventory=str(inventory))
