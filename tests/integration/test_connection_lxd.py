@@ -183,9 +183,10 @@ def test_a_stopped_or_missing_container_or_an_ssh_url_is_unreachable_saying_why(
     found = results(out)
     assert rc != 0
     assert all(found[host].get("unreachable") for host in hosts), found
-    assert found[stopped]["msg"] == ("Task failed: container %s is Stopped on the LXD daemon at /var/lib/lxd/unix.socket: start it "
-                                     "(converging the box starts its containers)" % stopped)
-    assert found[missing]["msg"].startswith("Task failed: no container %s on the LXD daemon at /var/lib/lxd/unix.socket" % missing)
+    daemon = "the %s daemon at %s" % (lxd.daemon, lxd.endpoint)  # LXD's or Incus' socket (ONEBOX_TEST_DAEMON)
+    assert found[stopped]["msg"] == ("Task failed: container %s is Stopped on %s: start it "
+                                     "(converging the box starts its containers)" % (stopped, daemon))
+    assert found[missing]["msg"].startswith("Task failed: no container %s on %s" % (missing, daemon))
     assert "onebox_lxd_url is ssh://box.example" in found["via-ssh"]["msg"]
     assert "needs the daemon's https:// address in onebox_lxd_url" in found["via-ssh"]["msg"]
     assert "onebox_lxd_url 'ftp://box.example' cannot be reached" in found["via-ftp"]["msg"]
