@@ -15,6 +15,7 @@ import time
 import pytest
 
 from conftest import ROOT, RUN_PREFIX, ansible_env, delete_instance_quietly
+from test_https import remote  # noqa: F401  # pylint: disable=unused-import  # the daemon over HTTPS, set back after
 
 from ansible_collections.homelab.onebox.plugins.plugin_utils import _lxd_broker as broker
 
@@ -245,3 +246,24 @@ def test_the_broker_exits_once_idle(container, tmp_path):
     while alive(hello["pid"]) or os.path.exists(path):
         assert time.monotonic() < deadline, "broker pid %s still there %s s after its last request" % (hello["pid"], PERSIST)
         time.sleep(0.2)
+
+
+def test_over_https_with_a_client_certificate_and_the_daemons_certificate_pinned(remote, container, tmp_path):
+    """The daemon's https:// address (test_https's listener in a network namespace, a trusted client
+    certificate), named by the box role's variables."""
+    connection = remote["connection"]
+    https = {"onebox_lxd_url": connection["lxd_url"], "onebox_lxd_client_cert": connection["lxd_client_cert"],
+             "onebox_lxd_client_key": connection["lxd_client_key"], "onebox_lxd_verify": connection["lxd_verify"]}
+    tasks = [{"raw": "cat /etc/hostname", "register": "name"},
+             {"copy": {"content": "over https\n", "dest": "/root/https.txt"}},
+             {"command": "cat /root/https.txt", "register": "back"}]
+    rc, out = play(tmp_path, inventory(tmp_path, {container: {}}, **https), tasks)
+    assert rc == 0, json.dumps(out)[-3000:]
+    assert results(out, 0)[container]["stdout"].strip() == container
+    assert results(out, 2)[container]["stdout"] == "over https"
+    path = broker.socket_path(dict(DAEMON_OPTIONS, url=connection["lxd_url"], client_cert=connection["lxd_client_cert"],
+                                   client_key=connection["lxd_client_key"], verify=connection["lxd_verify"]),
+                              PERSIST, broker.broker_dir())
+    channel, hello = broker._greet(path, 10)  # a broker of its own, for that daemon address
+    channel.close()
+    assert hello["endpoint"] == connection["lxd_url"]
