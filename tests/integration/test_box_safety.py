@@ -178,6 +178,25 @@ def _box_modules(*procs):
     return found
 
 
+def _holding_open(pids, path):
+    """Those of ``pids`` that have ``path`` open: a module waiting for the run lock keeps its file
+    open while it polls, from its first try on."""
+    out = set()
+    for pid in pids:
+        try:
+            fds = os.listdir("/proc/%d/fd" % pid)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%d/fd/%s" % (pid, fd)) == path:
+                    out.add(pid)
+                    break
+            except OSError:
+                continue
+    return out
+
+
 def _result(proc):
     out, err = proc.communicate(timeout=600)
     try:
@@ -190,15 +209,15 @@ def test_two_runs_at_once_take_turns(lxd, args, box, client):
     """The test holds the daemon's lock while two runs with different pages start: both wait, then
     run one after the other; neither sees LXD's "busy"; the box ends as the later one says."""
     key = endpoint_from_url(None)
-    with RunLock(key, 10, "the test"):
+    with RunLock(key, 10, "the test") as held:
         first = _ansible_box(dict(args, services=services(page="first\n")))
         time.sleep(1.5)
         second = _ansible_box(dict(args, services=services(page="second\n")))
-        # Held until both modules run (then a second for their input check): a fixed 2 s was too
-        # short on a loaded machine, where ansible's start-up alone took longer and the second run
-        # found the lock free.
+        # Held until both modules are trying the lock (its file open), then a second more: waiting
+        # only for the module processes was not enough on a loaded machine (load 8-10), where a
+        # module's start-up (imports, its client) outlasted the second and it found the lock free.
         deadline = time.monotonic() + 120
-        while len(_box_modules(first, second)) < 2 and time.monotonic() < deadline:
+        while len(_holding_open(_box_modules(first, second), held.path)) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1)
     results = [_result(first), _result(second)]
