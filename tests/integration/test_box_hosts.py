@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from conftest import RUN_PREFIX, ROOT, ansible_env, run_playbook
+from conftest import DAEMON_DIR, RUN_PREFIX, ROOT, ansible_env, run_playbook
 
 OWNER = "%s-hosts" % RUN_PREFIX
 OWNER_GROUP = "onebox_owner_%s" % OWNER.replace("-", "_")
@@ -93,7 +93,7 @@ def test_the_second_play_finds_the_pool_by_its_group_with_its_variables(box, lxd
         assert (found["service"], found["kind"], found["owner"], found["domains"]) == (POOL, "pool", OWNER, [])
         assert found["address"] == addresses[member][0] and int(found["port"]) == 80
         # the play host is reached locally: the containers through the same daemon's socket
-        assert found["connection"] == "homelab.onebox.lxd" and found["url"] == "unix:/var/lib/lxd/unix.socket"
+        assert found["connection"] == "homelab.onebox.lxd" and found["url"] == "unix:%s/unix.socket" % DAEMON_DIR
         assert set(MEMBERS) <= set(found["pool"])
     assert {h: r["ansible_facts"]["seen_as"] for h, r in tasks(out, 1)["fact"]["hosts"].items()} == {m: m for m in MEMBERS}
     # through the connection, in the container itself
