@@ -91,7 +91,8 @@ options:
   states:
     description:
       - Only the containers in one of these states, as the daemon says them (V(Running),
-        V(Stopped), V(Frozen), V(Error); any case). Empty - every state.
+        V(Stopped), V(Frozen), V(Error), V(Starting), V(Stopping), V(Freezing); any case; another
+        fails the inventory, naming it). Empty - every state.
     type: list
     elements: str
     default: []
@@ -128,13 +129,22 @@ from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 
 from ansible_collections.homelab.onebox.plugins.module_utils import _box_hosts
 from ansible_collections.homelab.onebox.plugins.module_utils._box_info import address_of, read_containers
-from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import OneboxError, ValidationError
 
 CONNECTION = "homelab.onebox.lxd"
 # This plugin's daemon options -> the variables the connection reads them from.
 DAEMON_VARIABLES = {"url": "onebox_lxd_url", "client_cert": "onebox_lxd_client_cert",
                     "client_key": "onebox_lxd_client_key", "verify": "onebox_lxd_verify",
                     "project": "onebox_lxd_project"}
+# The states the daemons give an instance: a filter naming another (a typo) would list nothing, silently.
+STATES = ("Running", "Stopped", "Frozen", "Error", "Starting", "Stopping", "Freezing")
+
+
+def check_states(states):
+    """Each of ``states`` one of STATES (any case), before the daemon is asked anything."""
+    for index, state in enumerate(states or ()):
+        if str(state).lower() not in {known.lower() for known in STATES}:
+            raise ValidationError("states[%d]" % index, state, "unknown state (known: %s)" % ", ".join(STATES))
 
 
 def box_hosts(listing, owners=(), services=(), states=()):
@@ -172,6 +182,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
         try:
+            check_states(self.get_option("states"))
             found = box_hosts(self._client().instances(state=True), self.get_option("owners"),
                               self.get_option("services"), self.get_option("states"))
         except OneboxError as exc:

@@ -16,6 +16,7 @@ from ansible_collections.homelab.onebox.plugins.inventory.box import InventoryMo
 from ansible_collections.homelab.onebox.plugins.module_utils import _box_hosts
 from ansible_collections.homelab.onebox.plugins.module_utils._box import parse_box
 from ansible_collections.homelab.onebox.plugins.module_utils._instance_set import OWNER_KEY
+from ansible_collections.homelab.onebox.plugins.module_utils._errors import ValidationError
 
 SHOP = [{"name": "app", "command": "python3 /srv/app.py", "port": 8000, "domains": ["shop.example.test"]},
         {"name": "web", "kind": "pool", "count": 2, "host_port": 8080},
@@ -110,6 +111,13 @@ def test_filters(tmp_path):
     assert sorted(inventory(tmp_path, "states: [stopped]\n").hosts) == ["blog", "blog-proxy"]
     assert sorted(inventory(tmp_path, "owners: [shop]\nstates: [Running]\nservices: [db]\n").hosts) == ["db"]
     assert inventory(tmp_path, "owners: [nobody]\n").hosts == {}
+
+
+def test_a_misspelled_state_fails_naming_it_before_the_daemon_is_read():
+    with pytest.raises(ValidationError) as err:
+        box_plugin.check_states(["Running", "Runing"])
+    assert "states[1]" in str(err.value) and "Runing" in str(err.value)
+    box_plugin.check_states(["running", "STOPPED"])
 
 
 def test_the_daemon_as_configured_reaches_the_connection(tmp_path):
