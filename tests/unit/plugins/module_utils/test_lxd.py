@@ -297,3 +297,28 @@ def test_the_unix_session_keeps_one_pool_per_socket_for_every_url():
     assert first.socket_url == "http+unix://%2Fvar%2Flib%2Flxd%2Funix.socket"
     other = adapter.get_connection("http+unix://%2Fvar%2Flib%2Fincus%2Funix.socket/1.0")
     assert other is not first
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 200001])
+def test_a_websocket_frame_is_what_a_server_reads_back(size):
+    """websocket_frame's masking checked by ws4py's own frame parser, a server's side (masked input expected)."""
+    import os
+    from ws4py.streaming import Stream
+    from ansible_collections.homelab.onebox.plugins.module_utils._lxd import websocket_frame
+    data = os.urandom(size)
+    frame = websocket_frame(data)
+    assert frame[0] == 0x82 and frame[1] & 0x80  # a final binary frame, masked
+    server = Stream(always_mask=False, expect_masking=True)
+    rest = frame
+    wanted = next(server.parser)
+    while rest:
+        chunk, rest = rest[:wanted], rest[wanted:]
+        wanted = server.parser.send(chunk) or 2
+    assert server.has_message and bytes(server.message.data) == data
+
+
+def test_exec_stream_is_refused_over_https(monkeypatch, tmp_path):
+    client, _daemon = fake_client(monkeypatch, tmp_path, "lxd", "")
+    client.endpoint = "https://192.0.2.10:8443"
+    with pytest.raises(LxdError, match="only over the local socket"):
+        client.exec_stream("c", ["python3"], None, None, None)
