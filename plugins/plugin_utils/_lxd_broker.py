@@ -2,7 +2,8 @@
 # Copyright: homelab.onebox contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The lxd connection's broker: one local process per daemon (and per version of this code) that
-holds one warm LxdClient and serves the connection's workers over a unix socket; both its sides.
+holds one warm LxdClient and the agents it started in the containers (_lxd_agent), and serves the
+connection's workers over a unix socket; both its sides.
 
 Why: Ansible forks a new worker for every task on every host, and importing pylxd there costs
 ~100 ms and a client ~18 ms, far more than a task's own work. The worker side here (``open_broker``,
@@ -11,7 +12,7 @@ module_utils._lxd when it runs, once, in its own process (``python _lxd_broker.p
 ControlPersist or ansible-connection.
 
 Where: a socket in ``~/.ansible/onebox-lxd/`` (0700, the user's), named from a hash of the daemon's
-options, of $LXD_DIR/$INCUS_DIR, of the Python, and of this code's and _lxd.py's size and mtime (an
+options, of $LXD_DIR/$INCUS_DIR, of the Python, and of this code's, _lxd_agent's and _lxd.py's size and mtime (an
 edited collection never talks to an old broker); its log (stderr) beside it. Two workers that find
 no broker start one under an fcntl lock. The broker exits by itself after ``persist`` idle seconds.
 
@@ -33,12 +34,17 @@ import threading
 import time
 import uuid
 
+from ansible_collections.homelab.onebox.plugins.plugin_utils import _lxd_agent as agent_program
+from ansible_collections.homelab.onebox.plugins.plugin_utils._lxd_agent import Agent, AgentError
+
 DIRECTORY = os.path.join("~", ".ansible", "onebox-lxd")
 MARGIN = 30            # seconds a worker waits for an answer beyond the request's own time
 START_TIMEOUT = 30     # seconds for a new broker's socket to answer
 KILL_AFTER = 5         # seconds between timeout's TERM and its KILL inside the container
 TIMED_OUT = (124, 137)  # timeout's exit codes: the command got TERM (124) or, still alive, KILL (137)
 STATE_TTL = 2.0        # seconds a Running state is taken as still true (a task's _connect asks again)
+AGENT_RETRY = 10.0     # seconds before an agent that could not start (no python3 yet) is tried again
+AGENT_PUT_MAX = 4 << 20  # bytes: a file up to this size goes through the agent, a larger one streams (files API)
 SOCKET_MAX = 100       # a unix socket path is limited to 108 bytes
 
 
@@ -186,7 +192,8 @@ def collection_root(path=None):
 
 def code_files(path=None):
     here = os.path.dirname(os.path.abspath(path or __file__))
-    return [os.path.join(here, "_lxd_broker.py"), os.path.join(os.path.dirname(here), "module_utils", "_lxd.py")]
+    return [os.path.join(here, "_lxd_broker.py"), os.path.join(here, "_lxd_agent.py"),
+            os.path.join(os.path.dirname(here), "module_utils", "_lxd.py")]
 
 
 def socket_path(options, persist, directory):
@@ -337,6 +344,12 @@ class Broker:
         self._states = {}   # instance -> (when, record): a Running state recently read
         self._users = {}    # (instance, created_at, user) -> (uid, gid, home)
         self._cache_lock = threading.Lock()
+        self._agents = {}   # (instance, uid) -> Agent, or the time it could not start
+        self._agent_locks = {}
+
+    def log(self, text):
+        sys.stderr.write("%s\n" % text)
+        sys.stderr.flush()
 
     def client(self):
         with self._client_lock:
@@ -345,8 +358,52 @@ class Broker:
             return self._client
 
     def close(self):
+        with self._cache_lock:
+            agents = [agent for agent in self._agents.values() if isinstance(agent, Agent)]
+        for agent in agents:
+            agent.close()
         if self._client is not None:
             self._client.close()
+
+    # ---- the agents: one a container and user, running the commands (plugin_utils._lxd_agent) ----
+    def agent(self, name, user=None, start=True):
+        """The running agent for this container and user (None: root), started when there is none
+        and ``start``; None when it cannot be (no python3 in the container: tried again after
+        AGENT_RETRY s; a daemon over https)."""
+        client = self.client()
+        if not client.endpoint.startswith("/"):
+            return None
+        key = (name, user["uid"] if user else 0)
+        with self._cache_lock:
+            known = self._agents.get(key)
+            lock = self._agent_locks.setdefault(key, threading.Lock())
+        if isinstance(known, Agent) and known.alive:
+            return known
+        if not start or (isinstance(known, float) and self._clock() - known < AGENT_RETRY):
+            return None
+        with lock:
+            with self._cache_lock:
+                known = self._agents.get(key)
+            if isinstance(known, Agent) and known.alive:
+                return known
+            if isinstance(known, float) and self._clock() - known < AGENT_RETRY:
+                return None
+            env = user_environment(user["name"], user["home"]) if user else {}
+            uid, gid, cwd = (user["uid"], user["gid"], user["home"]) if user else (None, None, None)
+
+            def open_stream(on_stdout, on_stderr, on_close):
+                return client.exec_stream(name, ["python3", "-c", agent_program.PROGRAM, agent_program.NAME],
+                                          on_stdout, on_stderr, on_close, environment=env, cwd=cwd, user=uid, group=gid)
+            try:
+                found = Agent(open_stream)
+            except (AgentError, self.error_type) as exc:
+                self.log("no agent in %s for uid %s (each command is an exec of its own): %s" % (name, key[1], exc))
+                found = self._clock()
+            else:
+                self.log("agent pid %s in %s for uid %s" % (found.pid, name, key[1]))
+            with self._cache_lock:
+                self._agents[key] = found
+            return found if isinstance(found, Agent) else None
 
     def handle(self, request):
         """The answer to one request."""
@@ -419,6 +476,18 @@ class Broker:
             uid, gid, cwd = user["uid"], user["gid"], user["home"]
             env = user_environment(user["name"], user["home"])
         data = from_b64(request.get("stdin"))
+        agent = self.agent(name, user)
+        if agent is not None:
+            started = time.monotonic()
+            try:
+                rc, stdout, stderr, late = agent.exec(request["command"], data, timeout, KILL_AFTER, MARGIN)
+            except AgentError as exc:
+                if exc.sent:  # the command may have run: not again; a container stopped meanwhile is said so
+                    self._failed(name, exc)
+                self.log("container %s: %s; the command goes as an exec of its own" % (name, exc))
+            else:
+                return {"rc": rc, "stdout": to_b64(stdout), "stderr": to_b64(stderr), "timed_out": late,
+                        "elapsed": round(time.monotonic() - started, 3)}
         path = None
         if data is not None:
             path = stdin_path()
@@ -446,15 +515,19 @@ class Broker:
         try:
             return call()
         except self.error_type as exc:
-            try:
-                record = self._record(name, fresh=True)
-            except self.error_type:
-                record = {"status": "Running"}
-            if record is None or record.get("status") != "Running":
-                client = self.client()
-                raise BrokerError(not_running_message(name, None if record is None else record.get("status"),
-                                                      client.daemon, client.endpoint), "unreachable")
-            raise BrokerError(str(exc))
+            self._failed(name, exc)
+
+    def _failed(self, name, exc):
+        """Raise BrokerError for what failed in the container: unreachable when it is no longer running."""
+        try:
+            record = self._record(name, fresh=True)
+        except self.error_type:
+            record = {"status": "Running"}
+        if record is None or record.get("status") != "Running":
+            client = self.client()
+            raise BrokerError(not_running_message(name, None if record is None else record.get("status"),
+                                                  client.daemon, client.endpoint), "unreachable")
+        raise BrokerError(str(exc))
 
     def op_put(self, request):
         name, local, remote = request["name"], request["local"], request["remote"]
@@ -463,9 +536,17 @@ class Broker:
             handle = open(local, "rb")
         except FileNotFoundError:
             raise BrokerError("file to copy into container %s not found: %s" % (name, local), "notfound")
+        mode, uid, gid = int(request.get("mode", 0o644)), int(request.get("uid", 0)), int(request.get("gid", 0))
         with handle:
-            self._api(name, lambda: client.push_file(name, remote, handle, mode=int(request.get("mode", 0o644)),
-                                                     uid=int(request.get("uid", 0)), gid=int(request.get("gid", 0))))
+            agent = self.agent(name, {"uid": uid}, start=False)
+            if agent is not None and os.fstat(handle.fileno()).st_size <= AGENT_PUT_MAX:
+                try:  # the agent runs as the file's owner
+                    agent.put(remote, handle.read(), mode)
+                    return {}
+                except AgentError as exc:  # the files API writes it, as root then owned by uid (as before the agent)
+                    self.log("container %s: put %s: %s; the files API writes it" % (name, remote, exc))
+                    handle.seek(0)
+            self._api(name, lambda: client.push_file(name, remote, handle, mode=mode, uid=uid, gid=gid))
         return {}
 
     def op_fetch(self, request):

@@ -2,7 +2,7 @@
 files both ways byte-identical, modules with pipelining on and off, exact bytes of a command's output,
 the exec timeout killing the command inside the container, a stopped or missing container unreachable,
 1,000 raw commands from 20 forks with no output lost or swapped, become (su) and a non-root remote_user,
-and the broker gone once idle."""
+the broker and its agent gone once idle, and commands without python3 in the container (no agent)."""
 import base64
 import hashlib
 import json
@@ -236,16 +236,58 @@ def test_become_su_and_a_non_root_remote_user(lxd, container, tmp_path):
     assert "no user nobody-t17 in container %s" % container in results(out)[container]["msg"]
 
 
-def test_the_broker_exits_once_idle(container, tmp_path):
+def agents_in(lxd, container):
+    """The connection's agents running in the container (their pids)."""
+    found = lxd.exec(container, ["sh", "-c", "for f in /proc/[0-9]*/cmdline; do tr '\\0' '\\n' <$f | tail -n 1 | "
+                                 "grep -qx onebox-lxd-agent && echo ${f%/cmdline}; done"], timeout=30).stdout
+    return found.split()
+
+
+def no_broker():
+    """Wait until the last test's broker (and its agents) is gone: each test here starts its own."""
+    deadline = time.monotonic() + PERSIST + 15
+    while os.path.exists(broker.socket_path(DAEMON_OPTIONS, PERSIST, broker.broker_dir())):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_the_broker_exits_once_idle_and_its_agent_with_it(lxd, container, tmp_path):
+    no_broker()
     rc, out = play(tmp_path, inventory(tmp_path, {container: {}}), [{"raw": "true"}])
     assert rc == 0
     path = broker.socket_path(DAEMON_OPTIONS, PERSIST, broker.broker_dir())
     channel, hello = broker._greet(path, 10)
     channel.close()
+    assert len(agents_in(lxd, container)) == 1  # the commands went through one agent
+    with open(path[:-len(".sock")] + ".log") as log:
+        assert "agent pid" in log.read()
     deadline = time.monotonic() + PERSIST + 15
     while alive(hello["pid"]) or os.path.exists(path):
         assert time.monotonic() < deadline, "broker pid %s still there %s s after its last request" % (hello["pid"], PERSIST)
         time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while agents_in(lxd, container):
+        assert time.monotonic() < deadline, "the agent outlived its broker: %s" % agents_in(lxd, container)
+        time.sleep(0.2)
+
+
+def test_without_python3_raw_commands_still_run_each_as_an_exec(lxd, container, tmp_path):
+    """Before a raw task installs Python, there is no agent: each command is an exec of its own."""
+    no_broker()
+    lxd.run(container, ["mv", "/usr/bin/python3", "/usr/bin/python3.t17"])
+    try:
+        rc, out = play(tmp_path, inventory(tmp_path, {container: {}}),
+                       [{"raw": "echo out; echo err >&2; exit 3", "register": "r", "ignore_errors": True},
+                        {"raw": "command -v python3 || echo none", "register": "which"}])
+        assert rc == 0, json.dumps(out)[-3000:]
+        first = results(out, 0)[container]
+        assert (first["rc"], first["stdout"], first["stderr"]) == (3, "out\n", "err\n")
+        assert results(out, 1)[container]["stdout"] == "none\n"
+        assert not agents_in(lxd, container)
+        with open(broker.socket_path(DAEMON_OPTIONS, PERSIST, broker.broker_dir())[:-len(".sock")] + ".log") as log:
+            assert "no agent in %s for uid 0 (each command is an exec of its own)" % container in log.read()
+    finally:
+        lxd.run(container, ["mv", "/usr/bin/python3.t17", "/usr/bin/python3"])
 
 
 def test_over_https_with_a_client_certificate_and_the_daemons_certificate_pinned(remote, container, tmp_path):

@@ -5,6 +5,7 @@ started by workers racing (a fake start), a broker that fails to start quoted fr
 broker's answers over a fake client (state kept briefly, users, exec with input, unreachable)."""
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections import namedtuple
@@ -12,6 +13,8 @@ from collections import namedtuple
 import pytest
 
 from ansible_collections.homelab.onebox.plugins.plugin_utils import _lxd_broker as broker
+
+from .test_lxd_agent import LocalStream
 
 Result = namedtuple("Result", "rc stdout stderr")
 
@@ -114,7 +117,7 @@ def test_the_code_identity_follows_the_files(tmp_path):
     code.write_text("ab")
     assert broker.code_identity([str(code)]) != before
     assert broker.code_identity([str(tmp_path / "gone.py")]) == "gone.py:-"
-    assert [os.path.basename(path) for path in broker.code_files()] == ["_lxd_broker.py", "_lxd.py"]
+    assert [os.path.basename(path) for path in broker.code_files()] == ["_lxd_broker.py", "_lxd_agent.py", "_lxd.py"]
     assert all(os.path.exists(path) for path in broker.code_files())
 
 
@@ -216,6 +219,28 @@ class FakeClient:
     def push_file(self, name, path, data, mode, uid, gid):
         self.files[path] = (data, mode, uid, gid)
 
+    def close(self):
+        pass
+
+    def exec_stream(self, name, argv, on_stdout, on_stderr, on_close, **kwargs):
+        """No python3 here: each command is an exec of its own (AgentClient has one)."""
+        self.calls.append(("exec_stream", argv, kwargs))
+        raise FakeError("exec python3 in %s: Command not found" % name)
+
+
+class AgentClient(FakeClient):
+    """A client whose containers have python3: the agent runs here, over pipes (test_lxd_agent)."""
+
+    def __init__(self, status="Running"):
+        super().__init__(status)
+        self.streams = []
+
+    def exec_stream(self, name, argv, on_stdout, on_stderr, on_close, **kwargs):
+        self.calls.append(("exec_stream", argv, kwargs))
+        assert argv[:2] == ["python3", "-c"] and argv[3] == "onebox-lxd-agent"
+        self.streams.append(LocalStream(on_stdout, on_stderr, on_close, argv=[sys.executable] + argv[1:]))
+        return self.streams[-1]
+
 
 class FakeError(Exception):
     pass
@@ -291,3 +316,86 @@ def test_idle_expires_only_with_no_connection_open():
     assert not idle.expired()
     now[0] = 105
     assert idle.expired()
+
+
+def execs(client):
+    return [call for call in client.calls if call[0] == "exec"]
+
+
+def test_commands_go_through_one_agent_a_container_and_user():
+    client = AgentClient()
+    b = make(client)
+    try:
+        answer = b.handle({"op": "exec", "name": "c", "command": "cat; echo e >&2; exit 3",
+                           "stdin": broker.to_b64(b"in\xff"), "timeout": 10})
+        assert answer["ok"] and answer["rc"] == 3 and not answer["timed_out"]
+        assert (broker.from_b64(answer["stdout"]), broker.from_b64(answer["stderr"])) == (b"in\xff", b"e\n")
+        b.handle({"op": "exec", "name": "c", "command": "true", "timeout": 10})
+        user = {"name": "deploy", "uid": 1001, "gid": 1002, "home": "/home/deploy"}
+        b.handle({"op": "exec", "name": "c", "command": "true", "timeout": 10, "user": user})
+        started = [call for call in client.calls if call[0] == "exec_stream"]
+        assert len(started) == 2 and not execs(client) and not client.files  # no exec of its own, no stdin file
+        assert started[0][2] == {"environment": {}, "cwd": None, "user": None, "group": None}
+        assert started[1][2] == {"environment": {"HOME": "/home/deploy", "USER": "deploy", "LOGNAME": "deploy"},
+                                 "cwd": "/home/deploy", "user": 1001, "group": 1002}
+        answer = b.handle({"op": "exec", "name": "c", "command": "sleep 30", "timeout": 1})
+        assert answer["ok"] and answer["timed_out"] and answer["rc"] == 124
+    finally:
+        b.close()
+    for stream in client.streams:
+        assert stream.proc.wait(10) == 0  # closing the broker ends its agents
+
+
+def test_without_python3_each_command_is_an_exec_and_the_agent_is_tried_again_later():
+    now = [100.0]
+    client = FakeClient()
+    b = make(client, clock=lambda: now[0])
+    for _ in range(3):
+        assert b.handle({"op": "exec", "name": "c", "command": "true", "timeout": 10})["ok"]
+    assert len(execs(client)) == 3 and len([call for call in client.calls if call[0] == "exec_stream"]) == 1
+    now[0] += broker.AGENT_RETRY
+    b.handle({"op": "exec", "name": "c", "command": "true", "timeout": 10})
+    assert len([call for call in client.calls if call[0] == "exec_stream"]) == 2
+
+
+def test_a_daemon_over_https_never_gets_an_agent():
+    client = AgentClient()
+    client.endpoint = "https://192.0.2.10:8443"
+    b = make(client)
+    assert b.handle({"op": "exec", "name": "c", "command": "true", "timeout": 10})["ok"]
+    assert len(execs(client)) == 1 and not client.streams
+
+
+def test_an_agent_gone_during_a_command_does_not_run_it_again():
+    client = AgentClient()
+    b = make(client)
+    assert b.handle({"op": "exec", "name": "c", "command": "true", "timeout": 10})["ok"]
+    killer = threading.Timer(0.5, client.streams[0].proc.kill)
+    killer.start()
+    answer = b.handle({"op": "exec", "name": "c", "command": "sleep 30", "timeout": 60})
+    assert answer["ok"] is False and "the agent is gone" in answer["error"] and not execs(client)
+    assert b.handle({"op": "exec", "name": "c", "command": "true", "timeout": 10})["ok"]  # a new agent
+    assert len(client.streams) == 2
+    b.close()
+
+
+def test_small_files_go_through_the_agent_large_ones_and_others_through_the_files_api(tmp_path):
+    client = AgentClient()
+    b = make(client)
+    small, large = tmp_path / "small", tmp_path / "large"
+    small.write_bytes(b"\x00small")
+    with open(large, "wb") as handle:
+        handle.truncate(broker.AGENT_PUT_MAX + 1)
+    target = tmp_path / "in-container"
+    # No agent yet for uid 0: the files API.
+    assert b.handle({"op": "put", "name": "c", "local": str(small), "remote": str(target), "mode": 0o600})["ok"]
+    assert list(client.files) == [str(target)] and not target.exists()
+    b.handle({"op": "exec", "name": "c", "command": "true", "timeout": 10})
+    assert b.handle({"op": "put", "name": "c", "local": str(small), "remote": str(target), "mode": 0o600})["ok"]
+    assert target.read_bytes() == b"\x00small" and len(client.files) == 1
+    assert b.handle({"op": "put", "name": "c", "local": str(large), "remote": "/big", "mode": 0o600})["ok"]
+    assert "/big" in client.files
+    # One the agent cannot write (here: no such directory) goes through the files API, as before it.
+    assert b.handle({"op": "put", "name": "c", "local": str(small), "remote": str(tmp_path / "no" / "x")})["ok"]
+    assert str(tmp_path / "no" / "x") in client.files
+    b.close()
