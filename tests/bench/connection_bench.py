@@ -10,7 +10,9 @@ own, run through
   by this bench into a virtual environment of its own (VENV; never a dependency of the
   collection), for comparison only, with pipelining on too;
 
-and (b) with Ansible's defaults (no pipelining), which was as fast or faster here. Each mode runs
+and (b) with Ansible's defaults (no pipelining), which was as fast or faster here, and (a) without
+pipelining (a0). Before the plays: one command through the broker (in this process), through its
+agent and as an exec of its own (the path without python3 or over https), median of 200. Each mode runs
 ``runs`` times, one run of each after the other (the same load for all), in an order rotated at
 each run (so no mode always follows the same one), every copy's content new each run (so every
 task changes something). The ratio of (a) to the faster local mode, Ansible's floor, has a
@@ -34,7 +36,8 @@ import time
 import uuid
 
 from conftest import ROOT, ansible_env, delete_instance_quietly
-from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient
+from ansible_collections.homelab.onebox.plugins.module_utils._lxd import LxdClient, LxdError
+from ansible_collections.homelab.onebox.plugins.plugin_utils import _lxd_broker as broker
 
 IMAGE = "onebox-debian12"
 CONTAINERS = 3
@@ -53,6 +56,7 @@ MODES = {
     "b": ("(b) local (Ansible's floor), pipelining", OURS, "local", True),
     "c": ("(c) community.general.lxd (lxc CLI), pipelining", THEIRS, "community.general.lxd", True),
     "b0": ("(b0) local, Ansible's defaults (no pipelining)", OURS, "local", False),
+    "a0": ("(a0) homelab.onebox.lxd, no pipelining", OURS, "homelab.onebox.lxd", False),
 }
 
 
@@ -75,7 +79,10 @@ def inventory(mode, containers, local_root):
     else:
         hosts = {name: {"bench_dest": CONTAINER_DEST} for name in containers}
         python = "/usr/bin/python3"
-    return {"all": {"hosts": hosts, "vars": {"ansible_connection": connection, "ansible_python_interpreter": python}}}
+    group = {"ansible_connection": connection, "ansible_python_interpreter": python}
+    if connection == "homelab.onebox.lxd" and MODES[mode][3] is not None:  # its own option (no ANSIBLE_PIPELINING)
+        group["onebox_lxd_pipelining"] = MODES[mode][3]
+    return {"all": {"hosts": hosts, "vars": group}}
 
 
 def ensure_venv():
@@ -120,6 +127,33 @@ def run_play(mode, tmp, containers, run):
     return elapsed, durations
 
 
+class OwnExecs(broker.Broker):
+    """A broker that starts no agent: each command an exec of its own (no python3, or https)."""
+
+    def agent(self, name, user=None, start=True):
+        return None
+
+
+def command_figures(lxd, container, row, samples=200):
+    """One command (``true``, and ``cat`` of a module's 150 KB) through the broker in this
+    process: through its agent, and as an exec of its own; the median of ``samples``, in ms."""
+    module = os.urandom(150 * 1024)
+    for label, kind in (("through the agent", broker.Broker), ("as an exec of its own", OwnExecs)):
+        one = kind({}, lambda options: lxd, LxdError)
+        for what, stdin in (("true", None), ("cat >/dev/null, 150 KB of input", module)):
+            request = {"op": "exec", "name": container, "command": what.split(",")[0], "timeout": 60,
+                       "stdin": broker.to_b64(stdin)}
+            one.handle(request)  # the agent started, the state read
+            times = []
+            for _ in range(samples):
+                started = time.monotonic()
+                answer = one.handle(request)
+                times.append(time.monotonic() - started)
+                assert answer["ok"] and answer["rc"] == 0, answer
+            row("one command (%s) %s, median of %d" % (what, label, samples), times, unit="ms")
+        one.close()
+
+
 def connection_figures(runs, row, ratio_row):
     """The rows: each mode's seconds (``row``, box_bench's), the ratio (a)/(b) (``ratio_row``:
     figure, value, target) and the median task times of each mode, printed."""
@@ -136,6 +170,7 @@ def connection_figures(runs, row, ratio_row):
         for name in containers:
             lxd.wait_ipv4(name, timeout=60)  # booted (its address is the sign), so systemd's start-up is not measured
             lxd.run(name, ["mkdir", "-p", CONTAINER_DEST])
+        command_figures(lxd, containers[0], row)
         for index in range(1, CONTAINERS + 1):
             os.makedirs(os.path.join(tmp, "local", "local-%d" % index))
         with open(os.path.join(tmp, "play.yml"), "w", encoding="utf-8") as handle:
