@@ -123,8 +123,15 @@ while True:
     if head is None:
         break
     rid, size = HEAD.unpack(head)
-    req = json.loads(read(size).decode())
-    data = read(req["n"]) if req.get("n") is not None else None
+    body = read(size)
+    if body is None:
+        break
+    req = json.loads(body.decode())
+    data = None
+    if req.get("n") is not None:
+        data = read(req["n"])
+        if data is None:  # cut off: never run a command without all of its input
+            break
     threading.Thread(target=serve, args=(rid, req, data), daemon=True).start()
 for p in list(running.values()):
     kill(p, signal.SIGTERM)
@@ -194,12 +201,15 @@ class Agent:
         return self._dead is None
 
     def _stdout(self, data):
-        with self._lock:
-            for rid, head, out, err in self._frames.feed(data):
-                slot = self._waiting.get(rid)
-                if slot is not None:
-                    slot[1] = (head, out, err)
-                    slot[0].set()
+        try:
+            with self._lock:
+                for rid, head, out, err in self._frames.feed(data):
+                    slot = self._waiting.get(rid)
+                    if slot is not None:
+                        slot[1] = (head, out, err)
+                        slot[0].set()
+        except ValueError as exc:  # not its frames: nothing after can be read either
+            self.close("its output could not be read: %s" % exc)
 
     def _stderr(self, data):
         with self._lock:

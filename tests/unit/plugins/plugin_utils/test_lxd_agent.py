@@ -176,3 +176,28 @@ def test_frames_cut_anywhere_come_back_whole():
         found.extend(frames.feed(answers[index:index + 1]))
     assert found == [(3, {"rc": 0, "o": 2, "e": 1}, b"ab", b"c"), (4, {"error": "x"}, b"", b"")]
     assert Frames().feed(answers) == found
+
+
+def test_a_request_cut_off_is_never_run(tmp_path):
+    """Its stdin closing in the middle of a request's input: the command does not run without it."""
+    marker = tmp_path / "ran"
+    proc = subprocess.Popen([sys.executable, "-c", agent_module.PROGRAM], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    whole = frame(1, {"op": "exec", "cmd": "cat >/dev/null; touch %s" % marker, "timeout": 10, "kill_after": 1,
+                      "n": 100}, b"x" * 100)
+    out, _err = proc.communicate(whole[:-10], timeout=10)
+    assert proc.returncode == 0
+    assert [rid for rid, _head, _o, _e in Frames().feed(out)] == [0]  # its hello, no answer
+    time.sleep(0.5)
+    assert not marker.exists()
+
+
+def test_output_that_is_not_its_frames_ends_the_agent():
+    def open_stream(on_stdout, on_stderr, on_close):
+        on_stdout(frame(0, {"pid": 1}))
+        stream = LocalStream(on_stdout, on_stderr, on_close, argv=[sys.executable, "-c", "import time; time.sleep(30)"])
+        on_stdout(b"\x00\x00\x00\x05\x00\x00\x00\x03{x}")
+        return stream
+    found = Agent(open_stream)
+    assert not found.alive and "could not be read" in found._dead
+    found.close()
