@@ -145,7 +145,7 @@ def test_an_agent_that_cannot_start_quotes_its_stderr():
 
 
 def test_an_agent_silent_at_its_start_is_given_up():
-    argv = [sys.executable, "-c", "import time; time.sleep(30)"]
+    argv = [sys.executable, "-c", "import sys; sys.stdin.buffer.read()"]
     started = time.monotonic()
     with pytest.raises(AgentError) as failed:
         Agent(lambda *handlers: LocalStream(*handlers, argv=argv), start_timeout=1)
@@ -195,7 +195,7 @@ def test_a_request_cut_off_is_never_run(tmp_path):
 def test_output_that_is_not_its_frames_ends_the_agent():
     def open_stream(on_stdout, on_stderr, on_close):
         on_stdout(frame(0, {"pid": 1}))
-        stream = LocalStream(on_stdout, on_stderr, on_close, argv=[sys.executable, "-c", "import time; time.sleep(30)"])
+        stream = LocalStream(on_stdout, on_stderr, on_close, argv=[sys.executable, "-c", "import sys; sys.stdin.buffer.read()"])
         on_stdout(b"\x00\x00\x00\x05\x00\x00\x00\x03{x}")
         return stream
     found = Agent(open_stream)
