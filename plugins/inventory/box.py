@@ -138,12 +138,13 @@ DAEMON_VARIABLES = {"url": "onebox_lxd_url", "client_cert": "onebox_lxd_client_c
                     "project": "onebox_lxd_project"}
 # The states the daemons give an instance: a filter naming another (a typo) would list nothing, silently.
 STATES = ("Running", "Stopped", "Frozen", "Error", "Starting", "Stopping", "Freezing")
+KNOWN_STATES = frozenset(state.lower() for state in STATES)
 
 
 def check_states(states):
     """Each of ``states`` one of STATES (any case), before the daemon is asked anything."""
     for index, state in enumerate(states or ()):
-        if str(state).lower() not in {known.lower() for known in STATES}:
+        if str(state).lower() not in KNOWN_STATES:
             raise ValidationError("states[%d]" % index, state, "unknown state (known: %s)" % ", ".join(STATES))
 
 

@@ -243,7 +243,7 @@ def websocket_frame(data, key=None):
 class ExecStream:
     """A running exec's stdin, stdout and stderr websockets (LxdClient.exec_stream)."""
 
-    def __init__(self, url, resource, fds, on_stdout, on_stderr, on_close, what, timeout=30):
+    def __init__(self, url, resource, fds, on_stdout, on_stderr, on_close, timeout=30):
         from ws4py.client import WebSocketBaseClient  # pylxd's own dependency; only the connection's broker needs it
 
         class Socket(WebSocketBaseClient):
@@ -264,7 +264,6 @@ class ExecStream:
             def unhandled_error(self, error):
                 pass  # the socket ends: closed() says so
 
-        self.what = what
         self._send_lock = threading.Lock()
         self._sockets = [Socket(fds["0"]), Socket(fds["1"], on_stdout, on_close), Socket(fds["2"], on_stderr)]
         try:
@@ -505,7 +504,7 @@ class LxdClient:
             fds = started["metadata"]["metadata"]["fds"]
             op_id = started["operation"].rstrip("/").split("/")[-1]
             resource = urlsplit(self.api.operations[op_id].websocket._api_endpoint).path
-            return ExecStream(self._client.websocket_url, resource, fds, on_stdout, on_stderr, on_close, what,
+            return ExecStream(self._client.websocket_url, resource, fds, on_stdout, on_stderr, on_close,
                               timeout=self.timeout)
         except Exception as exc:  # pylint: disable=broad-except  # a body without fds, ws4py's HandshakeError, a socket's
             raise LxdError("%s: its websockets: %s" % (what, describe_error(exc)))

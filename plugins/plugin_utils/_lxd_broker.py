@@ -366,6 +366,14 @@ class Broker:
             self._client.close()
 
     # ---- the agents: one a container and user, running the commands (plugin_utils._lxd_agent) ----
+    def _known_agent(self, key):
+        """(the live agent for ``key`` or None, whether its start failed less than AGENT_RETRY s ago)."""
+        with self._cache_lock:
+            known = self._agents.get(key)
+        if isinstance(known, Agent):
+            return (known if known.alive else None), False
+        return None, known is not None and self._clock() - known < AGENT_RETRY
+
     def agent(self, name, user=None, start=True):
         """The running agent for this container and user (None: root), started when there is none
         and ``start``; None when it cannot be (no python3 in the container: tried again after
@@ -374,20 +382,15 @@ class Broker:
         if not client.endpoint.startswith("/"):
             return None
         key = (name, user["uid"] if user else 0)
+        found, failed_lately = self._known_agent(key)
+        if found is not None or failed_lately or not start:
+            return found
         with self._cache_lock:
-            known = self._agents.get(key)
             lock = self._agent_locks.setdefault(key, threading.Lock())
-        if isinstance(known, Agent) and known.alive:
-            return known
-        if not start or (isinstance(known, float) and self._clock() - known < AGENT_RETRY):
-            return None
         with lock:
-            with self._cache_lock:
-                known = self._agents.get(key)
-            if isinstance(known, Agent) and known.alive:
-                return known
-            if isinstance(known, float) and self._clock() - known < AGENT_RETRY:
-                return None
+            found, failed_lately = self._known_agent(key)  # another thread may have started it meanwhile
+            if found is not None or failed_lately:
+                return found
             env = user_environment(user["name"], user["home"]) if user else {}
             uid, gid, cwd = (user["uid"], user["gid"], user["home"]) if user else (None, None, None)
 
